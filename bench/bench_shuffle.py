@@ -1,0 +1,98 @@
+"""Channel shuffle forward+backward: fused op vs torchvision's formulation vs a plain copy.
+
+Run: python bench/bench_shuffle.py [--device cpu|cuda] [--shape 64,58,28,28] [--repeat 100]
+All variants run in this one process on the same tensors; the figures that matter are the
+ratios, since absolute times move with whatever else the machine is doing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from shufflenet_trainer import ops
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
+    for _ in range(max(5, repeat // 10)):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _fwd_bwd(split: Callable, p1: torch.Tensor, p2: torch.Tensor, grad: torch.Tensor) -> None:
+    a, b = split(p1, p2)
+    torch.autograd.backward((a, b), (grad, grad))
+    p1.grad = p2.grad = None
+
+
+def _copy_same_bytes(x1: torch.Tensor, x2: torch.Tensor, grad: torch.Tensor) -> None:
+    # The bytes the fused op moves: forward reads two tensors and writes two, backward too.
+    x1.clone(), x2.clone()
+    grad.clone(), grad.clone()
+
+
+def run(shape: tuple[int, int, int, int], device: torch.device, repeat: int) -> list[dict]:
+    rows = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x1, x2 = (
+            torch.randn(shape, device=device).contiguous(memory_format=memory_format)
+            for _ in range(2)
+        )
+        grad = torch.randn_like(x1)
+        p1, p2 = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+
+        variants = {
+            "fused": functools.partial(_fwd_bwd, ops.channel_shuffle_split, p1, p2, grad),
+            "torchvision": functools.partial(
+                _fwd_bwd, ops.reference_channel_shuffle_split, p1, p2, grad
+            ),
+            "copy": functools.partial(_copy_same_bytes, x1, x2, grad),
+        }
+        times = {name: median_ms(fn, device, repeat) for name, fn in variants.items()}
+        fmt = "channels_last" if memory_format == torch.channels_last else "NCHW"
+        rows.append({"format": fmt, **times})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shape", default="64,58,28,28")
+    parser.add_argument("--repeat", type=int, default=100)
+    args = parser.parse_args()
+    shape = tuple(int(s) for s in args.shape.split(","))
+    device = torch.device(args.device)
+    print(
+        f"channel_shuffle_split fwd+bwd, two {shape} float32 tensors, {device}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeat}"
+    )
+    print(
+        f"{'format':<14}{'fused ms':>10}{'torchvision ms':>16}{'copy ms':>10}"
+        f"{'speed-up':>10}{'fused/copy':>12}"
+    )
+    for r in run(shape, device, args.repeat):
+        print(
+            f"{r['format']:<14}{r['fused']:>10.3f}{r['torchvision']:>16.3f}{r['copy']:>10.3f}"
+            f"{r['torchvision'] / r['fused']:>9.2f}x{r['fused'] / r['copy']:>11.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""ShuffleNetV2 training: the model with a fused channel-shuffle op, and the training CLI."""
+
+__version__ = "0.1.0"

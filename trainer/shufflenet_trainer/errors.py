@@ -1,0 +1,28 @@
+"""Errors that end a run with a documented exit code.
+
+The operator reads the exit code to decide whether a failed rank is worth a restart:
+configuration and data errors are permanent, anything >= 128 is retryable.
+"""
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_DATA = 3
+EXIT_SIGTERM = 143
+
+
+class TrainerError(Exception):
+    """A problem the user can fix; its message is one line naming the field and the fix."""
+
+    exit_code = EXIT_CONFIG
+
+
+class ConfigError(TrainerError):
+    """Bad flags, an unknown arch, an impossible batch size, an unusable checkpoint."""
+
+    exit_code = EXIT_CONFIG
+
+
+class DataError(TrainerError):
+    """A missing or empty data folder, a class without images, an unreadable image (strict)."""
+
+    exit_code = EXIT_DATA

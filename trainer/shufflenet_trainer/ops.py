@@ -1,0 +1,270 @@
+"""Channel shuffle as fused custom operators.
+
+ShuffleNetV2 joins two blocks with concat -> shuffle(groups=2) -> split. Written with plain
+tensor ops (as torchvision does) that costs a concatenated copy plus a transposed
+``.contiguous()`` copy per block, and the transposed copy is slow on Ascend NPUs. Each
+output channel is just one input channel, so the whole join is a permutation: these ops
+write every output element once, straight from the two halves, in the input's memory
+format (NCHW or channels_last).
+
+With ``cat = concat(x1, x2)`` (``2C`` channels) and ``shuffled[2i] = cat[i]``,
+``shuffled[2i+1] = cat[C+i]``, ``channel_shuffle_split(x1, x2)`` returns the two halves
+of ``shuffled``; so ``a`` interleaves the first halves of ``x1`` and ``x2`` and ``b`` their
+second halves. The backward is the inverse permutation, itself an op whose backward is
+the forward, so higher-order gradients and ``torch.compile(fullgraph=True)`` both work.
+
+``channel_shuffle_cat(x1, x2)`` is the same join without the split (the end of a stage)
+and ``channel_shuffle(x, groups)`` the general single-tensor shuffle.
+
+Kernels: the generic one below serves CPU and CUDA tensors. On Ascend, the index-based
+kernels of :mod:`shufflenet_trainer.ops_npu` are registered when torch_npu is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "channel_shuffle",
+    "channel_shuffle_cat",
+    "channel_shuffle_split",
+    "reference_channel_shuffle",
+    "reference_channel_shuffle_cat",
+    "reference_channel_shuffle_split",
+]
+
+
+def _check_pair(x1: Tensor, x2: Tensor, *, even: bool) -> None:
+    if x1.dim() != 4 or x1.shape != x2.shape:
+        raise ValueError(
+            f"channel shuffle expects two NCHW tensors of one shape, got {tuple(x1.shape)} "
+            f"and {tuple(x2.shape)}"
+        )
+    if x1.dtype != x2.dtype or x1.device != x2.device:
+        raise ValueError(
+            f"channel shuffle expects one dtype and device, got {x1.dtype}/{x1.device} "
+            f"and {x2.dtype}/{x2.device}"
+        )
+    if even and x1.shape[1] % 2:
+        raise ValueError(f"channel_shuffle_split needs an even channel count, got {x1.shape[1]}")
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    # A tensor contiguous in both formats (C == 1 or H == W == 1) counts as NCHW.
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _physical(x: Tensor, channels_last: bool) -> Tensor:
+    """A view whose dim order is the memory order, with channels at dim 1 (NCHW) or 3 (NHWC)."""
+    return x.permute(0, 2, 3, 1) if channels_last else x
+
+
+def _interleave_into(out: Tensor, even: Tensor, odd: Tensor) -> None:
+    """out[:, 2i] = even[:, i] and out[:, 2i+1] = odd[:, i], in out's memory format.
+
+    Written as a stack into a pair-split view of ``out`` taken in memory order, so the
+    destination is one dense block and the copy runs at memory speed.
+    """
+    channels_last = _is_channels_last(out)
+    dim = 3 if channels_last else 1
+    pairs = _physical(out, channels_last).unflatten(dim, (-1, 2))
+    halves = (_physical(even, channels_last), _physical(odd, channels_last))
+    torch.stack(halves, dim=dim + 1, out=pairs)
+
+
+def _deinterleave_into(first: Tensor, second: Tensor, src: Tensor) -> None:
+    """first[:, i] = src[:, 2i] and second[:, i] = src[:, 2i+1]: the inverse of the above."""
+    pairs = src.unflatten(1, (-1, 2))
+    first.copy_(pairs.select(2, 0))
+    second.copy_(pairs.select(2, 1))
+
+
+# --- concat + shuffle + split -------------------------------------------------------------
+
+
+@torch.library.custom_op("shufflenet::channel_shuffle_split", mutates_args=())
+def channel_shuffle_split(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    """Fused ``cat((x1, x2), 1)`` -> ``channel_shuffle(groups=2)`` -> ``chunk(2, 1)``."""
+    _check_pair(x1, x2, even=True)
+    half = x1.shape[1] // 2
+    a, b = _empty_like(x1), _empty_like(x2)
+    _interleave_into(a, x1[:, :half], x2[:, :half])
+    _interleave_into(b, x1[:, half:], x2[:, half:])
+    return a, b
+
+
+@torch.library.custom_op("shufflenet::channel_unshuffle_split", mutates_args=())
+def _channel_unshuffle_split(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of channel_shuffle_split, i.e. its backward."""
+    _check_pair(a, b, even=True)
+    half = a.shape[1] // 2
+    x1, x2 = _empty_like(a), _empty_like(b)
+    _deinterleave_into(x1[:, :half], x2[:, :half], a)
+    _deinterleave_into(x1[:, half:], x2[:, half:], b)
+    return x1, x2
+
+
+@channel_shuffle_split.register_fake
+def _(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    _check_pair(x1, x2, even=True)
+    return _empty_like(x1), _empty_like(x2)
+
+
+@_channel_unshuffle_split.register_fake
+def _(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    _check_pair(a, b, even=True)
+    return _empty_like(a), _empty_like(b)
+
+
+def _both(grad_1: Tensor | None, grad_2: Tensor | None) -> tuple[Tensor, Tensor]:
+    # Both outputs of these ops have one shape, so a missing gradient is zeros like the other.
+    if grad_1 is None:
+        grad_1 = torch.zeros_like(grad_2)
+    if grad_2 is None:
+        grad_2 = torch.zeros_like(grad_1)
+    return grad_1, grad_2
+
+
+def _no_context(ctx, inputs, output) -> None:
+    # A permutation's backward needs neither inputs nor outputs: nothing is saved.
+    pass
+
+
+def _split_backward(ctx, grad_a: Tensor | None, grad_b: Tensor | None):
+    return _channel_unshuffle_split(*_both(grad_a, grad_b))
+
+
+def _unsplit_backward(ctx, grad_1: Tensor | None, grad_2: Tensor | None):
+    return channel_shuffle_split(*_both(grad_1, grad_2))
+
+
+channel_shuffle_split.register_autograd(_split_backward, setup_context=_no_context)
+_channel_unshuffle_split.register_autograd(_unsplit_backward, setup_context=_no_context)
+
+
+# --- concat + shuffle (the end of a stage) ------------------------------------------------
+
+
+@torch.library.custom_op("shufflenet::channel_shuffle_cat", mutates_args=())
+def channel_shuffle_cat(x1: Tensor, x2: Tensor) -> Tensor:
+    """Fused ``channel_shuffle(cat((x1, x2), 1), groups=2)``: one write per element."""
+    _check_pair(x1, x2, even=False)
+    out = _empty_with_channels(x1, 2 * x1.shape[1])
+    _interleave_into(out, x1, x2)
+    return out
+
+
+@torch.library.custom_op("shufflenet::channel_unshuffle_cat", mutates_args=())
+def _channel_unshuffle_cat(grad: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of channel_shuffle_cat: de-interleave into the two halves."""
+    first = _empty_with_channels(grad, grad.shape[1] // 2)
+    second = _empty_with_channels(grad, grad.shape[1] // 2)
+    _deinterleave_into(first, second, grad)
+    return first, second
+
+
+@channel_shuffle_cat.register_fake
+def _(x1: Tensor, x2: Tensor) -> Tensor:
+    _check_pair(x1, x2, even=False)
+    return _empty_with_channels(x1, 2 * x1.shape[1])
+
+
+@_channel_unshuffle_cat.register_fake
+def _(grad: Tensor) -> tuple[Tensor, Tensor]:
+    half = grad.shape[1] // 2
+    return _empty_with_channels(grad, half), _empty_with_channels(grad, half)
+
+
+def _cat_backward(ctx, grad: Tensor):
+    return _channel_unshuffle_cat(grad)
+
+
+def _uncat_backward(ctx, grad_1: Tensor | None, grad_2: Tensor | None):
+    return channel_shuffle_cat(*_both(grad_1, grad_2))
+
+
+channel_shuffle_cat.register_autograd(_cat_backward, setup_context=_no_context)
+_channel_unshuffle_cat.register_autograd(_uncat_backward, setup_context=_no_context)
+
+
+# --- single-tensor shuffle ----------------------------------------------------------------
+
+
+@torch.library.custom_op("shufflenet::channel_shuffle", mutates_args=())
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """``out[:, j * groups + g] = x[:, g * (C // groups) + j]``, keeping x's memory format."""
+    _check_groups(x, groups)
+    out = _empty_like(x)
+    per_group = x.shape[1] // groups
+    out.unflatten(1, (per_group, groups)).copy_(x.unflatten(1, (groups, per_group)).transpose(1, 2))
+    return out
+
+
+@channel_shuffle.register_fake
+def _(x: Tensor, groups: int) -> Tensor:
+    _check_groups(x, groups)
+    return _empty_like(x)
+
+
+def _shuffle_setup(ctx, inputs, output) -> None:
+    x, groups = inputs
+    ctx.groups = groups
+    ctx.channels = x.shape[1]
+
+
+def _shuffle_backward(ctx, grad: Tensor):
+    # Shuffling C channels with g groups is undone by shuffling with C // g groups.
+    return channel_shuffle(grad, ctx.channels // ctx.groups), None
+
+
+channel_shuffle.register_autograd(_shuffle_backward, setup_context=_shuffle_setup)
+
+
+def _check_groups(x: Tensor, groups: int) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"channel_shuffle expects an NCHW tensor, got shape {tuple(x.shape)}")
+    if groups < 1 or x.shape[1] % groups:
+        raise ValueError(
+            f"channel_shuffle: {x.shape[1]} channels do not split into {groups} groups"
+        )
+
+
+def _empty_like(like: Tensor) -> Tensor:
+    return _empty_with_channels(like, like.shape[1])
+
+
+def _empty_with_channels(like: Tensor, channels: int) -> Tensor:
+    """An uninitialised tensor like ``like`` with another channel count, same memory format."""
+    fmt = torch.channels_last if _is_channels_last(like) else torch.contiguous_format
+    shape = (like.shape[0], channels, *like.shape[2:])
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
+# --- the reference (torchvision's formulation), selected by --shuffle reference -----------
+
+
+def reference_channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """torchvision's channel shuffle: view, transpose, ``.contiguous()``, view."""
+    n, c, h, w = x.shape
+    x = x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous()
+    return x.view(n, c, h, w)
+
+
+def reference_channel_shuffle_cat(x1: Tensor, x2: Tensor) -> Tensor:
+    return reference_channel_shuffle(torch.cat((x1, x2), dim=1), 2)
+
+
+def reference_channel_shuffle_split(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    a, b = reference_channel_shuffle_cat(x1, x2).chunk(2, dim=1)
+    return a, b
+
+
+# --- device-specific kernels ----------------------------------------------------------------
+
+if importlib.util.find_spec("torch_npu") is not None:  # pragma: no cover - Ascend only
+    from . import ops_npu
+
+    ops_npu.register()
