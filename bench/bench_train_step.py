@@ -7,8 +7,8 @@ Run: python bench/bench_train_step.py [--device cpu|cuda] [--arch shufflenet_v2_
 Each variant builds both models with the same weights and times full SGD steps (forward,
 loss, backward, optimizer step) on the same synthetic batch, alternating the two models over
 several rounds so that drift in the machine's speed hits both alike. Reported: images/s of
-each (median over rounds) and their ratio. Ratios are the result; absolute numbers move with
-the machine's load.
+each (median over rounds) and the ratio ours / torchvision. Ratios are the result; absolute
+numbers move with the machine's load.
 """
 
 from __future__ import annotations
@@ -69,14 +69,17 @@ def bench_variant(args: argparse.Namespace, variant: str, device: torch.device) 
     channels_last = variant in ("channels_last", "compile")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     reference = getattr(torchvision.models, args.arch)(weights=None).to(device)
-    ours = models.build_model(args.arch).to(device)
-    ours.load_state_dict(reference.state_dict())
+    candidates = {"torchvision": reference}
+    for name, shuffle in (("ours", "fused"), ("ours-reference", "reference")):
+        candidates[name] = models.build_model(args.arch, shuffle=shuffle).to(device)
+        candidates[name].load_state_dict(reference.state_dict())
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     images = images.contiguous(memory_format=memory_format)
     labels = torch.randint(0, 1000, (args.batch,), device=device)
 
     steps = {}
-    for name, model in (("ours", ours), ("torchvision", reference)):
+    for name in args.models.split(","):
+        model = candidates[name]
         model = model.to(memory_format=memory_format).train()
         if variant == "compile":
             model = torch.compile(model)
@@ -92,18 +95,14 @@ def bench_variant(args: argparse.Namespace, variant: str, device: torch.device) 
                 flush=True,
             )
 
-    rates: dict[str, list[float]] = {"ours": [], "torchvision": []}
+    rates: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name in rates:
             rates[name].append(images_per_second(steps[name], device, args.steps, args.batch))
-    ours_ips = statistics.median(rates["ours"])
-    ref_ips = statistics.median(rates["torchvision"])
-    return {
-        "variant": variant,
-        "ours_images_per_s": ours_ips,
-        "torchvision_images_per_s": ref_ips,
-        "ratio": ours_ips / ref_ips,
-    }
+    row = {"variant": variant}
+    row.update({f"{name}_images_per_s": statistics.median(r) for name, r in rates.items()})
+    row["ratio"] = row["ours_images_per_s"] / row["torchvision_images_per_s"]
+    return row
 
 
 def main() -> None:
@@ -118,6 +117,11 @@ def main() -> None:
     parser.add_argument("--variants", default="eager,channels_last,compile")
     parser.add_argument("--amp", default="off", choices=tuple(AMP_DTYPES))
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument(
+        "--models",
+        default="ours,torchvision",
+        help="comma list of ours, torchvision, ours-reference (our blocks, torchvision's shuffle)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -131,12 +135,11 @@ def main() -> None:
         flush=True,
     )
     rows = [bench_variant(args, v, device) for v in args.variants.split(",")]
-    print(f"{'variant':<15}{'ours img/s':>12}{'torchvision img/s':>19}{'ratio':>8}")
+    names = args.models.split(",")
+    print(f"{'variant':<15}" + "".join(f"{n + ' img/s':>22}" for n in names) + f"{'ratio':>8}")
     for r in rows:
-        print(
-            f"{r['variant']:<15}{r['ours_images_per_s']:>12.1f}"
-            f"{r['torchvision_images_per_s']:>19.1f}{r['ratio']:>7.2f}x"
-        )
+        cells = "".join(f"{r[n + '_images_per_s']:>22.1f}" for n in names)
+        print(f"{r['variant']:<15}{cells}{r['ratio']:>7.2f}x")
     if args.json:
         meta = {"device": name, "torch": torch.__version__, **vars(args)}
         with open(args.json, "w") as f:

@@ -12,7 +12,7 @@ export PYTHONPATH="$PWD/trainer${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 status=0
 
 # SECTIONS="ops shuffle" runs only those sections (default: all).
-sections=${SECTIONS:-ops shuffle train_bf16 train_fp32 decode cli}
+sections=${SECTIONS:-ops shuffle variants train_bf16 train_fp32 decode cli}
 
 section() {  # name, timeout seconds, command...
   local name=$1 limit=$2
@@ -29,8 +29,10 @@ $py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvisio
 
 section ops 240 $py bench/gpu/check_ops_cuda.py
 section shuffle 120 $py bench/bench_shuffle.py --device cuda --shape 256,116,28,28 --repeat 200
+section variants 120 $py bench/gpu/shuffle_variants.py
 section train_bf16 420 $py bench/bench_train_step.py --device cuda --arch shufflenet_v2_x1_0 \
   --batch 256 --amp bf16 --steps 20 --warmup 5 --rounds 3 --variants eager,channels_last,compile \
+  --models ours,torchvision,ours-reference \
   --json "$out/train_bf16.json"
 section train_fp32 180 $py bench/bench_train_step.py --device cuda --arch shufflenet_v2_x1_0 \
   --batch 256 --amp off --steps 20 --warmup 5 --rounds 3 --variants eager,channels_last \
