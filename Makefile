@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: venv
 	$(PY) -m shufflenet_trainer.demo_data data/digits
 	$(VENV)/bin/shufflenet-train data/digits -a shufflenet_v2_x0_5 --image-size 64 --val-resize 64 \
-		--epochs 8 -b 64 --lr 0.2 --warmup-epochs 1 -j 2 --output-dir $(RESULT_ROOT)
+		--epochs 15 -b 64 --lr 0.05 --warmup-epochs 1 -j 2 --output-dir $(RESULT_ROOT)
 
 test: venv lint
 	$(PY) -m pytest -q -ra tests
@@ -39,6 +39,7 @@ format: venv
 bench: venv
 	$(PY) bench/bench_shuffle.py
 	$(PY) bench/bench_train_step.py
+	$(PY) bench/bench_pipeline.py
 
 # Run on a machine with a CUDA GPU: op correctness on CUDA and training throughput.
 bench-gpu:

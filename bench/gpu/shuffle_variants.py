@@ -119,7 +119,7 @@ def main() -> int:
             copy_ms = cuda_ms(lambda x1=x1, x2=x2: (x1.clone(), x2.clone()))
             tag = "channels_last" if fmt == torch.channels_last else "NCHW"
             print(f"{dtype} {tag} {shape}: copy of the same bytes {copy_ms:.3f} ms "
-                  f"({nbytes / copy_ms / 1e9:.0f} GB/s)")
+                  f"({nbytes / copy_ms / 1e6:.0f} GB/s)")
             for name, fn in variants.items():
                 y1, y2 = (t.clone() for t in (x1, x2))
                 a, b = fn(y1, y2)
