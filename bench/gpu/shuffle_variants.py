@@ -118,16 +118,20 @@ def main() -> int:
             nbytes = 4 * x1.numel() * x1.element_size()  # read two inputs, write two outputs
             copy_ms = cuda_ms(lambda x1=x1, x2=x2: (x1.clone(), x2.clone()))
             tag = "channels_last" if fmt == torch.channels_last else "NCHW"
-            print(f"{dtype} {tag} {shape}: copy of the same bytes {copy_ms:.3f} ms "
-                  f"({nbytes / copy_ms / 1e6:.0f} GB/s)")
+            print(
+                f"{dtype} {tag} {shape}: copy of the same bytes {copy_ms:.3f} ms "
+                f"({nbytes / copy_ms / 1e6:.0f} GB/s)"
+            )
             for name, fn in variants.items():
                 y1, y2 = (t.clone() for t in (x1, x2))
                 a, b = fn(y1, y2)
                 ok = torch.equal(a, ref[0]) and torch.equal(b, ref[1])
                 bad += not ok
                 ms = cuda_ms(lambda fn=fn, x1=x1, x2=x2: fn(x1, x2))
-                print(f"  {name:<24}{ms:>8.3f} ms  {ms / copy_ms:>5.2f}x copy  "
-                      f"{'ok' if ok else 'WRONG'}")
+                print(
+                    f"  {name:<24}{ms:>8.3f} ms  {ms / copy_ms:>5.2f}x copy  "
+                    f"{'ok' if ok else 'WRONG'}"
+                )
     return 1 if bad else 0
 
 

@@ -1,0 +1,200 @@
+"""Checkpoints: atomic saves, and loads that say clearly what is wrong with a file.
+
+A save never leaves a half-written checkpoint under the final name: the state is written to
+a temporary file in the same folder, fsync'ed, then moved over the old file with os.replace
+(atomic on POSIX within one file system). A job killed mid-save restarts from the previous
+checkpoint instead of failing on a truncated one.
+
+Loads use `weights_only=True`: a checkpoint holds tensors and plain Python values only, so
+nothing in a file can run code on load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+CHECKPOINT_NAME = "checkpoint.pth.tar"
+BEST_NAME = "model_best.pth.tar"
+FORMAT = "shufflenet-train/1"
+
+# Prefixes that wrappers add to state_dict keys: DistributedDataParallel and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not every file system allows opening a folder.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write `state` to `path` atomically; the previous file stays intact on any failure."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def copy_atomic(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Copy a finished checkpoint (e.g. to model_best.pth.tar) with the same guarantee."""
+    dst = Path(dst)
+    tmp = _tmp_name(dst)
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, length=1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(dst.parent)
+    return dst
+
+
+def _first_line(exc: BaseException, limit: int = 120) -> str:
+    text = str(exc).strip().splitlines()
+    head = text[0] if text else ""
+    head = head if len(head) <= limit else head[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {head}" if head else type(exc).__name__
+
+
+def _read(path: Path, flag: str) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{flag} {path}: no such file; pass the path of an existing checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(
+            f"{flag} {path} is not a readable checkpoint ({_first_line(exc)}); pass a "
+            f"{CHECKPOINT_NAME} written by shufflenet-train or a torchvision state_dict"
+        ) from None
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, arch: str, flag: str = "--resume") -> dict:
+    """Load a shufflenet-train checkpoint for resuming, checking it is one and fits `arch`."""
+    path = Path(path)
+    obj = _read(path, flag)
+    if not isinstance(obj, dict) or "state_dict" not in obj or "arch" not in obj:
+        raise ConfigError(
+            f"{flag} {path} is not a shufflenet-train checkpoint (no arch/state_dict); "
+            f"pass a {CHECKPOINT_NAME} from a result folder"
+        )
+    if obj["arch"] != arch:
+        raise ConfigError(
+            f"{flag} {path} holds a {obj['arch']} checkpoint but -a/--arch is {arch}: "
+            f"pass -a {obj['arch']} or a {arch} checkpoint"
+        )
+    for key in ("optimizer", "epoch"):
+        if key not in obj:
+            raise ConfigError(
+                f"{flag} {path} has no {key!r}: it holds weights only; "
+                "use it with --pretrained instead of --resume"
+            )
+    return obj
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def load_pretrained(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    arch: str,
+    allow_new_head: bool,
+    flag: str = "--pretrained",
+) -> str:
+    """Load weights from a torchvision-format state_dict or one of our checkpoints.
+
+    With `allow_new_head` (training on a dataset whose class count differs from the weights'),
+    a classifier of another shape is left at its fresh initialisation; every other key must
+    match in name and shape. Returns a one-line note of what was loaded.
+    """
+    path = Path(path)
+    obj = _read(path, flag)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        if "arch" in obj and obj["arch"] != arch:
+            raise ConfigError(
+                f"{flag} {path} holds {obj['arch']} weights but -a/--arch is {arch}: "
+                f"pass -a {obj['arch']} or {arch} weights"
+            )
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(
+            f"{flag} {path} holds no state_dict of tensors; pass a torchvision state_dict "
+            f"or a {CHECKPOINT_NAME}"
+        )
+    incoming = strip_wrapper_prefixes(obj)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(incoming))
+    unexpected = sorted(set(incoming) - set(own))
+    if missing or unexpected:
+        sample = (missing or unexpected)[0]
+        raise ConfigError(
+            f"{flag} {path} does not fit {arch} ({len(missing)} missing and {len(unexpected)} "
+            f"unexpected keys, e.g. {sample!r}): pass weights of a {arch} model"
+        )
+    mismatched = [k for k in own if own[k].shape != incoming[k].shape]
+    head = {"fc.weight", "fc.bias"}
+    skipped: list[str] = []
+    if mismatched:
+        if allow_new_head and set(mismatched) <= head:
+            skipped = sorted(mismatched)
+            for k in skipped:
+                incoming[k] = own[k]
+        else:
+            k = mismatched[0]
+            raise ConfigError(
+                f"{flag} {path} does not fit {arch}: {k} has shape "
+                f"{tuple(incoming[k].shape)}, the model {tuple(own[k].shape)}; pass weights of "
+                f"a {arch} model with {own['fc.weight'].shape[0]} classes"
+            )
+    model.load_state_dict(incoming)
+    if skipped:
+        return f"loaded {path}; classifier {skipped} kept fresh (class count differs)"
+    return f"loaded {path}"
+
+
+def find_latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest result folder's checkpoint under `output_dir` (for --resume auto)."""
+    candidates = [p for p in Path(output_dir).glob(f"training_*/{CHECKPOINT_NAME}") if p.is_file()]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns)

@@ -1,0 +1,370 @@
+"""Command-line flags of `shufflenet-train`, parsed and validated into a frozen `TrainConfig`.
+
+Pure: nothing here touches devices, files or the environment. What must be probed (is CUDA
+there, is apex importable, does the data folder exist) is checked where it is used, so that
+this module can be tested in milliseconds and reused by the operator side without torch.
+
+Flag names follow pytorch/examples `imagenet/main.py` first; defaults follow the published
+ShuffleNetV2 recipe (global batch 1024, lr 0.5 scaled linearly with the batch, label smoothing
+0.1, weight decay 4e-5 without decay on BatchNorm parameters and biases).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+# Kept in sync with `shufflenet_trainer.models.ARCHS`; duplicated so that flag parsing needs
+# no torch import. A test checks the two agree.
+ARCH_NAMES: tuple[str, ...] = (
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0",
+)
+DEVICES = ("cpu", "cuda", "npu")
+AMP_MODES = ("off", "fp16", "bf16", "apex-O1", "apex-O2")
+SCHEDULES = ("cosine", "linear", "step")
+OPTIMIZERS = ("sgd", "lars")
+SHUFFLES = ("fused", "reference")
+
+# The recipe's reference point: lr 0.5 at a global batch of 1024, scaled linearly.
+REFERENCE_LR = 0.5
+REFERENCE_BATCH = 1024
+
+# Warm-up of the recipe; short runs (tests, demos) warm up for a tenth of their epochs.
+DEFAULT_WARMUP_EPOCHS = 5.0
+
+# Mixed precision picked when --amp is not given: CPUs train in fp32 (autocast there is slow
+# and buys nothing); CUDA GPUs use bf16 (no loss scaling needed); Ascend uses fp16 with a
+# dynamic loss scale because the 910A generation has no bf16 units.
+DEFAULT_AMP = {"cpu": "off", "cuda": "bf16", "npu": "fp16"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The resolved configuration of one training (or evaluation) run."""
+
+    data: str | None
+    arch: str = "shufflenet_v2_x1_0"
+    workers: int = 4
+    epochs: int = 240
+    start_epoch: int = 0
+    batch_size: int = 1024  # global, over all ranks
+    lr: float = REFERENCE_LR
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    print_freq: int = 10
+    resume: str | None = None
+    evaluate: bool = False
+    pretrained: str | None = None
+    seed: int = 0
+    dummy: bool = False
+    device: str = "cpu"
+    device_id: int = 0
+    amp: str = "off"
+    loss_scale: float | str | None = None  # None: no scaling; "dynamic"; or a fixed factor
+    label_smoothing: float = 0.1
+    nesterov: bool = False
+    bn_weight_decay: bool = False
+    warmup_epochs: float = 5.0
+    lr_schedule: str = "cosine"
+    optimizer: str = "sgd"
+    lars_eta: float = 0.001
+    channels_last: bool = False
+    compile: bool = False
+    image_size: int = 224
+    val_resize: int = 256
+    eval_freq: int = 1
+    output_dir: str = "result"
+    shuffle: str = "fused"
+    strict_data: bool = False
+    max_steps_per_epoch: int | None = None
+    world_size: int = 1
+    rank: int = 0
+
+    @property
+    def per_process_batch(self) -> int:
+        """Batch size of one rank: the global batch split evenly."""
+        return self.batch_size // self.world_size
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes checkpoints, plots and the main log."""
+        return self.rank == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, with the derived per-process batch for the reader's benefit."""
+        out = dataclasses.asdict(self)
+        out["per_process_batch"] = self.per_process_batch
+        return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line, exit 2) instead of printing usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{message} (see shufflenet-train --help)")
+
+
+def _loss_scale(text: str) -> float | str:
+    if text == "dynamic":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--loss-scale {text!r}: pass a positive number or 'dynamic'"
+        ) from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(
+            f"--loss-scale {text!r}: pass a positive number or 'dynamic'"
+        )
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser; its help text is the flag reference."""
+    p = _Parser(
+        prog="shufflenet-train",
+        description="Train ShuffleNetV2 on an ImageFolder dataset (ImageNet layout: "
+        "DIR/train/<class>/*.JPEG, DIR/val/<class>/*.JPEG). A drop-in for pytorch/examples "
+        "imagenet/main.py.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("data", nargs="?", default=None, help="dataset root (optional with --dummy)")
+    p.add_argument("-a", "--arch", default="shufflenet_v2_x1_0", help=f"one of {ARCH_NAMES}")
+    p.add_argument("-j", "--workers", type=int, default=4, help="data loading processes")
+    p.add_argument("--epochs", type=int, default=240, help="total epochs")
+    p.add_argument("--start-epoch", type=int, default=0, help="first epoch (resume overrides)")
+    p.add_argument(
+        "-b", "--batch-size", type=int, default=1024, help="GLOBAL batch, split over ranks"
+    )
+    p.add_argument(
+        "--lr",
+        "--learning-rate",
+        dest="lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default: 0.5 x batch/1024)",
+    )
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument(
+        "--wd", "--weight-decay", dest="weight_decay", type=float, default=4e-5, help="weight decay"
+    )
+    p.add_argument("-p", "--print-freq", type=int, default=10, help="log every N steps")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="PATH",
+        help="checkpoint to resume from; 'auto' picks the newest checkpoint under --output-dir",
+    )
+    p.add_argument("-e", "--evaluate", action="store_true", help="only evaluate on val")
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="PATH",
+        help="local weights: a torchvision state_dict or a shufflenet-train checkpoint",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed (runs are reproducible by default)")
+    p.add_argument("--dummy", action="store_true", help="synthetic data, no dataset needed")
+    p.add_argument(
+        "--device", choices=DEVICES, default=None, help="default: cuda if available, else cpu"
+    )
+    p.add_argument("--device-id", type=int, default=0, help="device index on this host")
+    p.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        default=None,
+        help="mixed precision (default: off on cpu, bf16 on cuda, fp16 on npu)",
+    )
+    p.add_argument(
+        "--loss-scale",
+        type=_loss_scale,
+        default=None,
+        help="fp16/apex loss scale: a number or 'dynamic' (default: dynamic)",
+    )
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    p.add_argument(
+        "--bn-weight-decay",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="apply weight decay to BatchNorm parameters and biases (recipe: off)",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=None,
+        help="linear lr warm-up (fractions allowed; must be < --epochs). Default: 5, or a "
+        "tenth of --epochs for runs shorter than 50 epochs",
+    )
+    p.add_argument("--lr-schedule", choices=SCHEDULES, default="cosine")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    p.add_argument("--lars-eta", type=float, default=0.001, help="LARS trust coefficient")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--image-size", type=int, default=224, help="train/val crop size")
+    p.add_argument("--val-resize", type=int, default=256, help="val short side before crop")
+    p.add_argument("--eval-freq", type=int, default=1, help="validate every N epochs")
+    p.add_argument("--output-dir", default="result", help="root of the result folders")
+    p.add_argument("--shuffle", choices=SHUFFLES, default="fused", help="channel shuffle op")
+    p.add_argument(
+        "--strict-data", action="store_true", help="fail on an unreadable image instead of skip"
+    )
+    p.add_argument(
+        "--max-steps-per-epoch",
+        type=int,
+        default=None,
+        help="cap train and val steps per epoch (smoke runs and tests)",
+    )
+    return p
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Raise ConfigError naming the field and the fix for the first impossible setting."""
+    _check(
+        cfg.arch in ARCH_NAMES,
+        f"-a/--arch {cfg.arch!r} is unknown: pass one of {', '.join(ARCH_NAMES)}",
+    )
+    _check(cfg.data is not None or cfg.dummy, "data: pass the dataset folder, or --dummy")
+    _check(cfg.world_size >= 1, f"world size {cfg.world_size} must be >= 1")
+    _check(
+        0 <= cfg.rank < cfg.world_size,
+        f"rank {cfg.rank} must be in [0, {cfg.world_size})",
+    )
+    _check(cfg.batch_size >= 1, f"-b/--batch-size {cfg.batch_size} must be >= 1")
+    _check(
+        cfg.batch_size % cfg.world_size == 0,
+        f"-b/--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
+        f"{cfg.world_size} ranks: pass a multiple of {cfg.world_size}",
+    )
+    _check(cfg.epochs >= 1, f"--epochs {cfg.epochs} must be >= 1")
+    _check(
+        0 <= cfg.start_epoch < cfg.epochs or cfg.evaluate,
+        f"--start-epoch {cfg.start_epoch} must be in [0, --epochs {cfg.epochs})",
+    )
+    _check(cfg.workers >= 0, f"-j/--workers {cfg.workers} must be >= 0")
+    _check(cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr {cfg.lr} must be a positive number")
+    _check(0 <= cfg.momentum < 1, f"--momentum {cfg.momentum} must be in [0, 1)")
+    _check(cfg.weight_decay >= 0, f"--wd {cfg.weight_decay} must be >= 0")
+    _check(cfg.print_freq >= 1, f"-p/--print-freq {cfg.print_freq} must be >= 1")
+    _check(
+        0 <= cfg.label_smoothing < 1,
+        f"--label-smoothing {cfg.label_smoothing} must be in [0, 1)",
+    )
+    _check(cfg.warmup_epochs >= 0, f"--warmup-epochs {cfg.warmup_epochs} must be >= 0")
+    _check(
+        cfg.evaluate or cfg.warmup_epochs < cfg.epochs,
+        f"--warmup-epochs {cfg.warmup_epochs:g} must be smaller than --epochs {cfg.epochs}: "
+        "pass a smaller --warmup-epochs (0 disables warm-up)",
+    )
+    _check(cfg.lars_eta > 0, f"--lars-eta {cfg.lars_eta} must be > 0")
+    _check(
+        not (cfg.nesterov and cfg.momentum == 0),
+        "--nesterov needs --momentum > 0",
+    )
+    _check(cfg.image_size >= 32, f"--image-size {cfg.image_size} must be >= 32")
+    _check(
+        cfg.val_resize >= cfg.image_size,
+        f"--val-resize {cfg.val_resize} must be >= --image-size {cfg.image_size}",
+    )
+    _check(cfg.eval_freq >= 1, f"--eval-freq {cfg.eval_freq} must be >= 1")
+    _check(
+        cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1,
+        f"--max-steps-per-epoch {cfg.max_steps_per_epoch} must be >= 1",
+    )
+    _check(cfg.device_id >= 0, f"--device-id {cfg.device_id} must be >= 0")
+    _check(cfg.seed >= 0, f"--seed {cfg.seed} must be >= 0")
+    _check(bool(cfg.output_dir), "--output-dir must not be empty")
+    if cfg.amp.startswith("apex"):
+        _check(
+            cfg.device in ("cuda", "npu"),
+            f"--amp {cfg.amp} needs --device cuda or npu: use --amp bf16 or off on {cfg.device}",
+        )
+    _check(
+        cfg.loss_scale is None or cfg.amp in ("fp16", "apex-O1", "apex-O2"),
+        f"--loss-scale applies to --amp fp16/apex-O1/apex-O2 only, not --amp {cfg.amp}: "
+        "drop --loss-scale",
+    )
+    _check(
+        not (cfg.compile and cfg.amp.startswith("apex")),
+        f"--compile cannot be combined with --amp {cfg.amp}: use --amp fp16 or bf16",
+    )
+    return cfg
+
+
+def parse_config(
+    argv: Sequence[str] | None,
+    *,
+    default_device: str = "cpu",
+    world_size: int = 1,
+    rank: int = 0,
+) -> TrainConfig:
+    """Parse and validate flags.
+
+    `default_device` is what --device means when it is not given (the caller probes the
+    hardware); `world_size`/`rank` come from the launcher's environment once distributed
+    training is wired in.
+    """
+    ns = build_parser().parse_args(argv)
+    device = ns.device or default_device
+    amp = ns.amp or DEFAULT_AMP[device]
+    loss_scale = ns.loss_scale
+    if loss_scale is None and amp in ("fp16", "apex-O1", "apex-O2"):
+        loss_scale = "dynamic"
+    warmup = ns.warmup_epochs
+    if warmup is None:
+        warmup = min(DEFAULT_WARMUP_EPOCHS, ns.epochs / 10)
+    lr = ns.lr if ns.lr is not None else REFERENCE_LR * ns.batch_size / REFERENCE_BATCH
+    cfg = TrainConfig(
+        data=ns.data,
+        arch=ns.arch,
+        workers=ns.workers,
+        epochs=ns.epochs,
+        start_epoch=ns.start_epoch,
+        batch_size=ns.batch_size,
+        lr=lr,
+        momentum=ns.momentum,
+        weight_decay=ns.weight_decay,
+        print_freq=ns.print_freq,
+        resume=ns.resume,
+        evaluate=ns.evaluate,
+        pretrained=ns.pretrained,
+        seed=ns.seed,
+        dummy=ns.dummy,
+        device=device,
+        device_id=ns.device_id,
+        amp=amp,
+        loss_scale=loss_scale,
+        label_smoothing=ns.label_smoothing,
+        nesterov=ns.nesterov,
+        bn_weight_decay=ns.bn_weight_decay,
+        warmup_epochs=warmup,
+        lr_schedule=ns.lr_schedule,
+        optimizer=ns.optimizer,
+        lars_eta=ns.lars_eta,
+        channels_last=ns.channels_last,
+        compile=ns.compile,
+        image_size=ns.image_size,
+        val_resize=ns.val_resize,
+        eval_freq=ns.eval_freq,
+        output_dir=ns.output_dir,
+        shuffle=ns.shuffle,
+        strict_data=ns.strict_data,
+        max_steps_per_epoch=ns.max_steps_per_epoch,
+        world_size=world_size,
+        rank=rank,
+    )
+    return validate(cfg)

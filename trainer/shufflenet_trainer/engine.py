@@ -1,0 +1,580 @@
+"""Training and validation loops, and `run`, which wires a whole run together.
+
+Design points:
+- No host/device sync per step: loss and accuracy are summed on the device and read back
+  only at print steps; throughput is timed between two synchronisations per epoch.
+- Throughput is the Ascend ModelZoo seed's FPS: global images per second over the epoch,
+  excluding the first WARMUP_STEPS steps (graph building, cuDNN autotuning, worker start-up).
+  An epoch of at most WARMUP_STEPS steps excludes only its first step, and says so.
+- Exact resume: the lr is a function of the global step, data order and augmentation depend
+  only on (seed, epoch), and torch's RNG is reseeded from (seed, epoch) at each epoch start,
+  so epoch k runs the same whether or not the process restarted before it.
+- Distributed-ready: the config carries world_size/rank, batch sizes are per process, the
+  throughput is scaled to the global figure, and only rank 0 writes files. Gradient and
+  metric all-reduce are left to the distributed issue (see `reduce_sums`).
+- `Hooks` are the extension points for metrics export and signal handling.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import checkpoint as ckpt
+from . import device as dev
+from .config import TrainConfig
+from .data import build_loaders, normalize_on_device
+from .errors import ConfigError
+from .models import build_model
+from .optim import LrSchedule, build_optimizer, make_schedule, set_lr
+from .plotting import plot_curves
+from .progress import Progress
+from .results import CURVES_NAME, RunLog, create_result_dir
+
+WARMUP_STEPS = 10
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """Sent to `Hooks.on_step` after every step; cheap (no device sync)."""
+
+    epoch: int
+    step: int  # 0-based within the epoch
+    global_step: int  # steps completed in the whole run
+    images: int  # images of this step, all ranks
+    step_seconds: float  # host wall time of the step, without device sync
+    data_wait_seconds: float
+    lr: float
+
+
+@dataclass
+class Hooks:
+    """Callback lists; each callable gets one argument.
+
+    on_step:  StepEvent after every training step.
+    on_log:   the print-step record (dict, as written to train.jsonl).
+    on_epoch: the epoch record (dict, as written to train.jsonl), after the checkpoint.
+    on_eval:  the evaluation record (dict).
+    """
+
+    on_step: list[Callable[[StepEvent], None]] = field(default_factory=list)
+    on_log: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+    on_epoch: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+    on_eval: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+
+    @staticmethod
+    def _call(funcs: Iterable[Callable[[Any], None]], arg: Any) -> None:
+        for f in funcs:
+            f(arg)
+
+
+def topk_correct(output: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -> Tensor:
+    """Number of samples whose label is in the top-k predictions, per k (a device tensor).
+
+    k is capped at the class count, so top-5 of a 3-class problem is top-3 (always 100%).
+    """
+    maxk = min(max(ks), output.shape[1])
+    pred = output.topk(maxk, dim=1).indices
+    hit = pred.eq(target.view(-1, 1))
+    return torch.stack([hit[:, : min(k, maxk)].any(dim=1).sum() for k in ks])
+
+
+def _accumulate(sums: Tensor, loss: Tensor, hits: Tensor, n: int) -> None:
+    """sums += [loss * n, top1 hits, top5 hits, n], on the device, without a host sync."""
+    sums[0] += loss.double() * n
+    sums[1:3] += hits.double()
+    sums[3] += n
+
+
+def reduce_sums(sums: Tensor, world_size: int) -> Tensor:
+    """Sum metric counters over ranks. Single process: the identity.
+
+    The distributed issue plugs torch.distributed.all_reduce in here.
+    """
+    if world_size > 1:
+        raise NotImplementedError("multi-process training is not wired in yet")
+    return sums
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    steps: int
+    images: int  # all ranks
+    loss: float
+    top1: float
+    top5: float
+    lr: float
+    images_per_sec: float  # FPS@all
+    fps_steps: tuple[int, int]  # 1-based first and last step counted
+    fps_note: str
+    data_wait_share: float
+    seconds: float
+
+
+@dataclass
+class EvalStats:
+    loss: float
+    top1: float
+    top5: float
+    images: int
+    seconds: float
+
+
+class Trainer:
+    """Holds what the loops share: model, optimizer, precision, device, schedule, logs."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        precision: dev.Precision,
+        device: torch.device,
+        schedule: LrSchedule | None,
+        log: RunLog,
+        hooks: Hooks,
+    ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.optimizer = optimizer
+        self.precision = precision
+        self.device = device
+        self.schedule = schedule
+        self.log = log
+        self.hooks = hooks
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing).to(device)
+
+    def _inputs(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        x = normalize_on_device(images, self.device, channels_last=self.cfg.channels_last)
+        return x, labels.to(self.device, non_blocking=True)
+
+    def train_one_epoch(
+        self, loader: Iterable[tuple[Tensor, Tensor]], *, epoch: int, steps: int, global_step: int
+    ) -> EpochStats:
+        cfg, ws = self.cfg, self.cfg.world_size
+        assert self.schedule is not None
+        self.model.train()
+        dev.reset_peak_memory(self.device)
+        # Counters on the device: [loss * n, top1 hits, top5 hits, n]; read at print steps.
+        epoch_sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        last_sums = torch.zeros_like(epoch_sums)
+        skip = WARMUP_STEPS if steps > WARMUP_STEPS else min(1, steps - 1)
+        fps_start: float | None = None
+        fps_images = 0
+        wait_total = 0.0
+        wait_interval = 0.0
+        lr = self.schedule(global_step)
+        images_total = 0
+
+        dev.synchronize(self.device)
+        t_epoch = time.perf_counter()
+        if skip == 0:
+            fps_start = t_epoch
+        t_interval = t_epoch
+        it = iter(loader)
+        done = 0
+        for step in range(steps):
+            t0 = time.perf_counter()
+            try:
+                images, labels = next(it)
+            except StopIteration:
+                break
+            t_data = time.perf_counter()
+            wait = t_data - t0
+            lr = self.schedule(global_step)
+            set_lr(self.optimizer, lr)
+            x, y = self._inputs(images, labels)
+            with self.precision.autocast():
+                output = self.model(x)
+                loss = self.criterion(output, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.precision.backward_step(loss, self.optimizer)
+
+            n = y.shape[0]
+            with torch.no_grad():
+                _accumulate(epoch_sums, loss.detach(), topk_correct(output.detach(), y), n)
+            global_step += 1
+            done = step + 1
+            images_total += n * ws
+            wait_total += wait
+            wait_interval += wait
+            if fps_start is None and done == skip:
+                dev.synchronize(self.device)
+                fps_start = time.perf_counter()
+                fps_images = images_total
+            t_end = time.perf_counter()
+            Hooks._call(
+                self.hooks.on_step,
+                StepEvent(epoch, step, global_step, n * ws, t_end - t0, wait, lr),
+            )
+
+            if done % cfg.print_freq == 0 or done == steps:
+                # .tolist() syncs the device, so the interval's wall time is real work.
+                sums = reduce_sums(epoch_sums - last_sums, ws).tolist()
+                last_sums = epoch_sums.clone()
+                now = time.perf_counter()
+                interval = max(now - t_interval, 1e-9)
+                record = {
+                    "kind": "step",
+                    "epoch": epoch,
+                    "step": done,
+                    "steps": steps,
+                    "global_step": global_step,
+                    "loss": sums[0] / sums[3],
+                    "lr": lr,
+                    "top1": 100.0 * sums[1] / sums[3],
+                    "top5": 100.0 * sums[2] / sums[3],
+                    "images_per_sec": sums[3] * ws / interval,
+                    "data_wait_share": wait_interval / interval,
+                }
+                t_interval, wait_interval = now, 0.0
+                self.log.step(
+                    f"Epoch: [{epoch}][{done:>{len(str(steps))}}/{steps}]  "
+                    f"loss {record['loss']:.4f}  top1 {record['top1']:6.2f}  "
+                    f"top5 {record['top5']:6.2f}  lr {lr:.6f}  "
+                    f"img/s {record['images_per_sec']:9.1f}  "
+                    f"data {100 * record['data_wait_share']:5.1f}%",
+                    bar_text=f"loss {record['loss']:.4f} top1 {record['top1']:.1f} "
+                    f"lr {lr:.4g} {record['images_per_sec']:.0f} img/s",
+                )
+                self.log.record(record)
+                Hooks._call(self.hooks.on_log, record)
+            self.log.progress.advance(f"Epoch {epoch}", done, steps)
+
+        dev.synchronize(self.device)
+        t_done = time.perf_counter()
+        if done == 0:
+            raise ConfigError(
+                f"epoch {epoch} had no training batch: lower -b/--batch-size "
+                f"({cfg.batch_size}) or add data"
+            )
+        sums = reduce_sums(epoch_sums, ws).tolist()
+        if fps_start is None:  # the loader ended before the warm-up steps were over
+            fps_start, fps_images = t_epoch, 0
+            first = 1
+        else:
+            first = (skip + 1) if skip else 1
+        counted = images_total - fps_images
+        elapsed = max(t_done - fps_start, 1e-9)
+        if done > WARMUP_STEPS:
+            note = f"steps {first}-{done} of {done}, first {WARMUP_STEPS} excluded"
+        elif done > 1:
+            note = f"only {done} steps: steps {first}-{done}, first step excluded"
+        else:
+            note = "only 1 step: nothing excluded"
+        return EpochStats(
+            epoch=epoch,
+            steps=done,
+            images=images_total,
+            loss=sums[0] / sums[3],
+            top1=100.0 * sums[1] / sums[3],
+            top5=100.0 * sums[2] / sums[3],
+            lr=lr,
+            images_per_sec=counted / elapsed,
+            fps_steps=(first, done),
+            fps_note=note,
+            data_wait_share=wait_total / max(t_done - t_epoch, 1e-9),
+            seconds=t_done - t_epoch,
+        )
+
+    @torch.no_grad()
+    def validate(
+        self, loader: Iterable[tuple[Tensor, Tensor]], *, max_steps: int | None = None
+    ) -> EvalStats:
+        self.model.eval()
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        t0 = time.perf_counter()
+        for i, (images, labels) in enumerate(loader):
+            if max_steps is not None and i >= max_steps:
+                break
+            x, y = self._inputs(images, labels)
+            with self.precision.autocast():
+                output = self.model(x)
+                loss = self.criterion(output, y)
+            n = y.shape[0]
+            _accumulate(sums, loss, topk_correct(output, y), n)
+        s = reduce_sums(sums, self.cfg.world_size).tolist()
+        n = max(s[3], 1.0)
+        return EvalStats(
+            loss=s[0] / n,
+            top1=100.0 * s[1] / n,
+            top5=100.0 * s[2] / n,
+            images=int(s[3]),
+            seconds=time.perf_counter() - t0,
+        )
+
+
+def _seed_epoch(seed: int, epoch: int) -> None:
+    # Any randomness inside the step (none in ShuffleNetV2 today, but dropout or stochastic
+    # ops could come) restarts from the same point whether or not the run was resumed.
+    torch.manual_seed(seed * 100_003 + epoch)
+
+
+def _resolve_resume(cfg: TrainConfig, log: RunLog) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        found = ckpt.find_latest_checkpoint(cfg.output_dir)
+        if found is None:
+            log.info(f"=> --resume auto: no checkpoint under {cfg.output_dir}, starting fresh")
+        else:
+            log.info(f"=> --resume auto: found {found}")
+        return found
+    return Path(cfg.resume)
+
+
+def _steps(length: int, cap: int | None) -> int:
+    return length if cap is None else min(length, cap)
+
+
+def run(cfg: TrainConfig, *, hooks: Hooks | None = None, progress: Progress | None = None) -> int:
+    """Run training (or evaluation with -e) as configured; returns the exit code (0).
+
+    Everything that can be wrong with the inputs is checked before the result folder is
+    created: device, precision, checkpoints, data, model.
+    """
+    hooks = hooks or Hooks()
+    log = RunLog(progress)
+    device = dev.select_device(cfg.device, cfg.device_id)
+    precision = dev.Precision(cfg.amp, device, cfg.loss_scale)
+
+    resume_path = _resolve_resume(cfg, log)
+    resume_state = ckpt.load_checkpoint(resume_path, arch=cfg.arch) if resume_path else None
+
+    loaders = build_loaders(
+        cfg.data,
+        batch_size=cfg.per_process_batch,
+        workers=cfg.workers,
+        image_size=cfg.image_size,
+        val_resize=cfg.val_resize,
+        dummy=cfg.dummy,
+        channels_last=cfg.channels_last,
+        strict=cfg.strict_data,
+        seed=cfg.seed,
+        rank=cfg.rank,
+        world_size=cfg.world_size,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        device=device.type,
+    )
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.arch, num_classes=loaders.num_classes, shuffle=cfg.shuffle)
+    pretrained_note = None
+    if cfg.pretrained:
+        pretrained_note = ckpt.load_pretrained(
+            model, cfg.pretrained, arch=cfg.arch, allow_new_head=not cfg.evaluate
+        )
+    if resume_state is not None:
+        try:
+            model.load_state_dict(ckpt.strip_wrapper_prefixes(resume_state["state_dict"]))
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"--resume {resume_path} does not fit this model/data "
+                f"({loaders.num_classes} classes): {str(exc).splitlines()[0]}; resume with "
+                "the data and flags of the original run"
+            ) from None
+    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+    model = model.to(device, memory_format=memory_format)
+    optimizer = build_optimizer(
+        model,
+        name=cfg.optimizer,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.nesterov,
+        bn_weight_decay=cfg.bn_weight_decay,
+        lars_eta=cfg.lars_eta,
+    )
+    model, optimizer = precision.prepare(model, optimizer)
+
+    start_epoch, best_top1, history, global_step = cfg.start_epoch, 0.0, [], None
+    if resume_state is not None and not cfg.evaluate:
+        try:
+            optimizer.load_state_dict(resume_state["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(
+                f"--resume {resume_path}: optimizer state does not fit --optimizer "
+                f"{cfg.optimizer} ({exc}); resume with the flags of the original run"
+            ) from None
+        precision.load_state_dict(resume_state.get("precision"))
+        dev.set_rng_state(resume_state.get("rng_state"), device)
+        start_epoch = int(resume_state["epoch"])
+        best_top1 = float(resume_state.get("best_top1", 0.0))
+        history = list(resume_state.get("history", []))
+        global_step = resume_state.get("global_step")
+        if start_epoch >= cfg.epochs:
+            raise ConfigError(
+                f"--resume {resume_path} already finished epoch {start_epoch} of --epochs "
+                f"{cfg.epochs}: pass a larger --epochs to train on"
+            )
+
+    train_len = len(loaders.train)  # type: ignore[arg-type]
+    steps = _steps(train_len, cfg.max_steps_per_epoch)
+    if steps == 0 and not cfg.evaluate:
+        raise ConfigError(
+            f"-b/--batch-size {cfg.batch_size}: the train split has {loaders.train_size} "
+            "images, fewer than one batch; pass a smaller -b"
+        )
+    # The schedule counts optimizer steps; resumed runs use the stored count when present so
+    # a changed --max-steps-per-epoch cannot silently shift the lr curve.
+    schedule = make_schedule(
+        base_lr=cfg.lr,
+        epochs=cfg.epochs,
+        steps_per_epoch=max(steps, 1),
+        warmup_epochs=cfg.warmup_epochs,
+        schedule=cfg.lr_schedule,
+    )
+    if global_step is None:
+        global_step = start_epoch * steps
+
+    run_model = torch.compile(model) if cfg.compile else model
+
+    # All inputs are valid: from here on the run leaves a result folder.
+    folder: Path | None = None
+    if cfg.is_main:
+        folder = create_result_dir(cfg.output_dir, cfg.world_size)
+        log.attach(folder)
+        log.write_config(cfg.to_dict())
+    trainer = Trainer(
+        cfg,
+        model=run_model,
+        optimizer=optimizer,
+        precision=precision,
+        device=device,
+        schedule=schedule,
+        log=log,
+        hooks=hooks,
+    )
+    try:
+        log.info(
+            f"=> {cfg.arch} on {device} (amp {cfg.amp}, world size {cfg.world_size}); "
+            f"data {'synthetic' if cfg.dummy else cfg.data}: {loaders.train_size} train / "
+            f"{loaders.val_size} val images, {loaders.num_classes} classes, "
+            f"decode {loaders.stats.decode_path}"
+        )
+        if pretrained_note:
+            log.info(f"=> pretrained: {pretrained_note}")
+        if resume_state is not None:
+            log.info(f"=> resumed from {resume_path} at epoch {start_epoch}")
+        if folder is not None:
+            log.info(f"=> results in {folder}")
+
+        if cfg.evaluate:
+            return _evaluate_only(trainer, loaders, cfg, log, hooks)
+        log.info(
+            f"=> {cfg.epochs - start_epoch} epochs x {steps} steps, global batch "
+            f"{cfg.batch_size} ({cfg.per_process_batch} per process), lr {cfg.lr:g} "
+            f"{cfg.lr_schedule} with {cfg.warmup_epochs:g} warm-up epochs, {cfg.optimizer}"
+        )
+        for epoch in range(start_epoch, cfg.epochs):
+            loaders.set_epoch(epoch)
+            _seed_epoch(cfg.seed, epoch)
+            stats = trainer.train_one_epoch(
+                loaders.train, epoch=epoch, steps=steps, global_step=global_step
+            )
+            global_step += stats.steps
+            log.info(
+                f"Epoch {epoch}: FPS@all {stats.images_per_sec:.3f}, TIME@all "
+                f"{stats.seconds:.3f} ({stats.fps_note}); loss {stats.loss:.4f} "
+                f"top1 {stats.top1:.2f} data-wait {100 * stats.data_wait_share:.1f}%"
+            )
+            val: EvalStats | None = None
+            if (epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs:
+                val = trainer.validate(loaders.val, max_steps=cfg.max_steps_per_epoch)
+                log.info(
+                    f" * Acc@1 {val.top1:.3f} Acc@5 {val.top5:.3f} (val loss {val.loss:.4f}, "
+                    f"{val.images} images, {val.seconds:.1f}s)"
+                )
+            is_best = val is not None and (
+                val.top1 > best_top1 or not any(r.get("val_top1") is not None for r in history)
+            )
+            if is_best:
+                assert val is not None
+                best_top1 = val.top1
+            mem = dev.memory_stats(device)
+            record: dict[str, Any] = {
+                "kind": "epoch",
+                "epoch": epoch,
+                "step": stats.steps,
+                "global_step": global_step,
+                "loss": stats.loss,
+                "lr": stats.lr,
+                "top1": stats.top1,
+                "top5": stats.top5,
+                "images_per_sec": stats.images_per_sec,
+                "fps_steps": list(stats.fps_steps),
+                "data_wait_share": stats.data_wait_share,
+                "epoch_seconds": stats.seconds,
+                "images": stats.images,
+                "val_loss": val.loss if val else None,
+                "val_top1": val.top1 if val else None,
+                "val_top5": val.top5 if val else None,
+                "best_top1": best_top1,
+                "loss_scale": precision.current_scale(),
+                "max_memory_bytes": mem["max_allocated_bytes"] if mem else None,
+                "skipped_files": loaders.stats.skipped_files,
+            }
+            history.append(record)
+            if folder is not None:
+                t0 = time.perf_counter()
+                state = {
+                    "format": ckpt.FORMAT,
+                    "epoch": epoch + 1,  # the next epoch to run, as pytorch/examples stores it
+                    "global_step": global_step,
+                    "arch": cfg.arch,
+                    "num_classes": loaders.num_classes,
+                    "state_dict": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "precision": precision.state_dict(),
+                    "best_top1": best_top1,
+                    "config": cfg.to_dict(),
+                    "rng_state": dev.rng_state(device),
+                    "history": history,
+                }
+                path = ckpt.save_checkpoint(state, folder / ckpt.CHECKPOINT_NAME)
+                if is_best:
+                    ckpt.copy_atomic(path, folder / ckpt.BEST_NAME)
+                record["checkpoint_seconds"] = time.perf_counter() - t0
+                plot_curves(history, folder / CURVES_NAME)
+            log.record(record)
+            Hooks._call(hooks.on_epoch, record)
+        log.info(f"=> done: best val top-1 {best_top1:.3f}")
+        return 0
+    finally:
+        log.close()
+
+
+def _evaluate_only(
+    trainer: Trainer, loaders: Any, cfg: TrainConfig, log: RunLog, hooks: Hooks
+) -> int:
+    val = trainer.validate(loaders.val, max_steps=cfg.max_steps_per_epoch)
+    log.info(
+        f" * Acc@1 {val.top1:.3f} Acc@5 {val.top5:.3f} (val loss {val.loss:.4f}, "
+        f"{val.images} images, {val.seconds:.1f}s)"
+    )
+    record = {
+        "kind": "eval",
+        "epoch": None,
+        "step": None,
+        "loss": val.loss,
+        "top1": val.top1,
+        "top5": val.top5,
+        "val_loss": val.loss,
+        "val_top1": val.top1,
+        "val_top5": val.top5,
+        "images": val.images,
+        "images_per_sec": val.images * cfg.world_size / max(val.seconds, 1e-9),
+        "seconds": val.seconds,
+    }
+    log.record(record)
+    Hooks._call(hooks.on_eval, record)
+    return 0
