@@ -1,15 +1,15 @@
 """Channel shuffle forward+backward: fused op vs torchvision's formulation vs a plain copy.
 
 Run: python bench/bench_shuffle.py [--device cpu|cuda] [--shape 64,58,28,28] [--repeat 100]
-All variants run in this one process on the same tensors; the figures that matter are the
-ratios, since absolute times move with whatever else the machine is doing.
+All variants run in this one process on the same tensors, interleaved round by round; each
+figure is the best (minimum) time over the repeats, since interference from other work on
+the machine only ever adds time. The figures that matter are the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import time
 from collections.abc import Callable
 
@@ -23,17 +23,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
-    for _ in range(max(5, repeat // 10)):
-        fn()
-    _sync(device)
-    times = []
+def best_ms(variants: dict[str, Callable[[], object]], device: torch.device, repeat: int) -> dict:
+    """Best time of each variant, the variants taking turns so that drift hits all alike."""
+    for fn in variants.values():
+        for _ in range(max(5, repeat // 10)):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for name, fn in variants.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) * 1e3 for name, t in times.items()}
 
 
 def _fwd_bwd(split: Callable, p1: torch.Tensor, p2: torch.Tensor, grad: torch.Tensor) -> None:
@@ -65,7 +68,7 @@ def run(shape: tuple[int, int, int, int], device: torch.device, repeat: int) -> 
             ),
             "copy": functools.partial(_copy_same_bytes, x1, x2, grad),
         }
-        times = {name: median_ms(fn, device, repeat) for name, fn in variants.items()}
+        times = best_ms(variants, device, repeat)
         fmt = "channels_last" if memory_format == torch.channels_last else "NCHW"
         rows.append({"format": fmt, **times})
     return rows
@@ -81,7 +84,7 @@ def main() -> None:
     device = torch.device(args.device)
     print(
         f"channel_shuffle_split fwd+bwd, two {shape} float32 tensors, {device}, "
-        f"{torch.get_num_threads()} threads, median of {args.repeat}"
+        f"{torch.get_num_threads()} threads, best of {args.repeat}"
     )
     print(
         f"{'format':<14}{'fused ms':>10}{'torchvision ms':>16}{'copy ms':>10}"

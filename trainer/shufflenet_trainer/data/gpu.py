@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .decode import decode_jpeg, jpeg_complete, jpeg_info
@@ -27,7 +27,7 @@ from .loader import (
     SkipLog,
     TrainFolderDataset,
     ValFolderDataset,
-    _identity,
+    batch_loader,
 )
 from .transforms import center_crop_offsets, resize_shorter, train_params
 
@@ -138,15 +138,7 @@ class GpuBatchLoader:
         self.channels_last = channels_last
         self.skips = skips
         self.val_resize = val_resize
-        self.loader = DataLoader(
-            dataset,
-            batch_size=None,
-            sampler=sampler,
-            num_workers=workers,
-            collate_fn=_identity,
-            persistent_workers=workers > 0,
-            prefetch_factor=2 if workers > 0 else None,
-        )
+        self.loader = batch_loader(dataset, sampler, workers)
 
     def __len__(self) -> int:
         return len(self.sampler)
