@@ -87,11 +87,25 @@ def _interleave_by_stack(out: Tensor, even: Tensor, odd: Tensor) -> None:
     torch.stack(halves, dim=dim + 1, out=pairs)
 
 
-def _deinterleave_into(first: Tensor, second: Tensor, src: Tensor) -> None:
-    """first[:, i] = src[:, 2i] and second[:, i] = src[:, 2i+1]: the inverse of the above."""
-    pairs = src.unflatten(1, (-1, 2))
-    first.copy_(pairs.select(2, 0))
-    second.copy_(pairs.select(2, 1))
+def _concat_into(out: Tensor, first: Tensor, second: Tensor) -> None:
+    """out = cat((first, second), 1), in out's memory format."""
+    if out.is_cuda:
+        _concat_by_copies(out, first, second)
+    else:
+        _concat_by_cat(out, first, second)
+
+
+def _concat_by_copies(out: Tensor, first: Tensor, second: Tensor) -> None:
+    half = first.shape[1]
+    out[:, :half].copy_(first)
+    out[:, half:].copy_(second)
+
+
+def _concat_by_cat(out: Tensor, first: Tensor, second: Tensor) -> None:
+    # As with the stack above: one dense destination block, written in memory order.
+    channels_last = _is_channels_last(out)
+    parts = (_physical(first, channels_last), _physical(second, channels_last))
+    torch.cat(parts, dim=3 if channels_last else 1, out=_physical(out, channels_last))
 
 
 # --- concat + shuffle + split -------------------------------------------------------------
@@ -112,10 +126,10 @@ def channel_shuffle_split(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
 def _channel_unshuffle_split(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """Inverse of channel_shuffle_split, i.e. its backward."""
     _check_pair(a, b, even=True)
-    half = a.shape[1] // 2
+    a_pairs, b_pairs = a.unflatten(1, (-1, 2)), b.unflatten(1, (-1, 2))
     x1, x2 = _empty_like(a), _empty_like(b)
-    _deinterleave_into(x1[:, :half], x2[:, :half], a)
-    _deinterleave_into(x1[:, half:], x2[:, half:], b)
+    _concat_into(x1, a_pairs.select(2, 0), b_pairs.select(2, 0))
+    _concat_into(x2, a_pairs.select(2, 1), b_pairs.select(2, 1))
     return x1, x2
 
 
@@ -172,9 +186,11 @@ def channel_shuffle_cat(x1: Tensor, x2: Tensor) -> Tensor:
 @torch.library.custom_op("shufflenet::channel_unshuffle_cat", mutates_args=())
 def _channel_unshuffle_cat(grad: Tensor) -> tuple[Tensor, Tensor]:
     """Inverse of channel_shuffle_cat: de-interleave into the two halves."""
+    pairs = grad.unflatten(1, (-1, 2))
     first = _empty_with_channels(grad, grad.shape[1] // 2)
     second = _empty_with_channels(grad, grad.shape[1] // 2)
-    _deinterleave_into(first, second, grad)
+    first.copy_(pairs.select(2, 0))
+    second.copy_(pairs.select(2, 1))
     return first, second
 
 
