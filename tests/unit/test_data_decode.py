@@ -15,7 +15,12 @@ import torchvision.transforms as T
 from PIL import Image
 
 from shufflenet_trainer.data import build_loaders
-from shufflenet_trainer.data.decode import decode_train, decode_train_tv, decode_val
+from shufflenet_trainer.data.decode import (
+    decode_train,
+    decode_train_tv,
+    decode_val,
+    simplejpeg_available,
+)
 from shufflenet_trainer.data.photos import imagenet_like, package_photos, write_photo_jpegs
 from shufflenet_trainer.data.transforms import Crop, TrainParams
 
@@ -129,7 +134,10 @@ def test_truncated_jpeg_raises(photos: list[Path], tmp_path: Path, keep: float) 
         decode_val(str(bad), 256, 224)
 
 
-def test_loader_on_photos_counts_only_bad_files(photos: list[Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("decoder", ["auto", "tv-jpeg", "pil-draft"])
+def test_loader_on_photos_counts_only_bad_files(
+    photos: list[Path], tmp_path: Path, decoder: str
+) -> None:
     for split in ("train", "val"):
         for c, name in enumerate(["n01", "n02"]):
             d = tmp_path / split / name
@@ -138,8 +146,11 @@ def test_loader_on_photos_counts_only_bad_files(photos: list[Path], tmp_path: Pa
                 (d / p.name).write_bytes(p.read_bytes())
     cut = tmp_path / "train" / "n02" / photos[7].name
     cut.write_bytes(cut.read_bytes()[:3000])
-    loaders = build_loaders(str(tmp_path), batch_size=4, workers=0, drop_last=False)
-    assert loaders.stats.decode_path == "tv-jpeg"
+    loaders = build_loaders(
+        str(tmp_path), batch_size=4, workers=0, drop_last=False, decoder=decoder
+    )
+    auto = "sj-jpeg" if simplejpeg_available() else "tv-jpeg"
+    assert loaders.stats.decode_path == (auto if decoder == "auto" else decoder)
     n = 0
     for x, y in loaders.train:
         assert x.shape[1:] == (3, 224, 224) and x.dtype == torch.uint8

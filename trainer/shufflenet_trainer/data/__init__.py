@@ -17,7 +17,14 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .decode import decode_train, decode_train_tv, decode_val
+from .decode import (
+    decode_train,
+    decode_train_sj,
+    decode_train_tv,
+    decode_val,
+    decode_val_sj,
+    simplejpeg_available,
+)
 from .folder import scan_imagefolder
 from .loader import (
     BatchLoader,
@@ -47,7 +54,7 @@ class DataStats:
     """Counters for logs and metrics."""
 
     skipped_files: int  # distinct unreadable/corrupt images skipped so far (train+val)
-    decode_path: str  # "pil", "pil-draft", "gpu-nvjpeg" or "synthetic"
+    decode_path: str  # "sj-jpeg", "tv-jpeg", "pil-draft", "gpu-nvjpeg" or "synthetic"
 
 
 @dataclass
@@ -89,8 +96,10 @@ def build_loaders(
 ) -> Loaders:
     """Train and val loaders for one rank; ``batch_size`` is per process.
 
-    ``decoder``: "auto" (the GPU path when ``device`` is an available CUDA device, else the
-    host path), "tv-jpeg" (host: libjpeg-turbo via torchvision for JPEG training crops,
+    ``decoder``: "auto" (the GPU path when ``device`` is an available CUDA device, else
+    sj-jpeg when simplejpeg is installed, else tv-jpeg), "sj-jpeg" (host: libjpeg-turbo via
+    simplejpeg for RGB JPEGs, train and val, at reduced scale for large crops; other files
+    as tv-jpeg), "tv-jpeg" (host: libjpeg-turbo via torchvision for JPEG training crops,
     Pillow with reduced-scale decoding for large crops, other formats and validation),
     "pil-draft" (Pillow only) or "gpu-nvjpeg". ``stats.decode_path`` reports the choice.
     With the GPU path, batches are already on ``device``.
@@ -120,16 +129,13 @@ def build_loaders(
         if not data_dir:
             raise ConfigError("no data directory given: pass DIR (with train/ and val/) or --dummy")
         class_names, train_samples, val_samples = scan_imagefolder(data_dir)
+        # The GPU path decodes on the host only what nvJPEG is not given, with tv-jpeg.
+        train_decode, val_decode = _HOST_DECODERS.get(path, (decode_train_tv, decode_val))
         train_ds = TrainFolderDataset(
-            train_samples,
-            image_size,
-            seed,
-            HOST_NHWC,
-            strict,
-            decode_train if path == "pil-draft" else decode_train_tv,
+            train_samples, image_size, seed, HOST_NHWC, strict, train_decode
         )
         val_ds = ValFolderDataset(
-            val_samples, val_resize, image_size, HOST_NHWC, strict, decode_val
+            val_samples, val_resize, image_size, HOST_NHWC, strict, val_decode
         )
         train_n, val_n = len(train_samples), len(val_samples)
 
@@ -166,7 +172,12 @@ def build_loaders(
     )
 
 
-DECODERS = ("auto", "tv-jpeg", "pil-draft", "gpu-nvjpeg")
+DECODERS = ("auto", "sj-jpeg", "tv-jpeg", "pil-draft", "gpu-nvjpeg")
+_HOST_DECODERS = {
+    "sj-jpeg": (decode_train_sj, decode_val_sj),
+    "tv-jpeg": (decode_train_tv, decode_val),
+    "pil-draft": (decode_train, decode_val),
+}
 
 
 def _pick_decoder(decoder: str, device: str, dummy: bool) -> str:
@@ -176,7 +187,14 @@ def _pick_decoder(decoder: str, device: str, dummy: bool) -> str:
         return "synthetic"
     gpu = torch.device(device).type == "cuda" and torch.cuda.is_available()
     if decoder == "auto":
-        return "gpu-nvjpeg" if gpu else "tv-jpeg"
+        if gpu:
+            return "gpu-nvjpeg"
+        return "sj-jpeg" if simplejpeg_available() else "tv-jpeg"
+    if decoder == "sj-jpeg" and not simplejpeg_available():
+        raise ConfigError(
+            "decoder sj-jpeg needs the simplejpeg package (in the trainer extra): install it "
+            "or use decoder tv-jpeg"
+        )
     if decoder == "gpu-nvjpeg" and not gpu:
         raise ConfigError(
             f"decoder gpu-nvjpeg needs an available CUDA device (device is {device!r}): "
