@@ -24,6 +24,9 @@ from torch import nn
 from .errors import ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
+# The checkpoint before the latest: what --resume auto falls back to when the latest is
+# unreadable (a disk that lost the last write, a file cut by a full volume).
+PREVIOUS_NAME = "checkpoint.prev.pth.tar"
 BEST_NAME = "model_best.pth.tar"
 FORMAT = "shufflenet-train/1"
 
@@ -45,8 +48,17 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write `state` to `path` atomically; the previous file stays intact on any failure."""
+def save_checkpoint(
+    state: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    previous: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write `state` to `path` atomically; the previous file stays intact on any failure.
+
+    With `previous`, the file at `path` is first moved there (once the new state is safely
+    on disk), so that two generations exist; at every moment one of them is complete.
+    """
     path = Path(path)
     tmp = _tmp_name(path)
     try:
@@ -54,6 +66,8 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> P
             torch.save(dict(state), f)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -192,9 +206,48 @@ def load_pretrained(
     return f"loaded {path}"
 
 
+def checkpoint_candidates(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Every checkpoint (latest and previous) of the result folders under `output_dir`,
+    newest first (for --resume auto)."""
+    root = Path(output_dir)
+    found = [
+        p
+        for name in (CHECKPOINT_NAME, PREVIOUS_NAME)
+        for p in root.glob(f"training_*/{name}")
+        if p.is_file()
+    ]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
 def find_latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest result folder's checkpoint under `output_dir` (for --resume auto)."""
-    candidates = [p for p in Path(output_dir).glob(f"training_*/{CHECKPOINT_NAME}") if p.is_file()]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+    """The newest checkpoint under `output_dir`, readable or not."""
+    candidates = checkpoint_candidates(output_dir)
+    return candidates[0] if candidates else None
+
+
+def find_resumable(
+    output_dir: str | os.PathLike[str], *, arch: str
+) -> tuple[Path | None, dict | None, list[str]]:
+    """The newest checkpoint under `output_dir` that loads, with its state and notes on the
+    newer ones that did not (unreadable or incomplete files are skipped, not fatal: the
+    previous generation is what they are kept for). A readable checkpoint of another arch
+    is an error, not something to skip past."""
+    notes: list[str] = []
+    for path in checkpoint_candidates(output_dir):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            notes.append(f"{path} is unreadable ({_first_line(exc)})")
+            continue
+        if not isinstance(obj, dict) or not {"state_dict", "arch", "optimizer", "epoch"} <= set(
+            obj
+        ):
+            notes.append(f"{path} is not a complete shufflenet-train checkpoint")
+            continue
+        if obj["arch"] != arch:
+            raise ConfigError(
+                f"--resume auto: {path} holds a {obj['arch']} checkpoint but -a/--arch is "
+                f"{arch}: pass -a {obj['arch']}, or another --output-dir"
+            )
+        return path, obj, notes
+    return None, None, notes

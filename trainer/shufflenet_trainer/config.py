@@ -46,6 +46,11 @@ DEFAULT_WARMUP_EPOCHS = 5.0
 # dynamic loss scale because the 910A generation has no bf16 units.
 DEFAULT_AMP = {"cpu": "off", "cuda": "bf16", "npu": "fp16"}
 
+# Seconds a rank waits on its peers (process group set-up, a collective, the rank table, a
+# step) before it gives up and ends the job: long enough for a first step that compiles or
+# a rank 0 that writes a large checkpoint, short enough not to hold a cluster for hours.
+DEFAULT_DIST_TIMEOUT = 1800.0
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -86,6 +91,15 @@ class TrainConfig:
     shuffle: str = "fused"
     strict_data: bool = False
     max_steps_per_epoch: int | None = None
+    # None: not given on the command line; the exporter then reads METRICS_PORT / METRICS_ADDR
+    # (this module stays free of environment reads). Port 0 disables the exporter.
+    metrics_port: int | None = None
+    metrics_addr: str | None = None
+    freeze_bn: bool = False
+    dist_timeout: float = DEFAULT_DIST_TIMEOUT
+    # Local launcher (--nproc): processes to start on this host and their device indices.
+    nproc: int | None = None
+    device_list: tuple[int, ...] | None = None
     world_size: int = 1
     rank: int = 0
 
@@ -127,6 +141,20 @@ def _loss_scale(text: str) -> float | str:
             f"--loss-scale {text!r}: pass a positive number or 'dynamic'"
         )
     return value
+
+
+def _device_list(text: str) -> tuple[int, ...]:
+    try:
+        ids = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--device-list {text!r}: pass comma-separated device indices, e.g. 0,1,2,3"
+        ) from None
+    if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
+        raise argparse.ArgumentTypeError(
+            f"--device-list {text!r}: indices must be distinct and >= 0"
+        )
+    return ids
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", choices=DEVICES, default=None, help="default: cuda if available, else cpu"
     )
-    p.add_argument("--device-id", type=int, default=0, help="device index on this host")
+    p.add_argument(
+        "--device-id",
+        type=int,
+        default=None,
+        help="device index on this host (default: $DEVICE_ID, else $LOCAL_RANK, else 0)",
+    )
     p.add_argument(
         "--amp",
         choices=AMP_MODES,
@@ -223,6 +256,46 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="cap train and val steps per epoch (smoke runs and tests)",
+    )
+    p.add_argument(
+        "--freeze-bn",
+        action="store_true",
+        help="BatchNorm uses and keeps its running statistics while training (fine-tuning; "
+        "also makes runs with different world sizes compute the same steps)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_DIST_TIMEOUT,
+        metavar="SECONDS",
+        help="a rank that waits longer than this on its peers (set-up, collective, rank "
+        "table, no step done) ends with exit 134 instead of hanging",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="start this many ranks on this host (one per device), like torchrun",
+    )
+    p.add_argument(
+        "--device-list",
+        type=_device_list,
+        default=None,
+        metavar="IDS",
+        help="comma-separated device indices of the --nproc ranks, e.g. 0,1,2,3,4,5,6,7; "
+        "None: 0..nproc-1",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus metrics port of this rank (+ LOCAL_RANK when several ranks share a "
+        "host); 0 disables the exporter (default: $METRICS_PORT, else 9400)",
+    )
+    p.add_argument(
+        "--metrics-addr",
+        default=None,
+        help="address the metrics endpoint binds (default: $METRICS_ADDR, else 0.0.0.0)",
     )
     return p
 
@@ -286,6 +359,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         f"--max-steps-per-epoch {cfg.max_steps_per_epoch} must be >= 1",
     )
     _check(cfg.device_id >= 0, f"--device-id {cfg.device_id} must be >= 0")
+    _check(cfg.dist_timeout > 0, f"--dist-timeout {cfg.dist_timeout} must be > 0 seconds")
+    _check(cfg.nproc is None or cfg.nproc >= 1, f"--nproc {cfg.nproc} must be >= 1")
+    _check(
+        cfg.device_list is None or cfg.nproc is None or len(cfg.device_list) == cfg.nproc,
+        f"--device-list has {len(cfg.device_list or ())} devices but --nproc is {cfg.nproc}: "
+        "pass one device per rank",
+    )
+    _check(
+        cfg.device_list is None or cfg.nproc is not None,
+        "--device-list goes with --nproc (the ranks to start on this host)",
+    )
+    _check(
+        cfg.metrics_port is None or 0 <= cfg.metrics_port <= 65535,
+        f"--metrics-port {cfg.metrics_port} must be in [0, 65535] (0 disables the exporter)",
+    )
     _check(cfg.seed >= 0, f"--seed {cfg.seed} must be >= 0")
     _check(bool(cfg.output_dir), "--output-dir must not be empty")
     if cfg.amp.startswith("apex"):
@@ -311,12 +399,14 @@ def parse_config(
     default_device: str = "cpu",
     world_size: int = 1,
     rank: int = 0,
+    env_device_id: int | None = None,
 ) -> TrainConfig:
     """Parse and validate flags.
 
     `default_device` is what --device means when it is not given (the caller probes the
-    hardware); `world_size`/`rank` come from the launcher's environment once distributed
-    training is wired in.
+    hardware); `world_size`/`rank` come from the rank environment (RANK, WORLD_SIZE) and
+    `env_device_id` is the device index it names (DEVICE_ID, else LOCAL_RANK), which an
+    explicit --device-id overrides.
     """
     ns = build_parser().parse_args(argv)
     device = ns.device or default_device
@@ -345,7 +435,7 @@ def parse_config(
         seed=ns.seed,
         dummy=ns.dummy,
         device=device,
-        device_id=ns.device_id,
+        device_id=ns.device_id if ns.device_id is not None else (env_device_id or 0),
         amp=amp,
         loss_scale=loss_scale,
         label_smoothing=ns.label_smoothing,
@@ -364,6 +454,12 @@ def parse_config(
         shuffle=ns.shuffle,
         strict_data=ns.strict_data,
         max_steps_per_epoch=ns.max_steps_per_epoch,
+        metrics_port=ns.metrics_port,
+        metrics_addr=ns.metrics_addr,
+        freeze_bn=ns.freeze_bn,
+        dist_timeout=ns.dist_timeout,
+        nproc=ns.nproc,
+        device_list=ns.device_list,
         world_size=world_size,
         rank=rank,
     )

@@ -9,9 +9,14 @@ Design points:
 - Exact resume: the lr is a function of the global step, data order and augmentation depend
   only on (seed, epoch), and torch's RNG is reseeded from (seed, epoch) at each epoch start,
   so epoch k runs the same whether or not the process restarted before it.
-- Distributed-ready: the config carries world_size/rank, batch sizes are per process, the
-  throughput is scaled to the global figure, and only rank 0 writes files. Gradient and
-  metric all-reduce are left to the distributed issue (see `reduce_sums`).
+- Data parallel: DistributedDataParallel averages gradients; the sampler gives each rank a
+  disjoint 1/N of every global batch (the same images as a 1-rank run of that batch);
+  metric counters are summed over ranks; BatchNorm statistics are averaged over ranks
+  before validation and checkpoints; rank 0 alone writes the result folder's files, the
+  other ranks their own `rank<k>.log` in it (see distributed.py).
+- Preemption: SIGTERM finishes the current step on every rank (a vote, see
+  `DistContext.stop_vote`), saves a mid-epoch checkpoint and returns EXIT_SIGTERM; resuming
+  continues the epoch at the next batch.
 - `Hooks` are the extension points for metrics export and signal handling.
 """
 
@@ -28,14 +33,15 @@ from torch import Tensor, nn
 
 from . import checkpoint as ckpt
 from . import device as dev
+from . import distributed as distributed
 from .config import TrainConfig
 from .data import build_loaders, normalize_on_device
-from .errors import ConfigError
+from .errors import EXIT_SIGTERM, ConfigError
 from .models import build_model
 from .optim import LrSchedule, build_optimizer, make_schedule, set_lr
 from .plotting import plot_curves
 from .progress import Progress
-from .results import CURVES_NAME, RunLog, create_result_dir
+from .results import CURVES_NAME, RunLog, create_result_dir, rank_log_name
 
 WARMUP_STEPS = 10
 
@@ -57,12 +63,15 @@ class StepEvent:
 class Hooks:
     """Callback lists; each callable gets one argument.
 
+    on_start: the run's plan (dict: folder (rank 0's result folder, else None), device,
+              epochs, start_epoch, steps_per_epoch), once all inputs are valid.
     on_step:  StepEvent after every training step.
     on_log:   the print-step record (dict, as written to train.jsonl).
     on_epoch: the epoch record (dict, as written to train.jsonl), after the checkpoint.
     on_eval:  the evaluation record (dict).
     """
 
+    on_start: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     on_step: list[Callable[[StepEvent], None]] = field(default_factory=list)
     on_log: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     on_epoch: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
@@ -92,14 +101,28 @@ def _accumulate(sums: Tensor, loss: Tensor, hits: Tensor, n: int) -> None:
     sums[3] += n
 
 
-def reduce_sums(sums: Tensor, world_size: int) -> Tensor:
-    """Sum metric counters over ranks. Single process: the identity.
+def fps_at_all(images: int, since_images: int, since: float | None, now: float) -> float | None:
+    """FPS@all: global images/s from the end of the warm-up steps (`since`) until `now`.
 
-    The distributed issue plugs torch.distributed.all_reduce in here.
+    The one place it is computed: the epoch record uses it at the epoch's end, the print-step
+    records (and so the metrics exporter) use it on the epoch so far. None during warm-up.
     """
-    if world_size > 1:
-        raise NotImplementedError("multi-process training is not wired in yet")
-    return sums
+    if since is None:
+        return None
+    return (images - since_images) / max(now - since, 1e-9)
+
+
+def reduce_sums(sums: Tensor, ctx: distributed.DistContext) -> Tensor:
+    """Sum metric counters over ranks. Single process: the identity."""
+    return ctx.all_reduce_sum(sums)
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Put BatchNorm layers in eval mode: they normalise with, and keep, their running
+    statistics; their scale and shift still train."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 @dataclass
@@ -116,6 +139,8 @@ class EpochStats:
     fps_note: str
     data_wait_share: float
     seconds: float
+    ran: int = 0  # steps run by this call (fewer than `steps` when resumed mid-epoch)
+    stopped: bool = False  # ended early by a stop request (SIGTERM)
 
 
 @dataclass
@@ -141,8 +166,12 @@ class Trainer:
         schedule: LrSchedule | None,
         log: RunLog,
         hooks: Hooks,
+        ctx: distributed.DistContext | None = None,
+        stop: distributed.StopFlag | None = None,
     ) -> None:
         self.cfg = cfg
+        self.ctx = ctx or distributed.DistContext()
+        self.stop = stop
         self.model = model
         self.optimizer = optimizer
         self.precision = precision
@@ -157,16 +186,26 @@ class Trainer:
         return x, labels.to(self.device, non_blocking=True)
 
     def train_one_epoch(
-        self, loader: Iterable[tuple[Tensor, Tensor]], *, epoch: int, steps: int, global_step: int
+        self,
+        loader: Iterable[tuple[Tensor, Tensor]],
+        *,
+        epoch: int,
+        steps: int,
+        global_step: int,
+        start_step: int = 0,
     ) -> EpochStats:
+        """Train steps `start_step`..`steps`-1 of `epoch` (the loader starts at `start_step`)."""
         cfg, ws = self.cfg, self.cfg.world_size
         assert self.schedule is not None
         self.model.train()
+        if cfg.freeze_bn:
+            freeze_batchnorm(self.model)
         dev.reset_peak_memory(self.device)
         # Counters on the device: [loss * n, top1 hits, top5 hits, n]; read at print steps.
         epoch_sums = torch.zeros(4, dtype=torch.float64, device=self.device)
         last_sums = torch.zeros_like(epoch_sums)
-        skip = WARMUP_STEPS if steps > WARMUP_STEPS else min(1, steps - 1)
+        remaining = steps - start_step
+        skip = WARMUP_STEPS if remaining > WARMUP_STEPS else min(1, remaining - 1)
         fps_start: float | None = None
         fps_images = 0
         wait_total = 0.0
@@ -180,8 +219,10 @@ class Trainer:
             fps_start = t_epoch
         t_interval = t_epoch
         it = iter(loader)
-        done = 0
-        for step in range(steps):
+        done = start_step
+        stopped = False
+        vote = self.stop is not None or self.ctx.enabled
+        for step in range(start_step, steps):
             t0 = time.perf_counter()
             try:
                 images, labels = next(it)
@@ -206,7 +247,7 @@ class Trainer:
             images_total += n * ws
             wait_total += wait
             wait_interval += wait
-            if fps_start is None and done == skip:
+            if fps_start is None and done - start_step == skip:
                 dev.synchronize(self.device)
                 fps_start = time.perf_counter()
                 fps_images = images_total
@@ -215,10 +256,13 @@ class Trainer:
                 self.hooks.on_step,
                 StepEvent(epoch, step, global_step, n * ws, t_end - t0, wait, lr),
             )
+            self.ctx.pet()
+            if vote:
+                stopped = self.ctx.stop_vote(self.stop is not None and self.stop.requested)
 
-            if done % cfg.print_freq == 0 or done == steps:
+            if done % cfg.print_freq == 0 or done == steps or stopped:
                 # .tolist() syncs the device, so the interval's wall time is real work.
-                sums = reduce_sums(epoch_sums - last_sums, ws).tolist()
+                sums = reduce_sums(epoch_sums - last_sums, self.ctx).tolist()
                 last_sums = epoch_sums.clone()
                 now = time.perf_counter()
                 interval = max(now - t_interval, 1e-9)
@@ -232,7 +276,8 @@ class Trainer:
                     "lr": lr,
                     "top1": 100.0 * sums[1] / sums[3],
                     "top5": 100.0 * sums[2] / sums[3],
-                    "images_per_sec": sums[3] * ws / interval,
+                    "images_per_sec": sums[3] / interval,  # sums are over all ranks
+                    "fps_all": fps_at_all(images_total, fps_images, fps_start, now),
                     "data_wait_share": wait_interval / interval,
                 }
                 t_interval, wait_interval = now, 0.0
@@ -248,28 +293,34 @@ class Trainer:
                 self.log.record(record)
                 Hooks._call(self.hooks.on_log, record)
             self.log.progress.advance(f"Epoch {epoch}", done, steps)
+            if stopped:
+                break
 
         dev.synchronize(self.device)
         t_done = time.perf_counter()
-        if done == 0:
+        if done == start_step:
             raise ConfigError(
                 f"epoch {epoch} had no training batch: lower -b/--batch-size "
                 f"({cfg.batch_size}) or add data"
             )
-        sums = reduce_sums(epoch_sums, ws).tolist()
+        sums = reduce_sums(epoch_sums, self.ctx).tolist()
         if fps_start is None:  # the loader ended before the warm-up steps were over
             fps_start, fps_images = t_epoch, 0
             first = 1
         else:
             first = (skip + 1) if skip else 1
-        counted = images_total - fps_images
-        elapsed = max(t_done - fps_start, 1e-9)
-        if done > WARMUP_STEPS:
+        fps = fps_at_all(images_total, fps_images, fps_start, t_done)
+        assert fps is not None
+        ran = done - start_step
+        first += start_step
+        if ran > WARMUP_STEPS:
             note = f"steps {first}-{done} of {done}, first {WARMUP_STEPS} excluded"
-        elif done > 1:
-            note = f"only {done} steps: steps {first}-{done}, first step excluded"
+        elif ran > 1:
+            note = f"only {ran} steps: steps {first}-{done}, first step excluded"
         else:
             note = "only 1 step: nothing excluded"
+        if start_step:
+            note += f"; resumed at step {start_step + 1}"
         return EpochStats(
             epoch=epoch,
             steps=done,
@@ -278,11 +329,13 @@ class Trainer:
             top1=100.0 * sums[1] / sums[3],
             top5=100.0 * sums[2] / sums[3],
             lr=lr,
-            images_per_sec=counted / elapsed,
+            images_per_sec=fps,
             fps_steps=(first, done),
             fps_note=note,
             data_wait_share=wait_total / max(t_done - t_epoch, 1e-9),
             seconds=t_done - t_epoch,
+            ran=ran,
+            stopped=stopped,
         )
 
     @torch.no_grad()
@@ -301,7 +354,8 @@ class Trainer:
                 loss = self.criterion(output, y)
             n = y.shape[0]
             _accumulate(sums, loss, topk_correct(output, y), n)
-        s = reduce_sums(sums, self.cfg.world_size).tolist()
+            self.ctx.pet()
+        s = reduce_sums(sums, self.ctx).tolist()
         n = max(s[3], 1.0)
         return EvalStats(
             loss=s[0] / n,
@@ -318,17 +372,46 @@ def _seed_epoch(seed: int, epoch: int) -> None:
     torch.manual_seed(seed * 100_003 + epoch)
 
 
-def _resolve_resume(cfg: TrainConfig, log: RunLog) -> Path | None:
+def _find_auto(cfg: TrainConfig, log: RunLog) -> tuple[Path | None, dict | None]:
+    found, state, notes = ckpt.find_resumable(cfg.output_dir, arch=cfg.arch)
+    for note in notes:
+        log.info(f"=> --resume auto: skipping {note}; trying the one before")
+    if found is None:
+        log.info(f"=> --resume auto: no usable checkpoint under {cfg.output_dir}, starting fresh")
+    else:
+        log.info(f"=> --resume auto: found {found}")
+    return found, state
+
+
+def _resolve_resume(
+    cfg: TrainConfig, log: RunLog, ctx: distributed.DistContext
+) -> tuple[Path | None, dict | None]:
+    """The checkpoint to resume from and its state (None, None: a fresh start).
+
+    With `auto`, rank 0 chooses and tells the others, so that every rank resumes from the
+    same file even while checkpoints change on shared storage; an error there is raised on
+    every rank, not only on rank 0 (the others would otherwise wait for it until timeout).
+    """
     if cfg.resume is None:
-        return None
-    if cfg.resume == "auto":
-        found = ckpt.find_latest_checkpoint(cfg.output_dir)
-        if found is None:
-            log.info(f"=> --resume auto: no checkpoint under {cfg.output_dir}, starting fresh")
-        else:
-            log.info(f"=> --resume auto: found {found}")
-        return found
-    return Path(cfg.resume)
+        return None, None
+    if cfg.resume != "auto":
+        path = Path(cfg.resume)
+        return path, ckpt.load_checkpoint(path, arch=cfg.arch)
+    found: Path | None = None
+    state: dict | None = None
+    message: str | None = None
+    if ctx.rank == 0:
+        try:
+            found, state = _find_auto(cfg, log)
+        except ConfigError as exc:
+            message = str(exc)
+    shared = ctx.broadcast_object((str(found) if found else None, message))
+    if shared[1] is not None:
+        raise ConfigError(shared[1])
+    if ctx.rank != 0 and shared[0] is not None:
+        found = Path(shared[0])
+        state = ckpt.load_checkpoint(found, arch=cfg.arch)
+    return found, state
 
 
 def _steps(length: int, cap: int | None) -> int:
@@ -336,18 +419,46 @@ def _steps(length: int, cap: int | None) -> int:
 
 
 def run(cfg: TrainConfig, *, hooks: Hooks | None = None, progress: Progress | None = None) -> int:
-    """Run training (or evaluation with -e) as configured; returns the exit code (0).
+    """Run training (or evaluation with -e) as configured; returns the exit code (0, or
+    EXIT_SIGTERM after a stop request and its checkpoint).
 
     Everything that can be wrong with the inputs is checked before the result folder is
-    created: device, precision, checkpoints, data, model.
+    created: device, precision, checkpoints, data, model. In a multi-rank job (RANK,
+    WORLD_SIZE... in the environment) the rank joins its peers first.
     """
     hooks = hooks or Hooks()
     log = RunLog(progress)
     device = dev.select_device(cfg.device, cfg.device_id)
     precision = dev.Precision(cfg.amp, device, cfg.loss_scale)
+    env = distributed.rank_environment()
+    if (env.world_size, env.rank) != (cfg.world_size, cfg.rank):
+        raise ConfigError(
+            f"the config says rank {cfg.rank} of {cfg.world_size} but the environment says "
+            f"RANK={env.rank} WORLD_SIZE={env.world_size}: start ranks through the launcher"
+        )
+    ctx = distributed.setup(env, device, cfg.dist_timeout)
+    stop = distributed.StopFlag().install()
+    clean = False
+    try:
+        code = _run(cfg, hooks, log, device, precision, ctx, stop)
+        clean = True
+        return code
+    finally:
+        stop.uninstall()
+        log.close()
+        ctx.close(clean=clean)
 
-    resume_path = _resolve_resume(cfg, log)
-    resume_state = ckpt.load_checkpoint(resume_path, arch=cfg.arch) if resume_path else None
+
+def _run(
+    cfg: TrainConfig,
+    hooks: Hooks,
+    log: RunLog,
+    device: torch.device,
+    precision: dev.Precision,
+    ctx: distributed.DistContext,
+    stop: distributed.StopFlag,
+) -> int:
+    resume_path, resume_state = _resolve_resume(cfg, log, ctx)
 
     loaders = build_loaders(
         cfg.data,
@@ -397,6 +508,7 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None, progress: Progress | No
     model, optimizer = precision.prepare(model, optimizer)
 
     start_epoch, best_top1, history, global_step = cfg.start_epoch, 0.0, [], None
+    resume_step = 0  # > 0: the checkpoint was taken inside epoch start_epoch (SIGTERM)
     if resume_state is not None and not cfg.evaluate:
         try:
             optimizer.load_state_dict(resume_state["optimizer"])
@@ -411,6 +523,7 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None, progress: Progress | No
         best_top1 = float(resume_state.get("best_top1", 0.0))
         history = list(resume_state.get("history", []))
         global_step = resume_state.get("global_step")
+        resume_step = int(resume_state.get("step_in_epoch", 0))
         if start_epoch >= cfg.epochs:
             raise ConfigError(
                 f"--resume {resume_path} already finished epoch {start_epoch} of --epochs "
@@ -436,7 +549,13 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None, progress: Progress | No
     if global_step is None:
         global_step = start_epoch * steps
 
-    run_model = torch.compile(model) if cfg.compile else model
+    if resume_step >= steps:
+        raise ConfigError(
+            f"--resume {resume_path} stopped after step {resume_step} of epoch {start_epoch} "
+            f"but an epoch now has {steps} steps: resume with the flags of the original run"
+        )
+    train_model = distributed.wrap_ddp(model, device, ctx)
+    run_model = torch.compile(train_model) if cfg.compile else train_model
 
     # All inputs are valid: from here on the run leaves a result folder.
     folder: Path | None = None
@@ -444,6 +563,42 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None, progress: Progress | No
         folder = create_result_dir(cfg.output_dir, cfg.world_size)
         log.attach(folder)
         log.write_config(cfg.to_dict())
+    # The other ranks keep their own log in rank 0's folder.
+    shared_folder = ctx.broadcast_object(str(folder) if folder is not None else None)
+    if not cfg.is_main and shared_folder is not None:
+        log.attach(Path(shared_folder), log_name=rank_log_name(cfg.rank), records=False)
+        log.info(f"=> rank {cfg.rank} of {cfg.world_size}; rank 0 writes {shared_folder}")
+
+    def save(epoch_next: int, step_in_epoch: int, is_best: bool) -> float:
+        """Rank 0 saves the checkpoint (previous one kept); returns the seconds it took."""
+        if folder is None:
+            return 0.0
+        t0 = time.perf_counter()
+        state = {
+            "format": ckpt.FORMAT,
+            # The next epoch to run, as pytorch/examples stores it; after a stop inside an
+            # epoch, that epoch, with the steps already done in `step_in_epoch`.
+            "epoch": epoch_next,
+            "step_in_epoch": step_in_epoch,
+            "global_step": global_step,
+            "arch": cfg.arch,
+            "num_classes": loaders.num_classes,
+            "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "precision": precision.state_dict(),
+            "best_top1": best_top1,
+            "config": cfg.to_dict(),
+            "rng_state": dev.rng_state(device),
+            "history": history,
+        }
+        with ctx.paused():
+            path = ckpt.save_checkpoint(
+                state, folder / ckpt.CHECKPOINT_NAME, previous=folder / ckpt.PREVIOUS_NAME
+            )
+            if is_best:
+                ckpt.copy_atomic(path, folder / ckpt.BEST_NAME)
+        return time.perf_counter() - t0
+
     trainer = Trainer(
         cfg,
         model=run_model,
@@ -453,6 +608,8 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None, progress: Progress | No
         schedule=schedule,
         log=log,
         hooks=hooks,
+        ctx=ctx,
+        stop=stop,
     )
     try:
         log.info(
@@ -464,9 +621,20 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None, progress: Progress | No
         if pretrained_note:
             log.info(f"=> pretrained: {pretrained_note}")
         if resume_state is not None:
-            log.info(f"=> resumed from {resume_path} at epoch {start_epoch}")
+            at = f", step {resume_step + 1}" if resume_step else ""
+            log.info(f"=> resumed from {resume_path} at epoch {start_epoch}{at}")
         if folder is not None:
             log.info(f"=> results in {folder}")
+        Hooks._call(
+            hooks.on_start,
+            {
+                "folder": str(folder) if folder is not None else None,
+                "device": str(device),
+                "epochs": cfg.epochs,
+                "start_epoch": start_epoch,
+                "steps_per_epoch": steps,
+            },
+        )
 
         if cfg.evaluate:
             return _evaluate_only(trainer, loaders, cfg, log, hooks)
@@ -476,17 +644,34 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None, progress: Progress | No
             f"{cfg.lr_schedule} with {cfg.warmup_epochs:g} warm-up epochs, {cfg.optimizer}"
         )
         for epoch in range(start_epoch, cfg.epochs):
-            loaders.set_epoch(epoch)
-            _seed_epoch(cfg.seed, epoch)
+            first_step = resume_step if epoch == start_epoch else 0
+            loaders.set_epoch(epoch, first_step)
+            if first_step == 0:
+                # Mid-epoch, the RNG state restored from the checkpoint is the one to go on with.
+                _seed_epoch(cfg.seed, epoch)
             stats = trainer.train_one_epoch(
-                loaders.train, epoch=epoch, steps=steps, global_step=global_step
+                loaders.train,
+                epoch=epoch,
+                steps=steps,
+                global_step=global_step,
+                start_step=first_step,
             )
-            global_step += stats.steps
+            global_step += stats.ran
+            if stats.stopped:
+                ctx.average_buffers(model)
+                seconds = save(epoch, stats.steps, False)
+                log.info(
+                    f"=> stopped by SIGTERM after step {stats.steps} of {steps} of epoch {epoch}"
+                    + (f"; checkpoint saved in {seconds:.1f}s" if folder is not None else "")
+                )
+                ctx.barrier()  # every rank exits once rank 0's checkpoint is on disk
+                return EXIT_SIGTERM
             log.info(
                 f"Epoch {epoch}: FPS@all {stats.images_per_sec:.3f}, TIME@all "
                 f"{stats.seconds:.3f} ({stats.fps_note}); loss {stats.loss:.4f} "
                 f"top1 {stats.top1:.2f} data-wait {100 * stats.data_wait_share:.1f}%"
             )
+            ctx.average_buffers(model)
             val: EvalStats | None = None
             if (epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs:
                 val = trainer.validate(loaders.val, max_steps=cfg.max_steps_per_epoch)
@@ -523,30 +708,21 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None, progress: Progress | No
                 "max_memory_bytes": mem["max_allocated_bytes"] if mem else None,
                 "skipped_files": loaders.stats.skipped_files,
             }
+            if first_step:
+                record["resumed_at_step"] = first_step
             history.append(record)
             if folder is not None:
-                t0 = time.perf_counter()
-                state = {
-                    "format": ckpt.FORMAT,
-                    "epoch": epoch + 1,  # the next epoch to run, as pytorch/examples stores it
-                    "global_step": global_step,
-                    "arch": cfg.arch,
-                    "num_classes": loaders.num_classes,
-                    "state_dict": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "precision": precision.state_dict(),
-                    "best_top1": best_top1,
-                    "config": cfg.to_dict(),
-                    "rng_state": dev.rng_state(device),
-                    "history": history,
-                }
-                path = ckpt.save_checkpoint(state, folder / ckpt.CHECKPOINT_NAME)
-                if is_best:
-                    ckpt.copy_atomic(path, folder / ckpt.BEST_NAME)
-                record["checkpoint_seconds"] = time.perf_counter() - t0
+                record["checkpoint_seconds"] = save(epoch + 1, 0, is_best)
                 plot_curves(history, folder / CURVES_NAME)
             log.record(record)
             Hooks._call(hooks.on_epoch, record)
+            # A stop requested during validation or the checkpoint: the epoch is saved, so
+            # leave now rather than after another epoch (unless this was the last one).
+            if ctx.stop_vote_now(stop.requested) and epoch + 1 < cfg.epochs:
+                log.info(f"=> stopped by SIGTERM after epoch {epoch}; checkpoint saved")
+                ctx.barrier()
+                return EXIT_SIGTERM
+        ctx.barrier()  # the job is done when rank 0's last checkpoint is on disk
         log.info(f"=> done: best val top-1 {best_top1:.3f}")
         return 0
     finally:
@@ -572,7 +748,7 @@ def _evaluate_only(
         "val_top1": val.top1,
         "val_top5": val.top5,
         "images": val.images,
-        "images_per_sec": val.images * cfg.world_size / max(val.seconds, 1e-9),
+        "images_per_sec": val.images / max(val.seconds, 1e-9),  # images are over all ranks
         "seconds": val.seconds,
     }
     log.record(record)

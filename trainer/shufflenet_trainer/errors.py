@@ -7,6 +7,9 @@ configuration and data errors are permanent, anything >= 128 is retryable.
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_DATA = 3
+# A peer rank was lost, or waiting on one timed out (set-up, collective, rank table, watchdog).
+# The same code torch's NCCL watchdog exits with when it aborts a hung collective (SIGABRT).
+EXIT_DIST = 134
 EXIT_SIGTERM = 143
 
 
@@ -26,3 +29,9 @@ class DataError(TrainerError):
     """A missing or empty data folder, a class without images, an unreadable image (strict)."""
 
     exit_code = EXIT_DATA
+
+
+class DistributedError(TrainerError):
+    """Peers lost or not reachable in time: retryable, the job restarts from its checkpoint."""
+
+    exit_code = EXIT_DIST

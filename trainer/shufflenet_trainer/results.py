@@ -4,9 +4,11 @@ Layout, under --output-dir (default `result`):
 
     training_<N>p_job_<YYYYmmddHHMMSS>[_<k>]/
         config.json          the resolved configuration
-        train.log            the human log (what the console shows, as plain lines)
+        train.log            the human log of rank 0 (what the console shows, as plain lines)
+        rank<k>.log          the log of rank k > 0 of a multi-rank job
         train.jsonl          one JSON object per print step, per epoch and per evaluation
-        checkpoint.pth.tar   the latest checkpoint (atomic save each epoch)
+        checkpoint.pth.tar   the latest checkpoint (atomic save each epoch, and on SIGTERM)
+        checkpoint.prev.pth.tar  the one before it (the fallback of --resume auto)
         model_best.pth.tar   the checkpoint with the best validation top-1 so far
         curves.png           loss, top-1 and throughput per epoch
 
@@ -32,6 +34,11 @@ CONFIG_NAME = "config.json"
 LOG_NAME = "train.log"
 JSONL_NAME = "train.jsonl"
 CURVES_NAME = "curves.png"
+
+
+def rank_log_name(rank: int) -> str:
+    """The log file of a rank other than 0, beside rank 0's train.log."""
+    return f"rank{rank}.log"
 
 
 def result_dir_name(world_size: int, now: datetime) -> str:
@@ -80,10 +87,13 @@ class RunLog:
         self._log: TextIO | None = None
         self._jsonl: TextIO | None = None
 
-    def attach(self, folder: Path) -> None:
+    def attach(self, folder: Path, *, log_name: str = LOG_NAME, records: bool = True) -> None:
+        """Start writing into `folder`: the main log and records (rank 0), or only a rank's
+        own log (`log_name`, `records=False`) for the other ranks of a job."""
         self.folder = folder
-        self._log = open(folder / LOG_NAME, "a", encoding="utf-8")  # noqa: SIM115
-        self._jsonl = open(folder / JSONL_NAME, "a", encoding="utf-8")  # noqa: SIM115
+        self._log = open(folder / log_name, "a", encoding="utf-8")  # noqa: SIM115
+        if records:
+            self._jsonl = open(folder / JSONL_NAME, "a", encoding="utf-8")  # noqa: SIM115
         for text in self._pending:
             self._log.write(text + "\n")
         self._log.flush()

@@ -1,7 +1,8 @@
 """``snjob``: the user CLI of ShuffleNet training jobs.
 
-Subcommands: ``valprep`` (sort the flat ImageNet val folder by class). ``run-local``,
-``render`` and ``status`` attach to the same parser as further subcommands.
+Subcommands: ``valprep`` (sort the flat ImageNet val folder by class), ``run-local`` (run a
+job manifest on this machine), ``render crd`` (the CRD YAML from its Python source).
+``status`` attaches to the same parser as a further subcommand.
 """
 
 from __future__ import annotations
@@ -45,10 +46,100 @@ def add_valprep(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_valprep)
 
 
+def _run_local(args: argparse.Namespace) -> int:
+    from .runlocal import run_local
+
+    return run_local(
+        args.manifest,
+        cpu=args.cpu,
+        data=args.data,
+        output_dir=args.output_dir,
+        sets=args.set,
+        metrics_port=args.metrics_port,
+        dry_run=args.dry_run,
+        grace=args.grace,
+    )
+
+
+def add_run_local(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run-local",
+        help="run a ShuffleNetTrainingJob manifest on this machine, one process per rank",
+        description=(
+            "Validate the manifest against the CRD schema, then run its ranks here with the "
+            "environment the operator gives rank pods. Exits with the job's status."
+        ),
+    )
+    p.add_argument("manifest", metavar="JOB_YAML", help="a ShuffleNetTrainingJob manifest")
+    p.add_argument(
+        "--cpu",
+        action="store_true",
+        help="run the ranks on CPU with gloo when this machine lacks the job's NPUs/GPUs",
+    )
+    p.add_argument("--data", metavar="DIR", help="the dataset on this machine (spec.data)")
+    p.add_argument(
+        "--output-dir",
+        default="result",
+        metavar="DIR",
+        help="where the job folder (results, checkpoints, rank logs) is created",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a manifest field before validation (YAML value), e.g. "
+        "spec.devices.count=2; repeatable",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="first metrics port; rank k serves on PORT+k (default spec.metrics.port; 0 disables)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print each rank's command and environment"
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long stopped ranks may take to save before they are killed",
+    )
+    p.set_defaults(func=_run_local)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from shufflenet_contract.crd import render_yaml
+
+    text = render_yaml()
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    return 0
+
+
+def add_render(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "render",
+        help="write generated manifests (the CRD) from their Python source",
+        description="Render the ShuffleNetTrainingJob CRD from shufflenet_contract.crd.",
+    )
+    p.add_argument("what", choices=["crd"], help="what to render")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.set_defaults(func=_render)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snjob", description="ShuffleNet training jobs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_valprep(sub)
+    add_run_local(sub)
+    add_render(sub)
     return parser
 
 

@@ -68,10 +68,11 @@ class Loaders:
     stats: DataStats
     train_sampler: ShardedBatchSampler | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle (and re-draw augmentation) deterministically for ``epoch``."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Reshuffle (and re-draw augmentation) deterministically for ``epoch``; skip the
+        first ``start_batch`` batches when resuming inside the epoch."""
         if self.train_sampler is not None:
-            self.train_sampler.set_epoch(epoch)
+            self.train_sampler.set_epoch(epoch, start_batch)
 
 
 def build_loaders(

@@ -222,9 +222,13 @@ class ShardedBatchSampler:
         self.world_size = world_size
         self.drop_last = drop_last
         self.epoch = 0
+        self.start_batch = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch; `start_batch` > 0 continues an epoch interrupted after that many
+        batches (a mid-epoch checkpoint), without loading the skipped ones."""
         self.epoch = epoch
+        self.start_batch = start_batch
 
     def shard(self) -> list[int]:
         if not self.shuffle:
@@ -253,7 +257,7 @@ class ShardedBatchSampler:
     def __iter__(self) -> Iterator[BatchKey]:
         shard = self.shard()
         stop = len(shard) - len(shard) % self.batch_size if self.drop_last else len(shard)
-        for i in range(0, stop, self.batch_size):
+        for i in range(self.start_batch * self.batch_size, stop, self.batch_size):
             yield self.epoch, shard[i : i + self.batch_size]
 
 

@@ -1,0 +1,96 @@
+"""Fixtures for tests against a real Kubernetes control plane on loopback.
+
+`control_plane` (session) starts a private etcd + kube-apiserver + kube-controller-manager +
+kube-scheduler with scripts/cluster/up.sh in its own state dir, on free ports, so parallel
+sessions do not collide, and stops it at the end. When the binaries are not cached yet it
+builds them first (scripts/cluster/build.sh, several minutes, once per machine): on a fresh CI
+machine these tests build, they do not skip.
+
+There is no kubelet: `node_agent` gives a SIMULATED kubelet + Ascend device plugin
+(tests/sim/node_agent.py) for fake nodes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from sim.node_agent import NodeAgent, wait_for
+
+from k8s.cluster import (
+    BUILD_TIMEOUT_S,
+    ControlPlane,
+    binaries_cached,
+    start_control_plane,
+    stop_control_plane,
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The build happens inside the first test that asks for the cluster; give the tests here
+    # room for it when it is still to come (`make test` builds beforehand, so normally not).
+    if binaries_cached():
+        return
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT_S))
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    state = tmp_path_factory.mktemp("k8s") / "cluster"
+    cp = start_control_plane(state)
+    try:
+        yield cp
+    finally:
+        cp.api.close()
+        stop_control_plane(state)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(control_plane: ControlPlane) -> Path:
+    return control_plane.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def k8s_api(control_plane: ControlPlane) -> client.ApiClient:
+    """The official Python client, authenticated as a cluster admin."""
+    return control_plane.api
+
+
+@pytest.fixture(scope="session")
+def core_v1(k8s_api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(k8s_api)
+
+
+@pytest.fixture
+def namespace(core_v1: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace whose `default` ServiceAccount is ready (pods are refused before)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core_v1.create_namespace({"metadata": {"name": name}})
+
+    def sa_ready() -> bool:
+        try:
+            return bool(core_v1.read_namespaced_service_account("default", name).secrets)
+        except client.ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+
+    wait_for(sa_ready, timeout=60, what=f"ServiceAccount {name}/default")
+    yield name
+    core_v1.delete_namespace(name)
+
+
+@pytest.fixture
+def node_agent(core_v1: client.CoreV1Api) -> Iterator[NodeAgent]:
+    """A SIMULATED kubelet + Ascend device plugin, watching; add nodes with add_node().
+
+    At the end it removes its nodes and the pods bound to them.
+    """
+    with NodeAgent(core_v1, name=f"sim{uuid.uuid4().hex[:6]}") as agent:
+        yield agent

@@ -1,0 +1,253 @@
+"""The operator <-> trainer contract: rank env, CRD schema and rendering, job -> rank plan."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shufflenet_contract import crd, env, job, schema
+from shufflenet_trainer import config
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
+
+
+# --- rank environment -----------------------------------------------------------------
+
+
+def test_rank_env_round_trips_through_read_rank_env() -> None:
+    built = env.rank_env(
+        job_name="j",
+        rank=3,
+        world_size=8,
+        master_addr="j-rank-0.j.ns.svc",
+        master_port=29500,
+        device_type="npu",
+        device_id=0,
+        pod_name="j-rank-3",
+        pod_ip="127.0.2.4",
+        metrics_port=9400,
+        rank_table_file="/user/serverid/devindex/config/hccl.json",
+        connect_timeout=30,
+    )
+    assert all(isinstance(v, str) for v in built.values())
+    assert built["RANK_ID"] == built["RANK"] == "3" and built["RANK_SIZE"] == "8"
+    assert built["HCCL_CONNECT_TIMEOUT"] == "120"  # clamped into HCCL's range
+    got = env.read_rank_env(built)
+    assert (got.rank, got.world_size, got.local_rank, got.device_id) == (3, 8, 0, 0)
+    assert got.master_addr == "j-rank-0.j.ns.svc" and got.master_port == 29500
+    assert got.rank_table_file.endswith("hccl.json") and got.distributed
+
+
+def test_rank_env_npu_only_variables() -> None:
+    built = env.rank_env(
+        job_name="j", rank=0, world_size=2, master_addr="a", master_port=1,
+        device_type="gpu", rank_table_file="/x", connect_timeout=600,
+    )  # fmt: skip
+    assert "RANK_TABLE_FILE" not in built and "HCCL_CONNECT_TIMEOUT" not in built
+
+
+def test_no_env_is_a_single_process() -> None:
+    got = env.read_rank_env({})
+    assert (got.rank, got.world_size, got.distributed) == (0, 1, False)
+
+
+def test_ascend_aliases_alone_are_enough() -> None:
+    got = env.read_rank_env({"RANK_ID": "1", "RANK_SIZE": "2", "MASTER_ADDR": "h"})
+    assert (got.rank, got.world_size, got.master_port) == (1, 2, env.DEFAULT_MASTER_PORT)
+
+
+BAD_ENV = [
+    ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK='x'"),
+    ({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "h"}, "RANK=2 must be < WORLD_SIZE=2"),
+    ({"RANK": "1"}, "WORLD_SIZE is not"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, "MASTER_ADDR"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "0"}, "MASTER_PORT=0"),
+    ({"RANK": "0", "RANK_ID": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "h"}, "RANK=0 and RANK_ID=1"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0"),
+    ({"LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2"}, "LOCAL_RANK=2"),
+    ({"DEVICE_ID": "1", "ASCEND_DEVICE_ID": "2"}, "DEVICE_ID=1 and ASCEND_DEVICE_ID=2"),
+    ({"HCCL_CONNECT_TIMEOUT": "60"}, "HCCL_CONNECT_TIMEOUT=60"),
+    ({"POD_IP": "pod-a"}, "POD_IP"),
+]
+
+
+@pytest.mark.parametrize(("environ", "words"), BAD_ENV)
+def test_bad_env_names_the_variable(environ: dict[str, str], words: str) -> None:
+    with pytest.raises(env.EnvError, match=words.replace("(", r"\(")):
+        env.read_rank_env(environ)
+
+
+def test_bad_env_is_a_configuration_error_of_the_trainer() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "shufflenet_trainer.cli", "--dummy"],
+        env={"RANK": "5", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: rank environment: RANK=5 must be < WORLD_SIZE=2"
+
+
+# --- CRD ------------------------------------------------------------------------------
+
+
+def test_committed_crd_yaml_equals_the_rendering() -> None:
+    committed = (ROOT / "manifests" / "crd" / "shufflenettrainingjobs.yaml").read_text()
+    assert committed == crd.render_yaml(), "run `make manifests` and commit the result"
+
+
+def test_crd_is_structural_and_1_20_compatible() -> None:
+    obj = crd.crd()
+    assert obj["apiVersion"] == "apiextensions.k8s.io/v1"
+    version = obj["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    names = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert names == ["Phase", "Ranks", "Epoch", "Img/s", "Top1", "Restarts", "Age"]
+    assert obj["spec"]["names"]["shortNames"] == ["snjob", "sntj"]
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        # Structural: every node has a type (or preserves unknown fields); no CEL rules.
+        assert "x-kubernetes-validations" not in node, path
+        assert "type" in node, path
+        for key, sub in node.get("properties", {}).items():
+            walk(sub, f"{path}.{key}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+        if "default" in node:
+            schema.apply(copy.deepcopy(node["default"]), node, path)  # defaults are valid
+
+    walk(version["schema"]["openAPIV3Schema"], "")
+
+
+def test_crd_enums_match_the_trainer() -> None:
+    assert list(config.ARCH_NAMES) == crd.ARCHS
+    assert list(config.AMP_MODES) == crd.AMP_MODES
+    assert list(config.OPTIMIZERS) == crd.OPTIMIZERS
+    assert list(config.SCHEDULES) == crd.SCHEDULES
+
+
+def test_render_command_writes_the_file(tmp_path: Path) -> None:
+    from shufflenet_trainer.snjob import main
+
+    out = tmp_path / "crd.yaml"
+    assert main(["render", "crd", "-o", str(out)]) == 0
+    assert yaml.safe_load(out.read_text()) == crd.crd()
+
+
+# --- manifests ------------------------------------------------------------------------
+
+
+def minimal() -> dict[str, Any]:
+    return {
+        "apiVersion": crd.API_VERSION,
+        "kind": crd.KIND,
+        "metadata": {"name": "tiny"},
+        "spec": {"image": "img", "devices": {"type": "cpu"}},
+    }
+
+
+def test_examples_are_valid() -> None:
+    assert {p.name for p in EXAMPLES} >= {
+        "cpu-digits-2rank.yaml",
+        "npu-8rank.yaml",
+        "gpu-2rank.yaml",
+    }
+    for path in EXAMPLES:
+        job.validate_job(yaml.safe_load(path.read_text()))
+
+
+def test_defaults_are_applied_like_the_api_server() -> None:
+    got = job.validate_job(minimal())
+    spec = got["spec"]
+    assert spec["devices"]["count"] == 1
+    assert spec["model"] == {"arch": "shufflenet_v2_x1_0"}
+    assert spec["training"]["batchSize"] == 1024 and spec["training"]["epochs"] == 240
+    assert "lr" not in spec["training"]  # scaled from the batch by the trainer
+    assert spec["runPolicy"]["backoffLimit"] == 3 and spec["metrics"]["port"] == 9400
+    assert spec["data"] == {"path": "/data/imagenet", "dummy": False}
+    assert job.resource_name(got) is None
+
+
+BAD_MANIFESTS = [
+    ("spec.devices.count", 0, "spec.devices.count: must be >= 1"),
+    ("spec.devices.type", "tpu", "spec.devices.type: 'tpu' is not one of npu, gpu, cpu"),
+    ("spec.devices.cout", 2, "spec.devices.cout: unknown field"),
+    ("spec.training.batchSize", "64", "spec.training.batchSize: must be an integer"),
+    ("spec.training.lr", 0, "spec.training.lr: must be > 0"),
+    ("spec.training.momentum", 1.0, "spec.training.momentum: must be < 1"),
+    ("spec.model.arch", "resnet50", "spec.model.arch: 'resnet50' is not one of"),
+    ("spec.metrics.port", 70000, "spec.metrics.port: must be <= 65535"),
+    ("spec.runPolicy.suspend", "yes", "spec.runPolicy.suspend: must be a boolean"),
+    ("spec.image", None, "spec.image: must not be null"),
+    ("spec.training.extraArgs", ["-b", 3], "spec.training.extraArgs[1]: must be a string"),
+    ("spec.scheduling.nodeSelector", {"a": 1}, "spec.scheduling.nodeSelector.a: must be a"),
+    ("metadata.name", "Bad_Name", "metadata.name: 'Bad_Name' must be a DNS label"),
+    ("kind", "Job", "kind: must be ShuffleNetTrainingJob"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BAD_MANIFESTS)
+def test_schema_errors_name_the_field(path: str, value: Any, message: str) -> None:
+    obj = minimal()
+    node = obj
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    with pytest.raises(job.ManifestError) as info:
+        job.validate_job(obj)
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_required_field_and_indivisible_batch() -> None:
+    obj = minimal()
+    del obj["spec"]["devices"]["type"]
+    with pytest.raises(job.ManifestError, match=r"^spec.devices.type: is required"):
+        job.validate_job(obj)
+    obj = minimal()
+    obj["spec"]["devices"]["count"] = 3
+    with pytest.raises(job.ManifestError, match=r"^spec.training.batchSize: 1024 .* divide"):
+        job.validate_job(obj)
+
+
+def test_pod_env_and_trainer_args() -> None:
+    npu = job.validate_job(yaml.safe_load((ROOT / "manifests/examples/npu-8rank.yaml").read_text()))
+    e = job.pod_env(npu, 5, master_addr="m", rank_table_file="/t/hccl.json")
+    assert (e["RANK"], e["WORLD_SIZE"], e["LOCAL_RANK"], e["DEVICE_ID"]) == ("5", "8", "0", "0")
+    assert e["POD_NAME"] == "shufflenet-imagenet-npu-rank-5" and e["METRICS_PORT"] == "9400"
+    assert e["RANK_TABLE_FILE"] == "/t/hccl.json" and e["HCCL_CONNECT_TIMEOUT"] == "1800"
+    assert job.resource_name(npu) == "huawei.com/Ascend910"
+
+    args = job.trainer_args(npu, data_path=None, output_dir="/checkpoints/x")
+    assert args[0] == "/data/imagenet"
+    assert args[args.index("--device") + 1] == "npu" and args[args.index("-b") + 1] == "8192"
+    assert args[args.index("--amp") + 1] == "fp16"
+    assert args[-4:] == ["--output-dir", "/checkpoints/x", "--resume", "auto"]
+    # A CPU stand-in run leaves precision to the CPU's default.
+    cpu_args = job.trainer_args(npu, data_path="/d", output_dir="/o", device="cpu")
+    assert "--amp" not in cpu_args and cpu_args[cpu_args.index("--device") + 1] == "cpu"
+    # Every flag the job passes is one the trainer accepts.
+    config.parse_config(args, world_size=8)
+
+
+def test_contract_imports_without_torch() -> None:
+    # The operator image has no torch: the contract must not pull it in.
+    code = (
+        "import sys\n"
+        "from shufflenet_contract import crd, env, job, ranktable, schema\n"
+        "assert crd.render_yaml()\n"
+        "heavy = ('torch', 'shufflenet_trainer')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,12 @@
+"""What the operator and the trainer agree on, importable by both without torch or kopf.
+
+- `env`: the per-rank environment (torchrun-compatible plus the Ascend aliases), built on
+  one side by `rank_env` and read on the other by `read_rank_env`.
+- `ranktable`: the HCCL rank table v1.0: build, validate, read, write, wait for completion.
+- `crd`: the ShuffleNetTrainingJob CRD, its OpenAPI v3 schema as Python data (the one
+  source of truth for the YAML under manifests/crd/ and for local validation).
+- `schema`: a small structural-schema validator and defaulter for manifests.
+- `job`: a validated job -> each rank's env and trainer command line.
+
+Only the standard library (and PyYAML for rendering) is used here.
+"""

@@ -1,0 +1,214 @@
+"""The environment of one rank: written by the operator (or a local launcher), read by the trainer.
+
+The variables are torchrun's (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`,
+`MASTER_ADDR`, `MASTER_PORT`), so the trainer also runs under torchrun, plus the aliases
+Ascend tools and scripts read (`RANK_ID`, `RANK_SIZE`, `DEVICE_ID`, `ASCEND_DEVICE_ID`), the
+HCCL rank table path on NPUs, and identity/metrics variables.
+
+`rank_env` is the only place that builds this environment: the operator's pods, the trainer's
+`--nproc` launcher and `snjob run-local` all call it. `read_rank_env` is its inverse; its
+errors name the variable, because a wrong variable is a deployment bug someone must find.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+RANK = "RANK"
+WORLD_SIZE = "WORLD_SIZE"
+LOCAL_RANK = "LOCAL_RANK"
+LOCAL_WORLD_SIZE = "LOCAL_WORLD_SIZE"
+MASTER_ADDR = "MASTER_ADDR"
+MASTER_PORT = "MASTER_PORT"
+RANK_ID = "RANK_ID"
+RANK_SIZE = "RANK_SIZE"
+DEVICE_ID = "DEVICE_ID"
+ASCEND_DEVICE_ID = "ASCEND_DEVICE_ID"
+RANK_TABLE_FILE = "RANK_TABLE_FILE"
+JOB_NAME = "JOB_NAME"
+POD_NAME = "POD_NAME"
+POD_IP = "POD_IP"
+METRICS_PORT = "METRICS_PORT"
+HCCL_CONNECT_TIMEOUT = "HCCL_CONNECT_TIMEOUT"
+
+DEVICE_TYPES = ("npu", "gpu", "cpu")
+DEFAULT_MASTER_PORT = 29500
+# HCCL accepts a connect timeout in this range (seconds).
+HCCL_TIMEOUT_RANGE = (120, 7200)
+
+
+class EnvError(ValueError):
+    """A variable of the rank environment is missing or wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class RankEnv:
+    """The rank environment as the trainer sees it (single process when nothing is set)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    master_addr: str | None = None
+    master_port: int | None = None
+    device_id: int | None = None  # the device index this process binds, when set
+    rank_table_file: str | None = None
+    job_name: str | None = None
+    pod_name: str | None = None
+    pod_ip: str | None = None
+    metrics_port: int | None = None
+    hccl_connect_timeout: int | None = None
+
+    @property
+    def distributed(self) -> bool:
+        """True when the process is one rank of a job of several."""
+        return self.world_size > 1
+
+
+def hccl_connect_timeout(seconds: float) -> int:
+    """A timeout in seconds clamped into what HCCL accepts."""
+    lo, hi = HCCL_TIMEOUT_RANGE
+    return int(min(max(int(seconds), lo), hi))
+
+
+def rank_env(
+    *,
+    job_name: str,
+    rank: int,
+    world_size: int,
+    master_addr: str,
+    master_port: int,
+    device_type: str,
+    device_id: int = 0,
+    local_rank: int = 0,
+    local_world_size: int = 1,
+    pod_name: str | None = None,
+    pod_ip: str | None = None,
+    metrics_port: int | None = None,
+    rank_table_file: str | None = None,
+    connect_timeout: float | None = None,
+) -> dict[str, str]:
+    """The environment variables of one rank, all strings, as a pod's `env` wants them.
+
+    `device_id` is the device index the process binds (0 in a one-device pod, the chip of
+    the list on a multi-device host). `rank_table_file` and `connect_timeout` only matter on
+    NPUs, where they become RANK_TABLE_FILE and HCCL_CONNECT_TIMEOUT.
+    """
+    if device_type not in DEVICE_TYPES:
+        raise ValueError(f"device type {device_type!r}: pass one of {', '.join(DEVICE_TYPES)}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} must be in [0, {world_size})")
+    if not 0 <= local_rank < local_world_size:
+        raise ValueError(f"local rank {local_rank} must be in [0, {local_world_size})")
+    env = {
+        RANK: str(rank),
+        WORLD_SIZE: str(world_size),
+        LOCAL_RANK: str(local_rank),
+        LOCAL_WORLD_SIZE: str(local_world_size),
+        MASTER_ADDR: master_addr,
+        MASTER_PORT: str(master_port),
+        RANK_ID: str(rank),
+        RANK_SIZE: str(world_size),
+        DEVICE_ID: str(device_id),
+        ASCEND_DEVICE_ID: str(device_id),
+        JOB_NAME: job_name,
+    }
+    if pod_name is not None:
+        env[POD_NAME] = pod_name
+    if pod_ip is not None:
+        env[POD_IP] = pod_ip
+    if metrics_port is not None:
+        env[METRICS_PORT] = str(metrics_port)
+    if device_type == "npu":
+        if rank_table_file is not None:
+            env[RANK_TABLE_FILE] = rank_table_file
+        if connect_timeout is not None:
+            env[HCCL_CONNECT_TIMEOUT] = str(hccl_connect_timeout(connect_timeout))
+    return env
+
+
+def _int(environ: Mapping[str, str], name: str, *, minimum: int | None = None) -> int | None:
+    text = environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise EnvError(f"{name}={text!r} is not an integer") from None
+    if minimum is not None and value < minimum:
+        raise EnvError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _alias(environ: Mapping[str, str], name: str, alias: str, minimum: int) -> int | None:
+    """The value of `name`, or of its alias; both set must agree."""
+    value = _int(environ, name, minimum=minimum)
+    other = _int(environ, alias, minimum=minimum)
+    if value is not None and other is not None and value != other:
+        raise EnvError(f"{name}={value} and {alias}={other} disagree: set one, or both equal")
+    return value if value is not None else other
+
+
+def _port(environ: Mapping[str, str], name: str) -> int | None:
+    value = _int(environ, name)
+    if value is not None and not 0 < value <= 65535:
+        raise EnvError(f"{name}={value} must be a port in [1, 65535]")
+    return value
+
+
+def read_rank_env(environ: Mapping[str, str]) -> RankEnv:
+    """Parse and check the rank environment; EnvError names the first bad variable.
+
+    Without RANK/WORLD_SIZE (or RANK_ID/RANK_SIZE) the process is a single-process run.
+    """
+    world_size = _alias(environ, WORLD_SIZE, RANK_SIZE, minimum=1)
+    rank = _alias(environ, RANK, RANK_ID, minimum=0)
+    if world_size is None and rank not in (None, 0):
+        raise EnvError(f"{RANK}={rank} is set but {WORLD_SIZE} is not: set {WORLD_SIZE}")
+    world_size = world_size or 1
+    rank = rank or 0
+    if rank >= world_size:
+        raise EnvError(f"{RANK}={rank} must be < {WORLD_SIZE}={world_size}")
+    local_world_size = _int(environ, LOCAL_WORLD_SIZE, minimum=1) or 1
+    local_rank = _int(environ, LOCAL_RANK, minimum=0) or 0
+    if local_rank >= local_world_size and LOCAL_WORLD_SIZE in environ:
+        raise EnvError(f"{LOCAL_RANK}={local_rank} must be < {LOCAL_WORLD_SIZE}={local_world_size}")
+    master_addr = environ.get(MASTER_ADDR, "").strip() or None
+    master_port = _port(environ, MASTER_PORT)
+    if world_size > 1:
+        if master_addr is None:
+            raise EnvError(
+                f"{MASTER_ADDR} is not set but {WORLD_SIZE}={world_size}: set it to the "
+                "address of rank 0"
+            )
+        master_port = master_port or DEFAULT_MASTER_PORT
+    pod_ip = environ.get(POD_IP, "").strip() or None
+    if pod_ip is not None:
+        try:
+            ipaddress.ip_address(pod_ip)
+        except ValueError:
+            raise EnvError(f"{POD_IP}={pod_ip!r} is not an IP address") from None
+    timeout = _int(environ, HCCL_CONNECT_TIMEOUT)
+    lo, hi = HCCL_TIMEOUT_RANGE
+    if timeout is not None and not lo <= timeout <= hi:
+        raise EnvError(f"{HCCL_CONNECT_TIMEOUT}={timeout} must be in [{lo}, {hi}] seconds")
+    metrics_port = _int(environ, METRICS_PORT, minimum=0)
+    if metrics_port is not None and metrics_port > 65535:
+        raise EnvError(f"{METRICS_PORT}={metrics_port} must be in [0, 65535]")
+    return RankEnv(
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        local_world_size=local_world_size,
+        master_addr=master_addr,
+        master_port=master_port,
+        device_id=_alias(environ, DEVICE_ID, ASCEND_DEVICE_ID, minimum=0),
+        rank_table_file=environ.get(RANK_TABLE_FILE, "").strip() or None,
+        job_name=environ.get(JOB_NAME, "").strip() or None,
+        pod_name=environ.get(POD_NAME, "").strip() or None,
+        pod_ip=pod_ip,
+        metrics_port=metrics_port,
+        hccl_connect_timeout=timeout,
+    )

@@ -1,0 +1,171 @@
+"""A ShuffleNetTrainingJob manifest -> what each rank gets: its environment and command line.
+
+The operator builds rank pods from these functions and `snjob run-local` builds local
+processes from the same ones, so a manifest that runs locally runs the same way on a cluster
+(paths and addresses aside).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from . import crd, env, schema
+
+# Pod names are `<job>-rank-<k>` and DNS labels (at most 63 characters), so job names are
+# DNS-1035 labels short enough for the suffix of a 4-digit rank.
+NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+MAX_NAME = 63 - len("-rank-9999")
+
+# shufflenet-train's --device per devices.type.
+TRAINER_DEVICE = {"npu": "npu", "gpu": "cuda", "cpu": "cpu"}
+
+
+class ManifestError(ValueError):
+    """The manifest is not a valid job; the message starts with the field path."""
+
+
+def validate_job(obj: Any) -> dict[str, Any]:
+    """A defaulted copy of a ShuffleNetTrainingJob manifest, or ManifestError naming the field.
+
+    Beyond the CRD schema it checks what the schema cannot say: apiVersion/kind, the name, and
+    that the global batch divides over the ranks (the trainer would refuse it anyway, but a
+    cluster should not start pods to find out).
+    """
+    if not isinstance(obj, dict):
+        raise ManifestError("(root): a manifest must be a YAML mapping")
+    if obj.get("apiVersion") != crd.API_VERSION:
+        raise ManifestError(f"apiVersion: must be {crd.API_VERSION}, got {obj.get('apiVersion')!r}")
+    if obj.get("kind") != crd.KIND:
+        raise ManifestError(f"kind: must be {crd.KIND}, got {obj.get('kind')!r}")
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ManifestError("metadata.name: is required")
+    if not NAME_PATTERN.match(name) or len(name) > MAX_NAME:
+        raise ManifestError(
+            f"metadata.name: {name!r} must be a DNS label of at most {MAX_NAME} characters "
+            "(lower-case letters, digits, '-'; starting with a letter)"
+        )
+    try:
+        job = schema.apply(obj, crd.SCHEMA)
+    except schema.SchemaError as exc:
+        raise ManifestError(str(exc)) from None
+    ranks = job["spec"]["devices"]["count"]
+    batch = job["spec"]["training"]["batchSize"]
+    if batch % ranks:
+        raise ManifestError(
+            f"spec.training.batchSize: {batch} is the global batch and must divide by "
+            f"spec.devices.count {ranks}"
+        )
+    return job
+
+
+def world_size(job: Mapping[str, Any]) -> int:
+    return int(job["spec"]["devices"]["count"])
+
+
+def device_type(job: Mapping[str, Any]) -> str:
+    return str(job["spec"]["devices"]["type"])
+
+
+def resource_name(job: Mapping[str, Any]) -> str | None:
+    """The extended resource each rank pod requests (None for cpu ranks)."""
+    devices = job["spec"]["devices"]
+    return devices.get("resourceName") or crd.DEFAULT_RESOURCE.get(devices["type"])
+
+
+def pod_name(job: Mapping[str, Any], rank: int) -> str:
+    return f"{job['metadata']['name']}-rank-{rank}"
+
+
+def pod_env(
+    job: Mapping[str, Any],
+    rank: int,
+    *,
+    master_addr: str,
+    master_port: int = env.DEFAULT_MASTER_PORT,
+    pod_ip: str | None = None,
+    metrics_port: int | None = None,
+    rank_table_file: str | None = None,
+) -> dict[str, str]:
+    """The environment of rank `rank`'s pod: one device per pod, so LOCAL_RANK and the device
+    index are 0. `metrics_port` defaults to spec.metrics.port (a local run of several ranks
+    on one host passes distinct ports)."""
+    spec = job["spec"]
+    return env.rank_env(
+        job_name=job["metadata"]["name"],
+        rank=rank,
+        world_size=world_size(job),
+        master_addr=master_addr,
+        master_port=master_port,
+        device_type=device_type(job),
+        device_id=0,
+        local_rank=0,
+        local_world_size=1,
+        pod_name=pod_name(job, rank),
+        pod_ip=pod_ip,
+        metrics_port=spec["metrics"]["port"] if metrics_port is None else metrics_port,
+        rank_table_file=rank_table_file,
+        connect_timeout=spec["training"]["distTimeoutSeconds"],
+    )
+
+
+# spec.training key -> shufflenet-train flag, for the optional scalar settings.
+_FLAGS = {
+    "epochs": "--epochs",
+    "batchSize": "-b",
+    "lr": "--lr",
+    "optimizer": "--optimizer",
+    "larsEta": "--lars-eta",
+    "lrSchedule": "--lr-schedule",
+    "warmupEpochs": "--warmup-epochs",
+    "momentum": "--momentum",
+    "weightDecay": "--wd",
+    "labelSmoothing": "--label-smoothing",
+    "amp": "--amp",
+    "imageSize": "--image-size",
+    "valResize": "--val-resize",
+    "workers": "-j",
+    "printFreq": "-p",
+    "evalFreq": "--eval-freq",
+    "seed": "--seed",
+    "distTimeoutSeconds": "--dist-timeout",
+}
+
+
+def trainer_args(
+    job: Mapping[str, Any],
+    *,
+    data_path: str | None,
+    output_dir: str,
+    device: str | None = None,
+) -> list[str]:
+    """The shufflenet-train arguments of every rank (the same for all ranks).
+
+    `data_path`/`output_dir` are where the data and checkpoint volumes are, as the rank sees
+    them. `device` overrides the trainer device (a local CPU run of a GPU/NPU job); mixed
+    precision is then left to the trainer's default for that device. Runs always pass
+    `--resume auto`, so a restarted job continues from its newest valid checkpoint.
+    """
+    spec = job["spec"]
+    training = spec["training"]
+    trainer_device = device or TRAINER_DEVICE[device_type(job)]
+    args: list[str] = []
+    if spec["data"]["dummy"]:
+        args.append("--dummy")
+    else:
+        args.append(data_path or spec["data"]["path"])
+    args += ["-a", spec["model"]["arch"], "--device", trainer_device]
+    for key, flag in _FLAGS.items():
+        if key not in training or training[key] is None:
+            continue
+        if key == "amp" and device is not None:
+            continue
+        args += [flag, str(training[key])]
+    if training.get("channelsLast"):
+        args.append("--channels-last")
+    args += ["--output-dir", output_dir, "--resume", "auto"]
+    args += list(training.get("extraArgs", []))
+    return args

@@ -1,0 +1,236 @@
+"""Start the ranks of a job on this host and supervise them, as a cluster would.
+
+Used by `shufflenet-train --nproc N` (one process per device, like the Ascend ModelZoo's
+run_8p.sh or torchrun) and by `snjob run-local`. Each rank gets the environment from
+`shufflenet_contract.env.rank_env`, the function the operator uses for its pods.
+
+Supervision follows the operator's rules on one machine: when a rank fails, the others are
+stopped (SIGTERM, so they save what they can, then SIGKILL after a grace period) and the job
+ends with the first failing rank's exit code; SIGTERM or Ctrl-C to the launcher is passed to
+every rank as SIGTERM, so the job checkpoints and exits 143.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from shufflenet_contract.env import rank_env
+
+from .config import TrainConfig
+from .errors import EXIT_DIST, ConfigError
+
+# How long ranks asked to stop may take to save a checkpoint before they are killed.
+STOP_GRACE_SECONDS = 60.0
+POLL_SECONDS = 0.2
+TRAINER_DEVICE_TYPE = {"cpu": "cpu", "cuda": "gpu", "npu": "npu"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (the rendezvous port of a local job)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def exit_status(code: int) -> int:
+    """A Popen return code as a shell would report it (killed by signal N: 128 + N)."""
+    return 128 - code if code < 0 else code
+
+
+def cpu_threads(ranks: int) -> int:
+    """Intra-op threads per CPU rank, so that N ranks on one host share its cores instead of
+    each spinning up a thread per core (oversubscription makes every rank slower)."""
+    return max(1, (os.cpu_count() or 1) // ranks)
+
+
+@dataclass
+class Rank:
+    rank: int
+    proc: subprocess.Popen[Any]
+    code: int | None = None
+
+
+@dataclass
+class Outcome:
+    code: int  # the job's exit code
+    failed_rank: int | None = None  # the first rank that failed, if any
+    codes: dict[int, int] = field(default_factory=dict)
+    interrupted: bool = False  # stopped on the launcher's SIGTERM/SIGINT
+
+
+def spawn(
+    command: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    stdout: IO[Any] | int | None = None,
+    stderr: IO[Any] | int | None = None,
+) -> subprocess.Popen[Any]:
+    # A session of its own: Ctrl-C at the terminal reaches the launcher only, which then
+    # stops the ranks in order instead of every process dying mid-step.
+    return subprocess.Popen(
+        list(command), env=dict(env), stdout=stdout, stderr=stderr, start_new_session=True
+    )
+
+
+def supervise(
+    ranks: list[Rank],
+    *,
+    grace: float = STOP_GRACE_SECONDS,
+    on_tick: Callable[[], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> Outcome:
+    """Wait for every rank; stop the rest when one fails; pass SIGTERM/SIGINT on."""
+    interrupted = threading.Event()
+
+    def _on_signal(signum: int, frame: object) -> None:
+        interrupted.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _on_signal)
+    failed: int | None = None
+    stop_sent: float | None = None
+    try:
+        while True:
+            newly_failed = []
+            for r in ranks:
+                if r.code is None and (rc := r.proc.poll()) is not None:
+                    r.code = exit_status(rc)
+                    if r.code != 0:
+                        newly_failed.append(r)
+            if newly_failed and failed is None and stop_sent is None:
+                # Of ranks seen ending together, blame one that did not merely lose its peer.
+                newly_failed.sort(key=lambda r: r.code == EXIT_DIST)
+                failed = newly_failed[0].rank
+            running = [r for r in ranks if r.code is None]
+            if not running:
+                break
+            if stop_sent is None and (failed is not None or interrupted.is_set()):
+                why = (
+                    f"rank {failed} exited with {ranks[failed].code}"
+                    if failed is not None
+                    else "interrupted"
+                )
+                log(f"=> {why}: stopping the other ranks (SIGTERM, then SIGKILL after {grace:g}s)")
+                for r in running:
+                    with contextlib.suppress(ProcessLookupError):
+                        r.proc.send_signal(signal.SIGTERM)
+                stop_sent = time.monotonic()
+            elif stop_sent is not None and time.monotonic() - stop_sent > grace:
+                for r in running:
+                    with contextlib.suppress(ProcessLookupError):
+                        r.proc.kill()
+            if on_tick is not None:
+                on_tick()
+            time.sleep(POLL_SECONDS)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    codes = {r.rank: int(r.code or 0) for r in ranks}
+    if failed is not None:
+        return Outcome(codes[failed], failed, codes, interrupted.is_set())
+    if interrupted.is_set():
+        # Stopped on request: 143 when the ranks saved and exited as asked (0 when they
+        # happened to finish first).
+        return Outcome(max(codes.values(), default=0), None, codes, True)
+    return Outcome(0, None, codes)
+
+
+# Launcher flags: the ranks must not see them (they would start launchers of their own).
+_LAUNCHER_FLAGS = ("--nproc", "--device-list")
+
+
+def strip_launcher_flags(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in _LAUNCHER_FLAGS:
+            skip = True
+            continue
+        if any(arg.startswith(flag + "=") for flag in _LAUNCHER_FLAGS):
+            continue
+        out.append(arg)
+    return out
+
+
+def _relay(stream: IO[str], prefix: str) -> None:
+    for line in stream:
+        sys.stderr.write(prefix + line)
+        sys.stderr.flush()
+
+
+def launch_nproc(cfg: TrainConfig, argv: Sequence[str]) -> int:
+    """`shufflenet-train --nproc N [--device-list ...]`: N ranks of one job on this host.
+
+    Rank 0 prints to this terminal; the other ranks write their logs into rank 0's result
+    folder (`rank<k>.log`) and their errors here, prefixed with the rank.
+    """
+    assert cfg.nproc is not None
+    if any(a == "--device-id" or a.startswith("--device-id=") for a in argv):
+        raise ConfigError("--device-id would put every rank on one device: use --device-list")
+    n = cfg.nproc
+    devices = list(cfg.device_list or range(n))
+    port = int(os.environ.get("MASTER_PORT") or free_port())
+    args = strip_launcher_flags(argv)
+    command = [sys.executable, "-m", "shufflenet_trainer.cli", *args]
+    ranks: list[Rank] = []
+    relays: list[threading.Thread] = []
+    print(
+        f"=> starting {n} ranks on {cfg.device}"
+        + (f" devices {','.join(map(str, devices))}" if cfg.device != "cpu" else "")
+        + f", rendezvous 127.0.0.1:{port}",
+        flush=True,
+    )
+    for k in range(n):
+        env = dict(os.environ)
+        env.update(
+            rank_env(
+                job_name=os.environ.get("JOB_NAME", "local"),
+                rank=k,
+                world_size=n,
+                master_addr="127.0.0.1",
+                master_port=port,
+                device_type=TRAINER_DEVICE_TYPE[cfg.device],
+                device_id=devices[k],
+                local_rank=k,
+                local_world_size=n,
+                rank_table_file=os.environ.get("RANK_TABLE_FILE"),
+                connect_timeout=cfg.dist_timeout,
+            )
+        )
+        if cfg.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(cpu_threads(n))
+        if k == 0:
+            proc = spawn(command, env)
+        else:
+            proc = spawn(command, env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            assert proc.stderr is not None
+            stream = open(proc.stderr.fileno(), encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+            t = threading.Thread(target=_relay, args=(stream, f"[rank {k}] "), daemon=True)
+            t.start()
+            relays.append(t)
+        ranks.append(Rank(k, proc))
+    outcome = supervise(ranks)
+    for t in relays:
+        t.join(timeout=2.0)
+    if outcome.failed_rank is not None:
+        print(
+            f"=> job failed: rank {outcome.failed_rank} exited with {outcome.code}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return outcome.code

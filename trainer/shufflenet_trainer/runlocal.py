@@ -1,0 +1,402 @@
+"""`snjob run-local job.yaml`: run a ShuffleNetTrainingJob manifest on this machine.
+
+What a cluster would do, on one host:
+- validate the manifest against the CRD schema (shufflenet_contract.crd) and default it;
+- start one process per rank with the environment the operator gives each rank pod
+  (shufflenet_contract.job.pod_env) and the same trainer command line; for NPU jobs, a rank
+  table written as the operator delivers it (first `initializing`, then `completed`);
+- supervise the ranks (launch.py): a failed rank stops the job; a retryable failure
+  (exit >= 128) restarts the whole job from its last checkpoint, up to
+  spec.runPolicy.backoffLimit times;
+- show one progress bar for the job, read from rank 0's train.jsonl, and keep each rank's
+  output in its own file, as `kubectl logs` would.
+
+Without the job's devices on this machine, `--cpu` runs the same ranks on CPU with gloo.
+Local stand-ins: addresses are loopback, each rank's device is made the only visible one (as
+in a one-device pod), metrics ports are spec.metrics.port + rank (the ranks share a host).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from shufflenet_contract import crd, ranktable
+from shufflenet_contract import job as jobs
+
+from .errors import EXIT_SIGTERM, ConfigError
+from .launch import Rank, cpu_threads, free_port, spawn, supervise
+from .progress import Progress
+
+DEVICE_WORDS = {"npu": "Ascend NPU", "gpu": "CUDA GPU"}
+# Each rank's device as the only visible one, like the device plugin does for a pod.
+VISIBLE_DEVICES = {"npu": "ASCEND_RT_VISIBLE_DEVICES", "gpu": "CUDA_VISIBLE_DEVICES"}
+LOG_TAIL_LINES = 15
+EXIT_MEANING = {
+    2: "bad configuration",
+    3: "bad data",
+    134: "lost a peer rank or timed out",
+    EXIT_SIGTERM: "stopped by SIGTERM after saving a checkpoint",
+}
+
+
+def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ShuffleNetTrainingJob document of a YAML file (other kinds in it are ignored)."""
+    try:
+        docs = list(yaml.safe_load_all(Path(path).read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the manifest ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    found = [d for d in docs if isinstance(d, dict) and d.get("kind") == crd.KIND]
+    if len(found) != 1:
+        raise ConfigError(f"{path}: expected one {crd.KIND} document, found {len(found)}")
+    return found[0]
+
+
+def apply_sets(obj: dict[str, Any], sets: Sequence[str]) -> None:
+    """`--set spec.devices.count=2`: override fields (values are YAML) before validation."""
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: use PATH=VALUE, e.g. spec.devices.count=2")
+        value = yaml.safe_load(text)
+        node = obj
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+
+
+def device_count(device_type: str) -> int:
+    """Devices of this type visible here (0 when their runtime is not installed)."""
+    if device_type == "gpu":
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device_type == "npu":
+        try:
+            import torch
+            import torch_npu  # noqa: F401  (registers torch.npu)
+        except ImportError:
+            return 0
+        return int(torch.npu.device_count())  # type: ignore[attr-defined]
+    return os.cpu_count() or 1
+
+
+def local_data_path(job: dict[str, Any], override: str | None) -> str | None:
+    """Where the dataset is on this machine (None for synthetic data)."""
+    data = job["spec"]["data"]
+    if data["dummy"]:
+        return None
+    if override:
+        return override
+    host_path = (data.get("volume") or {}).get("hostPath", {}).get("path")
+    if host_path:
+        return str(host_path)
+    if Path(data["path"]).exists():
+        return str(data["path"])
+    raise ConfigError(
+        f"spec.data.path {data['path']} is where the pods see the data and does not exist "
+        "here: pass --data DIR (the dataset on this machine), or set spec.data.dummy=true"
+    )
+
+
+@dataclass
+class Plan:
+    """Everything needed to start the job's ranks here."""
+
+    name: str
+    ranks: int
+    device_type: str  # the manifest's
+    on_cpu: bool  # ranks run on CPU although the manifest asks for npu/gpu
+    command: list[str]
+    envs: list[dict[str, str]]
+    root: Path
+    rank_table: Path | None
+    epochs: int
+    note: str = ""  # what is run differently from the manifest, for the user
+
+
+def make_plan(
+    job: dict[str, Any],
+    *,
+    cpu: bool,
+    data: str | None,
+    output_dir: str,
+    metrics_port: int | None,
+    now: datetime | None = None,
+) -> Plan:
+    name = job["metadata"]["name"]
+    ranks = jobs.world_size(job)
+    dtype = jobs.device_type(job)
+    on_cpu = False
+    note = ""
+    if dtype != "cpu":
+        have = device_count(dtype)
+        if have < ranks and not cpu:
+            raise ConfigError(
+                f"spec.devices: the job wants {ranks} x {dtype} but this machine has {have} "
+                f"{DEVICE_WORDS[dtype]}(s): pass --cpu to run its {ranks} ranks on CPU with gloo"
+            )
+        on_cpu = cpu
+        if cpu:
+            note = (
+                f"this machine has {have} {DEVICE_WORDS[dtype]}(s); running the {ranks} ranks "
+                "on CPU with gloo (--cpu), in the CPU's default precision"
+            )
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    root = Path(output_dir) / f"{name}-{stamp}"
+    rank_table = root / "ranktable" / ranktable.FILE_KEY if dtype == "npu" and on_cpu else None
+    port = free_port()
+    base_port = job["spec"]["metrics"]["port"] if metrics_port is None else metrics_port
+    command = [
+        sys.executable,
+        "-m",
+        "shufflenet_trainer.cli",
+        *jobs.trainer_args(
+            job,
+            data_path=local_data_path(job, data),
+            output_dir=str(root),
+            device="cpu" if on_cpu else None,
+        ),
+    ]
+    envs = []
+    for k in range(ranks):
+        env = jobs.pod_env(
+            job,
+            k,
+            master_addr="127.0.0.1",
+            master_port=port,
+            pod_ip="127.0.0.1",
+            metrics_port=base_port + k if base_port else 0,
+            rank_table_file=str(rank_table) if rank_table else None,
+        )
+        if dtype == "cpu" or on_cpu:
+            env["OMP_NUM_THREADS"] = str(cpu_threads(ranks))
+        else:
+            env[VISIBLE_DEVICES[dtype]] = str(k)
+        envs.append(env)
+    return Plan(
+        name=name,
+        ranks=ranks,
+        device_type=dtype,
+        on_cpu=on_cpu,
+        command=command,
+        envs=envs,
+        root=root,
+        rank_table=rank_table,
+        epochs=int(job["spec"]["training"]["epochs"]),
+        note=note,
+    )
+
+
+def write_rank_table(plan: Plan, table: dict[str, Any]) -> None:
+    """Replace the table atomically, as a ConfigMap update swaps the mounted file."""
+    assert plan.rank_table is not None
+    plan.rank_table.parent.mkdir(parents=True, exist_ok=True)
+    tmp = plan.rank_table.with_name(f".{plan.rank_table.name}.tmp")
+    tmp.write_text(ranktable.dump(table), encoding="utf-8")
+    os.replace(tmp, plan.rank_table)
+
+
+def local_rank_table(plan: Plan) -> dict[str, Any]:
+    """The table the operator would build for one-NPU pods on one node: each pod its own
+    server entry; chip k of the node with a loopback stand-in for its RoCE address."""
+    pods = [
+        ranktable.PodDevices(
+            rank=k,
+            server_id=f"{plan.name}-rank-{k}",  # a pod UID on a cluster
+            devices=(ranktable.Device(str(k % 8), f"127.100.{k // 8}.{k % 8 + 1}"),),
+        )
+        for k in range(plan.ranks)
+    ]
+    return ranktable.build_rank_table(pods)
+
+
+def _fmt_seconds(s: float) -> str:
+    s = max(0, int(s))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+
+
+class JobProgress:
+    """One bar for the job, fed by rank 0's train.jsonl (records at each print step)."""
+
+    def __init__(self, plan: Plan, stream: TextIO | None = None) -> None:
+        self.plan = plan
+        self.progress = Progress(stream)
+        self.before = set(plan.root.glob("training_*"))
+        self.folder: Path | None = None
+        self._pos = 0
+        self._partial = ""
+        self._first: tuple[float, int] | None = None
+
+    def line(self, text: str) -> None:
+        self.progress.line(text)
+
+    def tick(self) -> None:
+        if self.folder is None:
+            new = sorted(set(self.plan.root.glob("training_*")) - self.before)
+            if not new:
+                return
+            self.folder = new[-1]
+        path = self.folder / "train.jsonl"
+        try:
+            with open(path, encoding="utf-8") as f:
+                f.seek(self._pos)
+                chunk = f.read()
+                self._pos = f.tell()
+        except FileNotFoundError:
+            return
+        text = self._partial + chunk
+        *lines, self._partial = text.split("\n")
+        for line in lines:
+            if line.strip():
+                self._show(json.loads(line))
+
+    def _show(self, rec: dict[str, Any]) -> None:
+        epochs = self.plan.epochs
+        if rec.get("kind") == "step":
+            steps = int(rec["steps"])
+            done = int(rec["epoch"]) * steps + int(rec["step"])
+            now = time.monotonic()
+            if self._first is None:
+                self._first = (now, done)
+            t0, d0 = self._first
+            rate = (done - d0) / (now - t0) if now > t0 and done > d0 else None
+            eta = _fmt_seconds((epochs * steps - done) / rate) if rate else "?"
+            text = (
+                f"epoch {rec['epoch'] + 1}/{epochs} step {rec['step']}/{steps} "
+                f"{rec['images_per_sec']:.0f} img/s loss {rec['loss']:.3f} ETA {eta}"
+            )
+            if self.progress.tty:
+                self.progress.step_line(text, text)
+                self.progress.advance(self.plan.name, done, epochs * steps)
+        elif rec.get("kind") == "epoch":
+            val = rec.get("val_top1")
+            self.progress.line(
+                f"epoch {rec['epoch'] + 1}/{epochs}: loss {rec['loss']:.4f}, "
+                + (f"val top-1 {val:.2f}%, " if val is not None else "")
+                + f"{rec['images_per_sec']:.0f} img/s (all ranks), {rec['epoch_seconds']:.1f}s"
+            )
+
+
+def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def run_plan(plan: Plan, *, backoff_limit: int, grace: float) -> int:
+    """Start and supervise the ranks, restarting on retryable failures; the job's exit code."""
+    logs = plan.root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_paths = [logs / f"{plan.name}-rank-{k}.log" for k in range(plan.ranks)]
+    device = "cpu (gloo)" if plan.on_cpu or plan.device_type == "cpu" else plan.device_type
+    print(
+        f"=> job {plan.name}: {plan.ranks} rank(s) on {device}; job folder {plan.root}\n"
+        f"=> rank logs: {logs}/{plan.name}-rank-<k>.log",
+        flush=True,
+    )
+    restarts = 0
+    t_start = time.monotonic()
+    while True:
+        if plan.rank_table is not None:
+            write_rank_table(plan, ranktable.initializing_table())
+        files = [open(p, "a", encoding="utf-8") for p in log_paths]  # noqa: SIM115
+        try:
+            for f in files:
+                f.write(f"=== attempt {restarts + 1}: {datetime.now():%Y-%m-%d %H:%M:%S} ===\n")
+                f.flush()
+            progress = JobProgress(plan)
+            # A fresh rendezvous port per attempt: the last attempt's may still be held (as
+            # new pods get new addresses on a cluster).
+            port = str(free_port()) if restarts else None
+            envs = [{**env, "MASTER_PORT": port} if port else env for env in plan.envs]
+            ranks = [
+                Rank(
+                    k,
+                    spawn(plan.command, {**os.environ, **env}, stdout=f, stderr=subprocess.STDOUT),
+                )
+                for k, (env, f) in enumerate(zip(envs, files, strict=True))
+            ]
+            if plan.rank_table is not None:
+                # Every "pod" is up: the operator would now build and publish the table.
+                write_rank_table(plan, local_rank_table(plan))
+            outcome = supervise(ranks, grace=grace, on_tick=progress.tick, log=progress.line)
+            progress.tick()
+        finally:
+            for f in files:
+                f.close()
+        if progress.folder is not None:
+            print(f"=> result folder: {progress.folder}", flush=True)
+        if outcome.code == 0:
+            print(f"=> job {plan.name} succeeded in {_fmt_seconds(time.monotonic() - t_start)}")
+            return 0
+        meaning = EXIT_MEANING.get(outcome.code, "retryable" if outcome.code >= 128 else "")
+        who = f"rank {outcome.failed_rank}" if outcome.failed_rank is not None else "the job"
+        print(
+            f"=> {who} exited with {outcome.code}" + (f" ({meaning})" if meaning else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+        if outcome.failed_rank is not None:
+            path = log_paths[outcome.failed_rank]
+            print(f"--- last lines of {path}:\n{_tail(path)}\n---", file=sys.stderr, flush=True)
+        retryable = outcome.code >= 128 and not outcome.interrupted
+        if not retryable or restarts >= backoff_limit:
+            if retryable:
+                print(f"=> backoffLimit {backoff_limit} reached: job failed", file=sys.stderr)
+            return outcome.code
+        restarts += 1
+        print(
+            f"=> restarting the job from its last checkpoint "
+            f"(restart {restarts} of {backoff_limit})",
+            flush=True,
+        )
+
+
+def run_local(
+    manifest: str,
+    *,
+    cpu: bool = False,
+    data: str | None = None,
+    output_dir: str = "result",
+    sets: Sequence[str] = (),
+    metrics_port: int | None = None,
+    dry_run: bool = False,
+    grace: float = 60.0,
+) -> int:
+    """Validate and run a manifest here; returns the job's exit code."""
+    obj = load_manifest(manifest)
+    apply_sets(obj, sets)
+    try:
+        job = jobs.validate_job(obj)
+    except jobs.ManifestError as exc:
+        raise ConfigError(f"{manifest}: {exc}") from None
+    plan = make_plan(job, cpu=cpu, data=data, output_dir=output_dir, metrics_port=metrics_port)
+    if plan.note:
+        print(f"=> {plan.note}", flush=True)
+    if dry_run:
+        print("command: " + " ".join(plan.command))
+        for k, env in enumerate(plan.envs):
+            print(f"rank {k}: " + " ".join(f"{key}={value}" for key, value in env.items()))
+        return 0
+    return run_plan(plan, backoff_limit=job["spec"]["runPolicy"]["backoffLimit"], grace=grace)
