@@ -138,30 +138,3 @@ def test_npu_index_kernels_compute_the_same_permutations() -> None:
     f1, f2 = ops_npu.index_unshuffle_cat(joined)
     assert torch.equal(f1, x1) and torch.equal(f2, x2)
     assert torch.equal(ops_npu.index_shuffle(x1, 3), ops.channel_shuffle(x1, 3))
-
-
-@pytest.mark.parametrize("memory_format", FORMATS)
-def test_both_interleave_kernels_agree(memory_format) -> None:
-    # The CUDA path (strided copies) and the CPU path (stack) must write the same tensor.
-    x1, x2 = pair((2, 10, 3, 5), memory_format=memory_format)
-    by_copies, by_stack = (
-        torch.empty(2, 20, 3, 5).contiguous(memory_format=memory_format) for _ in range(2)
-    )
-    ops._interleave_by_copies(by_copies, x1, x2)
-    ops._interleave_by_stack(by_stack, x1, x2)
-    assert torch.equal(by_copies, by_stack)
-    assert torch.equal(by_stack, ops.reference_channel_shuffle_cat(x1, x2))
-
-
-@pytest.mark.parametrize("memory_format", FORMATS)
-def test_both_concat_kernels_agree(memory_format) -> None:
-    # The backward's CUDA path (copies into halves) and CPU path (cat) from strided inputs.
-    a, b = pair((2, 10, 3, 5), memory_format=memory_format)
-    first, second = a.unflatten(1, (-1, 2)).select(2, 0), b.unflatten(1, (-1, 2)).select(2, 1)
-    by_copies, by_cat = (
-        torch.empty(2, 10, 3, 5).contiguous(memory_format=memory_format) for _ in range(2)
-    )
-    ops._concat_by_copies(by_copies, first, second)
-    ops._concat_by_cat(by_cat, first, second)
-    assert torch.equal(by_copies, by_cat)
-    assert torch.equal(by_cat, torch.cat((first, second), dim=1))

@@ -52,60 +52,23 @@ def _check_pair(x1: Tensor, x2: Tensor, *, even: bool) -> None:
         raise ValueError(f"channel_shuffle_split needs an even channel count, got {x1.shape[1]}")
 
 
-def _is_channels_last(x: Tensor) -> bool:
-    # A tensor contiguous in both formats (C == 1 or H == W == 1) counts as NCHW.
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def _physical(x: Tensor, channels_last: bool) -> Tensor:
-    """A view whose dim order is the memory order, with channels at dim 1 (NCHW) or 3 (NHWC)."""
-    return x.permute(0, 2, 3, 1) if channels_last else x
-
-
 def _interleave_into(out: Tensor, even: Tensor, odd: Tensor) -> None:
-    """out[:, 2i] = even[:, i] and out[:, 2i+1] = odd[:, i], in out's memory format."""
-    # Each way measured faster than the other on its device (docs/benchmarks.md).
-    if out.is_cuda:
-        _interleave_by_copies(out, even, odd)
-    else:
-        _interleave_by_stack(out, even, odd)
+    """out[:, 2i] = even[:, i] and out[:, 2i+1] = odd[:, i], in out's memory format.
 
-
-def _interleave_by_copies(out: Tensor, even: Tensor, odd: Tensor) -> None:
+    Two strided copies into a pair-split view of ``out``. On CPU (NCHW) each copies at the
+    speed of a plain ``copy_`` of the same bytes, and on CUDA they beat a stack or cat into
+    the same view (docs/benchmarks.md).
+    """
     pairs = out.unflatten(1, (-1, 2))  # splitting a dim is always a view
     pairs.select(2, 0).copy_(even)
     pairs.select(2, 1).copy_(odd)
 
 
-def _interleave_by_stack(out: Tensor, even: Tensor, odd: Tensor) -> None:
-    # A stack into a pair-split view of ``out`` taken in memory order: the destination is
-    # one dense block, so the copy runs at memory speed.
-    channels_last = _is_channels_last(out)
-    dim = 3 if channels_last else 1
-    pairs = _physical(out, channels_last).unflatten(dim, (-1, 2))
-    halves = (_physical(even, channels_last), _physical(odd, channels_last))
-    torch.stack(halves, dim=dim + 1, out=pairs)
-
-
 def _concat_into(out: Tensor, first: Tensor, second: Tensor) -> None:
-    """out = cat((first, second), 1), in out's memory format."""
-    if out.is_cuda:
-        _concat_by_copies(out, first, second)
-    else:
-        _concat_by_cat(out, first, second)
-
-
-def _concat_by_copies(out: Tensor, first: Tensor, second: Tensor) -> None:
+    """out = cat((first, second), 1) from strided inputs, in out's memory format."""
     half = first.shape[1]
     out[:, :half].copy_(first)
     out[:, half:].copy_(second)
-
-
-def _concat_by_cat(out: Tensor, first: Tensor, second: Tensor) -> None:
-    # As with the stack above: one dense destination block, written in memory order.
-    channels_last = _is_channels_last(out)
-    parts = (_physical(first, channels_last), _physical(second, channels_last))
-    torch.cat(parts, dim=3 if channels_last else 1, out=_physical(out, channels_last))
 
 
 # --- concat + shuffle + split -------------------------------------------------------------
@@ -266,7 +229,11 @@ def _empty_like(like: Tensor) -> Tensor:
 
 def _empty_with_channels(like: Tensor, channels: int) -> Tensor:
     """An uninitialised tensor like ``like`` with another channel count, same memory format."""
-    fmt = torch.channels_last if _is_channels_last(like) else torch.contiguous_format
+    # A tensor contiguous in both formats (C == 1 or H == W == 1) counts as NCHW.
+    channels_last = not like.is_contiguous() and like.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     shape = (like.shape[0], channels, *like.shape[2:])
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
 
