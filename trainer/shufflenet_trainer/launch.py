@@ -137,6 +137,7 @@ def supervise(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _reap_sessions(ranks)
     codes = {r.rank: int(r.code or 0) for r in ranks}
     if failed is not None:
         return Outcome(codes[failed], failed, codes, interrupted.is_set())
@@ -145,6 +146,14 @@ def supervise(
         # happened to finish first).
         return Outcome(max(codes.values(), default=0), None, codes, True)
     return Outcome(0, None, codes)
+
+
+def _reap_sessions(ranks: list[Rank]) -> None:
+    """Kill whatever a rank left behind in its session (e.g. data-loader workers of a rank
+    that was killed), so that a restarted attempt finds its ports and devices free."""
+    for r in ranks:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(r.proc.pid, signal.SIGKILL)  # start_new_session: pgid == pid
 
 
 # Launcher flags: the ranks must not see them (they would start launchers of their own).

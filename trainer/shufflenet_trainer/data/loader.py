@@ -285,7 +285,10 @@ def batch_loader(
 ) -> DataLoader:
     """A DataLoader over a dataset that builds whole batches itself (index = one batch).
 
-    Workers persist across epochs: re-forking them each epoch costs seconds per rank.
+    Workers persist across epochs: re-forking them each epoch costs seconds per rank. They
+    come from a fork server, not a fork of the trainer: by the time a loader first starts
+    its workers (validation's, at the end of the first epoch) the trainer runs threads
+    (collectives, watchdog, metrics server) whose locks a plain fork would copy held.
     """
     return DataLoader(
         dataset,
@@ -296,6 +299,7 @@ def batch_loader(
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
+        multiprocessing_context="forkserver" if workers > 0 else None,
     )
 
 
