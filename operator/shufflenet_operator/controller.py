@@ -1,0 +1,118 @@
+"""Worker threads that reconcile jobs: observe -> policy.plan -> apply, with metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from . import metrics, policy
+from . import status as st
+from .kube import Kube, Rejected
+from .workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+# After an unexpected error (API server unreachable, a conflict...) the job is looked at
+# again after this long, doubling up to the resync period.
+ERROR_BACKOFF_S = 1.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Controller:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: policy.Settings,
+        *,
+        resync_seconds: float = 60.0,
+        workers: int = 2,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.resync_seconds = resync_seconds
+        self.queue = WorkQueue()
+        self.clock = clock
+        self._workers = workers
+        self._threads: list[threading.Thread] = []
+        self._errors: dict[tuple[str, str], int] = {}
+
+    def start(self) -> None:
+        for i in range(self._workers):
+            t = threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self.queue.close()
+        for t in self._threads:
+            t.join(timeout=10)
+        self._threads.clear()
+
+    def enqueue(self, namespace: str, name: str) -> None:
+        self.queue.add((namespace, name))
+
+    def _work(self) -> None:
+        while True:
+            key = self.queue.get()
+            if key is None:
+                return
+            try:
+                self.reconcile(*key)  # type: ignore[misc]
+            finally:
+                self.queue.done(key)
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        """One look at the job; never raises (a bad job or API error must not stop a worker)."""
+        key = (namespace, name)
+        started = time.perf_counter()
+        try:
+            observed = self.kube.observe(namespace, name)
+            if observed.job is None:
+                metrics.PHASES.forget(namespace, name)
+                return
+            now = self.clock()
+            plan = policy.plan(
+                observed.job,
+                observed.pods,
+                service=observed.service,
+                configmap=observed.configmap,
+                now=now,
+                settings=self.settings,
+                foreign_pods=observed.foreign_pods,
+            )
+            try:
+                self.kube.apply(observed.job, plan, now)
+            except Rejected as exc:
+                log.warning("job %s/%s: %s", namespace, name, exc)
+                plan = policy.rejected(observed.job, str(exc), now)
+                self.kube.apply(observed.job, plan, now)
+            self._errors.pop(key, None)
+            metrics.PHASES.set(namespace, name, plan.status.get("phase"))
+            if plan.restarted:
+                metrics.RESTARTS.labels(namespace, name).inc()
+                restarts = plan.status["restarts"]
+                log.warning("job %s/%s: whole-job restart %s", namespace, name, restarts)
+            if plan.ranktable_completed:
+                created = st.get_condition(plan.status.get("conditions") or [], st.CREATED)
+                since = st.parse_time((created or {}).get("lastTransitionTime"))
+                if since is not None:
+                    metrics.RANKTABLE_SECONDS.observe(max((now - since).total_seconds(), 0.0))
+            wait = self.resync_seconds
+            if plan.requeue_after is not None:
+                wait = min(wait, plan.requeue_after)
+            self.queue.add_after(key, wait)
+        except Exception:
+            failures = self._errors.get(key, 0) + 1
+            self._errors[key] = failures
+            wait = min(self.resync_seconds, ERROR_BACKOFF_S * 2 ** (failures - 1))
+            log.exception("job %s/%s: reconcile failed (retry in %gs)", namespace, name, wait)
+            self.queue.add_after(key, wait)
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)

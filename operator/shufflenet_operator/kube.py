@@ -1,0 +1,207 @@
+"""The edge: read a job and its children from the API server, apply a Plan, post Events.
+
+Everything is a plain dict in the API's camelCase form, so the pure functions never see
+client classes. Creation tolerates 409 (it exists: an earlier reconcile or an operator that
+died mid-way made it) and deletion tolerates 404, which is what makes reconciles idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client import ApiException
+
+from shufflenet_contract import crd
+
+from . import render
+from . import status as st
+from .policy import Plan
+
+log = logging.getLogger(__name__)
+
+_MERGE = "application/merge-patch+json"
+
+
+def load_api_client() -> client.ApiClient:
+    """In a pod: its service account; elsewhere: KUBECONFIG / ~/.kube/config."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+class Rejected(Exception):
+    """The API server refused a child as invalid (422): the job's spec, not a passing fault."""
+
+    def __init__(self, kind: str, name: str, message: str) -> None:
+        super().__init__(f"{kind} {name} rejected by the API server: {message}")
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body).get("message") or exc.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)
+
+
+@dataclass
+class Observed:
+    job: dict[str, Any] | None
+    pods: list[dict[str, Any]]
+    service: dict[str, Any] | None
+    configmap: dict[str, Any] | None
+    foreign_pods: int = 0
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        return self.api.sanitize_for_serialization(obj)
+
+    def _get(self, read: Any, *args: Any) -> dict[str, Any] | None:
+        try:
+            return self._plain(read(*args))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(
+                crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def observe(self, namespace: str, name: str) -> Observed:
+        job = self.get_job(namespace, name)
+        if job is None:
+            return Observed(None, [], None, None)
+        selector = f"{render.JOB_LABEL}={name}"
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        uid = job["metadata"]["uid"]
+        # Only children this job owns: a job re-created under the same name must not adopt
+        # the pods of its predecessor that the garbage collector has yet to remove.
+        owned = [
+            self._plain(p)
+            for p in pods
+            if any(ref.uid == uid for ref in (p.metadata.owner_references or []))
+        ]
+        service = self._get(self.core.read_namespaced_service, render.service_name(job), namespace)
+        configmap = self._get(
+            self.core.read_namespaced_config_map, render.configmap_name(job), namespace
+        )
+        return Observed(job, owned, service, configmap, len(pods) - len(owned))
+
+    def apply(self, job: dict[str, Any], plan: Plan, now: datetime) -> None:
+        namespace = job["metadata"]["namespace"]
+        name = job["metadata"]["name"]
+        for manifest in plan.create:
+            create = {
+                "Pod": self.core.create_namespaced_pod,
+                "Service": self.core.create_namespaced_service,
+                "ConfigMap": self.core.create_namespaced_config_map,
+            }[manifest["kind"]]
+            try:
+                create(namespace, manifest)
+            except ApiException as exc:
+                if exc.status == 422:
+                    raise Rejected(
+                        manifest["kind"], manifest["metadata"]["name"], _api_message(exc)
+                    ) from None
+                if exc.status != 409:
+                    raise
+        if plan.configmap_data is not None:
+            self.core.patch_namespaced_config_map(
+                render.configmap_name(job),
+                namespace,
+                {"data": plan.configmap_data},
+                _content_type=_MERGE,
+            )
+        for pod_name, uid in plan.delete_pods:
+            try:
+                self.core.delete_namespaced_pod(
+                    pod_name,
+                    namespace,
+                    body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+                )
+            except ApiException as exc:
+                if exc.status not in (404, 409):
+                    raise
+        old = job.get("status") or {}
+        if plan.status != old:
+            # A merge patch keeps what it does not mention: dropped fields are set to null.
+            patch = {**{k: None for k in old if k not in plan.status}, **plan.status}
+            self.custom.patch_namespaced_custom_object_status(
+                crd.GROUP,
+                crd.VERSION,
+                namespace,
+                crd.PLURAL,
+                name,
+                {"status": patch},
+                _content_type=_MERGE,
+            )
+        for event in plan.events:
+            self.post_event(job, event, now)
+        if plan.delete_job:
+            try:
+                self.custom.delete_namespaced_custom_object(
+                    crd.GROUP,
+                    crd.VERSION,
+                    namespace,
+                    crd.PLURAL,
+                    name,
+                    body=client.V1DeleteOptions(propagation_policy="Background"),
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+    def post_event(self, job: dict[str, Any], event: st.Event, now: datetime) -> None:
+        meta = job["metadata"]
+        stamp = st.format_time(now)
+        body = {
+            "metadata": {
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": crd.API_VERSION,
+                "kind": crd.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": render.MANAGED_BY},
+            "reportingComponent": render.MANAGED_BY,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as exc:
+            # An Event is a courtesy: losing one must not fail the reconcile.
+            log.warning("event %s on %s/%s not posted: %s", event.reason, *_key(job), exc.reason)
+
+
+def _key(job: dict[str, Any]) -> tuple[str, str]:
+    return job["metadata"]["namespace"], job["metadata"]["name"]

@@ -1,0 +1,257 @@
+"""A validated ShuffleNetTrainingJob -> the manifests of its children (pure functions).
+
+Children, all owned by the job (the garbage collector removes them with it) and named
+deterministically, so that creating one twice is a harmless 409 and an operator restart
+never duplicates anything:
+
+- `<job>`: a headless Service selecting the job's rank pods (their DNS names for the
+  rendezvous: `<job>-rank-<k>.<job>.<namespace>.svc`);
+- `<job>-ranktable` (NPU jobs): the HCCL rank table ConfigMap, mounted in every rank pod;
+- `<job>-rank-<k>`: one pod per device, with the env contract of `shufflenet_contract.job`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from shufflenet_contract import crd, env, ranktable
+from shufflenet_contract import job as jobs
+
+# Labels the PodMonitor, the Service selector and the operator itself rely on.
+JOB_LABEL = f"{crd.GROUP}/job-name"
+RANK_LABEL = f"{crd.GROUP}/rank"
+# Which whole-job attempt a pod belongs to (status.restarts when it was created): a pod of an
+# earlier attempt is stale and deleted, never mistaken for a failure of the current one.
+RESTART_LABEL = f"{crd.GROUP}/restart"
+MANAGED_BY = "shufflenet-operator"
+
+CONTAINER = "trainer"
+METRICS_PORT_NAME = "metrics"
+RENDEZVOUS_PORT_NAME = "rendezvous"
+DATA_VOLUME = "data"
+CHECKPOINT_VOLUME = "checkpoint"
+RANKTABLE_VOLUME = "ranktable"
+SHM_VOLUME = "dshm"
+RANK_TABLE_FILE = f"{ranktable.MOUNT_DIR}/{ranktable.FILE_KEY}"
+
+
+def service_name(job: Mapping[str, Any]) -> str:
+    return str(job["metadata"]["name"])
+
+
+def configmap_name(job: Mapping[str, Any]) -> str:
+    return f"{job['metadata']['name']}-ranktable"
+
+
+def master_addr(job: Mapping[str, Any]) -> str:
+    """Rank 0's DNS name through the headless Service (no cluster domain assumed)."""
+    meta = job["metadata"]
+    return f"{jobs.pod_name(job, 0)}.{service_name(job)}.{meta['namespace']}.svc"
+
+
+def owner_reference(job: Mapping[str, Any]) -> dict[str, Any]:
+    meta = job["metadata"]
+    return {
+        "apiVersion": crd.API_VERSION,
+        "kind": crd.KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def selector(job: Mapping[str, Any]) -> dict[str, str]:
+    return {JOB_LABEL: str(job["metadata"]["name"])}
+
+
+def _metadata(job: Mapping[str, Any], name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": job["metadata"]["namespace"],
+        "labels": {
+            "app.kubernetes.io/name": "shufflenet-trainer",
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+            **selector(job),
+            **labels,
+        },
+        "ownerReferences": [owner_reference(job)],
+    }
+
+
+def render_service(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The headless Service giving each rank pod a stable DNS name."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, service_name(job), {}),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector(job),
+            # Rank 0 must be resolvable before any rank is Ready: the rendezvous is what makes
+            # them ready in the first place.
+            "publishNotReadyAddresses": True,
+            "ports": [
+                {"name": RENDEZVOUS_PORT_NAME, "port": env.DEFAULT_MASTER_PORT},
+                {"name": METRICS_PORT_NAME, "port": int(job["spec"]["metrics"]["port"])},
+            ],
+        },
+    }
+
+
+def configmap_data(table: Mapping[str, Any], version: int) -> dict[str, str]:
+    return {ranktable.FILE_KEY: ranktable.dump(dict(table)), ranktable.VERSION_KEY: str(version)}
+
+
+def render_configmap(job: Mapping[str, Any], version: int = 1) -> dict[str, Any]:
+    """The rank-table ConfigMap as first created: status initializing."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, configmap_name(job), {}),
+        "data": configmap_data(ranktable.initializing_table(), version),
+    }
+
+
+def _volumes(job: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    spec = job["spec"]
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    data = spec["data"]
+    if data.get("volume") and not data["dummy"]:
+        volumes.append({"name": DATA_VOLUME, **copy.deepcopy(data["volume"])})
+        mounts.append({"name": DATA_VOLUME, "mountPath": data["path"]})
+    ckpt = spec["checkpoint"]
+    # Without a volume the checkpoints die with the pod (and a restart starts over), but
+    # the trainer still needs a writable directory there.
+    source = copy.deepcopy(ckpt["volume"]) if ckpt.get("volume") else {"emptyDir": {}}
+    volumes.append({"name": CHECKPOINT_VOLUME, **source})
+    mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": ckpt["path"]})
+    # DataLoader workers pass batches through shared memory; the runtime's 64 MiB default
+    # /dev/shm is too small for ImageNet batches.
+    volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
+    mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+    if jobs.device_type(job) == "npu":
+        volumes.append({"name": RANKTABLE_VOLUME, "configMap": {"name": configmap_name(job)}})
+        mounts.append(
+            {"name": RANKTABLE_VOLUME, "mountPath": ranktable.MOUNT_DIR, "readOnly": True}
+        )
+    return volumes, mounts
+
+
+def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str, Any]:
+    """Rank `rank`'s pod of attempt `restarts`, with spec.podTemplate merged in."""
+    spec = job["spec"]
+    name = jobs.pod_name(job, rank)
+    npu = jobs.device_type(job) == "npu"
+    pod_env = jobs.pod_env(
+        job, rank, master_addr=master_addr(job), rank_table_file=RANK_TABLE_FILE if npu else None
+    )
+    env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in pod_env.items()]
+    # The pod IP is only known once the pod runs: the downward API fills it in.
+    env_list.append({"name": env.POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    volumes, mounts = _volumes(job)
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec["image"],
+        "command": ["shufflenet-train"],
+        "args": jobs.trainer_args(
+            job, data_path=spec["data"]["path"], output_dir=spec["checkpoint"]["path"]
+        ),
+        "env": env_list,
+        "ports": [
+            {"name": METRICS_PORT_NAME, "containerPort": int(spec["metrics"]["port"])},
+            {"name": RENDEZVOUS_PORT_NAME, "containerPort": env.DEFAULT_MASTER_PORT},
+        ],
+        "volumeMounts": mounts,
+    }
+    if spec.get("imagePullPolicy"):
+        container["imagePullPolicy"] = spec["imagePullPolicy"]
+    resource = jobs.resource_name(job)
+    if resource:
+        container["resources"] = {"limits": {resource: "1"}, "requests": {resource: "1"}}
+    scheduling = spec["scheduling"]
+    pod_spec: dict[str, Any] = {
+        # The operator restarts the whole job; kubelet restarting one rank in place would
+        # leave it alone against peers that already gave up on it.
+        "restartPolicy": "Never",
+        "hostname": name,
+        "subdomain": service_name(job),
+        "schedulerName": scheduling["schedulerName"],
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if scheduling.get("nodeSelector"):
+        pod_spec["nodeSelector"] = dict(scheduling["nodeSelector"])
+    if scheduling.get("tolerations"):
+        pod_spec["tolerations"] = copy.deepcopy(scheduling["tolerations"])
+    if scheduling.get("priorityClassName"):
+        pod_spec["priorityClassName"] = scheduling["priorityClassName"]
+    labels = {RANK_LABEL: str(rank), RESTART_LABEL: str(restarts)}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(job, name, labels),
+        "spec": pod_spec,
+    }
+    merged = merge_pod_template(pod, spec.get("podTemplate") or {})
+    # The env contract is the operator's: an override may add variables, not change these.
+    for c in merged["spec"]["containers"]:
+        if c.get("name") == CONTAINER:
+            ours = {e["name"] for e in env_list}
+            c["env"] = env_list + [e for e in c.get("env", []) if e.get("name") not in ours]
+    return merged
+
+
+# Lists of these keys are merged item by item on `name` (as strategic merge patch does for
+# containers, volumes, env, ports and mounts); any other list is replaced by the override.
+_MERGE_BY_NAME = {
+    "containers",
+    "initContainers",
+    "volumes",
+    "env",
+    "ports",
+    "volumeMounts",
+    "imagePullSecrets",
+}
+
+
+def _merge(base: Any, override: Any, key: str = "") -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for k, v in override.items():
+            out[k] = _merge(base[k], v, k) if k in base else copy.deepcopy(v)
+        return out
+    if key in _MERGE_BY_NAME and isinstance(base, list) and isinstance(override, list):
+        out_list = [copy.deepcopy(b) for b in base]
+        index = {b.get("name"): i for i, b in enumerate(out_list) if isinstance(b, dict)}
+        for item in override:
+            name = item.get("name") if isinstance(item, dict) else None
+            if name is not None and name in index:
+                out_list[index[name]] = _merge(out_list[index[name]], item)
+            else:
+                out_list.append(copy.deepcopy(item))
+        return out_list
+    return copy.deepcopy(override)
+
+
+def merge_pod_template(pod: dict[str, Any], template: Mapping[str, Any]) -> dict[str, Any]:
+    """`pod` with a PodTemplateSpec-like override (`metadata`, `spec`) merged in.
+
+    The container named `trainer` in the override changes ours; other containers are added.
+    The operator's own labels, name, namespace and owner win: the Service, the PodMonitor and
+    the restart bookkeeping select pods by them.
+    """
+    merged = copy.deepcopy(pod)
+    meta = template.get("metadata") or {}
+    if isinstance(meta, dict):
+        for field in ("labels", "annotations"):
+            extra = meta.get(field)
+            if isinstance(extra, dict):
+                merged["metadata"][field] = {**extra, **merged["metadata"].get(field, {})}
+    spec = template.get("spec")
+    if isinstance(spec, dict):
+        merged["spec"] = _merge(merged["spec"], spec)
+    return merged

@@ -1,0 +1,212 @@
+"""Run the real operator (`python -m shufflenet_operator`) against the test control plane.
+
+The operator runs as a subprocess watching one namespace, with short watch timeouts and
+restart backoff so that tests are quick; it can be killed and started again mid-job.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from sim.node_agent import wait_for
+
+from k8s.cluster import REPO, ControlPlane
+from shufflenet_contract import crd
+from shufflenet_operator import render
+
+CRD_PATH = REPO / "manifests" / "crd" / "shufflenettrainingjobs.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def install_crd(api: client.ApiClient) -> None:
+    """Create the CRD from crd.py (the committed YAML equals it; a unit test checks)."""
+    ext = client.ApiextensionsV1Api(api)
+    body = crd.crd()
+    try:
+        ext.create_custom_resource_definition(body)
+    except client.ApiException as e:
+        if e.status != 409:
+            raise
+
+    def established() -> bool:
+        conds = ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions
+        return any(c.type == "Established" and c.status == "True" for c in conds or [])
+
+    wait_for(established, timeout=60, what="CRD established")
+
+
+class OperatorProcess:
+    def __init__(self, cp: ControlPlane, namespace: str, log_dir: Path) -> None:
+        self.cp = cp
+        self.namespace = namespace
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"operator-{self.starts}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        self.metrics_port = free_port()
+        live_port = free_port()
+        cmd = [
+            sys.executable,
+            "-m",
+            "shufflenet_operator",
+            "--namespace",
+            self.namespace,
+            "--metrics-addr",
+            "127.0.0.1",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--liveness",
+            f"http://127.0.0.1:{live_port}/healthz",
+            "--restart-backoff",
+            "0.5",
+            "--resync",
+            "5",
+            "--watch-timeout",
+            "10",
+            "--verbose",
+        ]
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, env=self.cp.env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+            )
+
+        def live() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{live_port}/healthz", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(live, timeout=60, what="operator liveness endpoint")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- operator run {i}\n" + (self.log_dir / f"operator-{i}.log").read_text()[-8000:]
+            for i in range(1, self.starts + 1)
+            if (self.log_dir / f"operator-{i}.log").exists()
+        )
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.read().decode()
+
+
+def job_manifest(name: str, *, device: str = "npu", count: int = 8, **spec: Any) -> dict[str, Any]:
+    """A small job the test cluster can schedule (default scheduler, synthetic data)."""
+    return {
+        "apiVersion": crd.API_VERSION,
+        "kind": crd.KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "image": "shufflenet/trainer:test",
+            "devices": {"type": device, "count": count},
+            "model": {"arch": "shufflenet_v2_x0_5"},
+            "training": {"epochs": 1, "batchSize": 8 * count},
+            "data": {"dummy": True},
+            "runPolicy": {"backoffLimit": 2},
+            "scheduling": {"schedulerName": "default-scheduler"},
+            **copy.deepcopy(spec),
+        },
+    }
+
+
+class Jobs:
+    """ShuffleNetTrainingJobs and their children in one namespace."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.namespace = namespace
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(
+            crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, manifest
+        )
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(
+            crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name
+        )
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(
+            crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name
+        )
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            crd.GROUP,
+            crd.VERSION,
+            self.namespace,
+            crd.PLURAL,
+            name,
+            {"spec": spec},
+            _content_type="application/merge-patch+json",
+        )
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.get(name).get("status") or {}
+
+    def condition(self, name: str, type_: str) -> dict[str, Any]:
+        conds = self.status(name).get("conditions") or []
+        return next((c for c in conds if c["type"] == type_), {})
+
+    def pods(self, name: str) -> list[client.V1Pod]:
+        items = self.core.list_namespaced_pod(
+            self.namespace, label_selector=f"{render.JOB_LABEL}={name}"
+        ).items
+        return sorted(items, key=lambda p: int(p.metadata.labels[render.RANK_LABEL]))
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status(name)
+            if status.get("phase") == phase:
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {name}: phase {phase} not reached in {timeout}s: {status}")
+            time.sleep(0.2)
+
+    def events(self, name: str) -> list[client.CoreV1Event]:
+        return [
+            e
+            for e in self.core.list_namespaced_event(self.namespace).items
+            if e.involved_object.name == name and e.involved_object.kind == crd.KIND
+        ]

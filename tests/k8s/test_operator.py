@@ -1,0 +1,290 @@
+"""The operator against the REAL control plane (apiserver, scheduler, garbage collector),
+with the SIMULATED kubelet and Ascend device plugin (tests/sim) playing the nodes.
+
+The operator runs as its own process (`python -m shufflenet_operator --namespace NS`), as
+in its Deployment, so killing and restarting it mid-job is what a pod restart would be.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from sim.node_agent import ASCEND_910_ANNOTATION, NPU_RESOURCE, NodeAgent, wait_for
+
+from k8s.cluster import ControlPlane
+from k8s.operator_harness import Jobs, OperatorProcess, install_crd, job_manifest
+from shufflenet_contract import ranktable
+from shufflenet_operator import render
+
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
+# Tests list `node_agent` before `operator`: fixtures are torn down in reverse, so the
+# operator stops before the simulated nodes delete their pods (which it would answer with
+# one more restart).
+@pytest.fixture
+def operator(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    install_crd(control_plane.api)
+    op = OperatorProcess(control_plane, namespace, tmp_path)
+    op.start()
+    try:
+        yield op
+    except BaseException:
+        raise
+    finally:
+        op.stop()
+
+
+@pytest.fixture
+def jobs(k8s_api: client.ApiClient, namespace: str) -> Jobs:
+    return Jobs(k8s_api, namespace)
+
+
+def _table(core: client.CoreV1Api, ns: str, job: str) -> tuple[dict, str]:
+    cm = core.read_namespaced_config_map(f"{job}-ranktable", ns)
+    return ranktable.parse(cm.data["hccl.json"]), cm.data["version"]
+
+
+def test_npu_job_gets_pods_service_and_a_rank_table_once_every_pod_has_chips(
+    node_agent: NodeAgent, operator: OperatorProcess, jobs: Jobs, core_v1: client.CoreV1Api
+) -> None:
+    ns = jobs.namespace
+    first = node_agent.add_node(npus=4)
+    created = jobs.create(job_manifest("npu8"))
+    uid = created["metadata"]["uid"]
+
+    pods = wait_for(lambda: len(p := jobs.pods("npu8")) == 8 and p, what="8 rank pods")
+    assert [p.metadata.name for p in pods] == [f"npu8-rank-{r}" for r in range(8)]
+    for rank, pod in enumerate(pods):
+        (owner,) = pod.metadata.owner_references
+        assert owner.uid == uid and owner.controller and owner.kind == "ShuffleNetTrainingJob"
+        assert pod.metadata.labels[render.RANK_LABEL] == str(rank)
+        (c,) = pod.spec.containers
+        assert c.resources.limits == {NPU_RESOURCE: "1"}
+        env = {e.name: e.value for e in c.env}
+        assert env["RANK"] == str(rank) and env["WORLD_SIZE"] == "8"
+        assert env["MASTER_ADDR"] == f"npu8-rank-0.npu8.{ns}.svc"
+        assert env["RANK_TABLE_FILE"] == "/user/serverid/devindex/config/hccl.json"
+        assert pod.spec.restart_policy == "Never" and pod.spec.subdomain == "npu8"
+    svc = core_v1.read_namespaced_service("npu8", ns)
+    assert svc.spec.cluster_ip == "None" and svc.spec.selector == {render.JOB_LABEL: "npu8"}
+    assert svc.metadata.owner_references[0].uid == uid
+
+    # 4 chips for 8 ranks: half the pods are placed (and annotated), the table must wait.
+    wait_for(
+        lambda: jobs.status("npu8").get("ranks", {}).get("scheduled") == 4,
+        what="4 ranks scheduled",
+    )
+    table, _ = _table(core_v1, ns, "npu8")
+    assert table == {"status": "initializing"}
+    assert jobs.condition("npu8", "RankTableReady").get("status") == "False"
+    assert jobs.status("npu8")["phase"] == "Pending"
+
+    second = node_agent.add_node(npus=4)
+    status = jobs.wait_phase("npu8", "Running")
+    assert status["ranks"] == {
+        "total": 8,
+        "scheduled": 8,
+        "running": 8,
+        "succeeded": 0,
+        "failed": 0,
+    }
+    assert status["rankTable"]["status"] == "completed"
+    table, version = _table(core_v1, ns, "npu8")
+    assert version == str(status["rankTable"]["version"])
+    pods = jobs.pods("npu8")
+    for rank in range(8):
+        ranktable.validate_rank_table(table, rank, 8)
+    # One entry per pod, keyed by its UID, in rank order; the chips the plugin announced.
+    assert [s["server_id"] for s in table["server_list"]] == [p.metadata.uid for p in pods]
+    nodes = {p.spec.node_name for p in pods}
+    assert nodes == {first.name, second.name}
+    for rank, (entry, pod) in enumerate(zip(table["server_list"], pods, strict=True)):
+        ann = json.loads(pod.metadata.annotations[ASCEND_910_ANNOTATION])
+        (dev,) = entry["device"]
+        assert dev == {**ann["devices"][0], "rank_id": str(rank)}
+        assert ipaddress.ip_address(dev["device_ip"]) in LOOPBACK
+    for type_ in ("Created", "Scheduled", "RankTableReady", "Running"):
+        assert jobs.condition("npu8", type_)["status"] == "True", type_
+    reasons = {e.reason for e in jobs.events("npu8")}
+    assert {"PodsCreated", "AllRanksScheduled", "RankTableWritten", "AllRanksRunning"} <= reasons
+
+    for pod in pods:
+        node_agent.finish(pod, exit_code=0)
+    status = jobs.wait_phase("npu8", "Succeeded")
+    assert status["completionTime"] and status["restarts"] == 0
+
+
+def test_retryable_exit_restarts_the_whole_job(
+    node_agent: NodeAgent, operator: OperatorProcess, jobs: Jobs, core_v1: client.CoreV1Api
+) -> None:
+    node_agent.add_node(npus=8)
+    jobs.create(job_manifest("retry", count=2))
+    jobs.wait_phase("retry", "Running")
+    before = {p.metadata.uid for p in jobs.pods("retry")}
+    _, version = _table(core_v1, jobs.namespace, "retry")
+
+    node_agent.finish(jobs.pods("retry")[1], exit_code=143)
+    wait_for(lambda: jobs.status("retry").get("restarts") == 1, what="restarts == 1")
+    # The backoff is short here: the condition may already be back to False, its Event stays.
+    assert jobs.condition("retry", "Restarting")["lastTransitionTime"]
+    warnings = [e for e in jobs.events("retry") if e.reason == "RetryableExit"]
+    assert len(warnings) == 1 and warnings[0].type == "Warning"
+    assert "exited 143" in warnings[0].message and "restart 1 of 2" in warnings[0].message
+
+    status = jobs.wait_phase("retry", "Running")
+    pods = jobs.pods("retry")
+    assert len(pods) == 2 and not before & {p.metadata.uid for p in pods}
+    assert {p.metadata.labels[render.RESTART_LABEL] for p in pods} == {"1"}
+    assert status["restarts"] == 1
+    table, new_version = _table(core_v1, jobs.namespace, "retry")
+    assert int(new_version) > int(version)
+    assert [s["server_id"] for s in table["server_list"]] == [p.metadata.uid for p in pods]
+
+    metrics = operator.metrics()
+    ns = jobs.namespace
+    assert f'shufflenet_operator_job_restarts_total{{job="retry",namespace="{ns}"}} 1.0' in metrics
+    assert f'shufflenet_operator_jobs{{namespace="{ns}",phase="Running"}} 1.0' in metrics
+    assert "shufflenet_operator_reconcile_seconds_count" in metrics
+    assert "shufflenet_operator_ranktable_seconds_count" in metrics
+
+
+def test_exit_2_fails_the_job_without_restart_and_bad_specs_fail_with_the_field(
+    node_agent: NodeAgent, operator: OperatorProcess, jobs: Jobs, core_v1: client.CoreV1Api
+) -> None:
+    node_agent.add_node(npus=8)
+    jobs.create(job_manifest("bad-config", count=2))
+    jobs.wait_phase("bad-config", "Running")
+    node_agent.finish(jobs.pods("bad-config")[0], exit_code=2)
+    status = jobs.wait_phase("bad-config", "Failed")
+    failed = jobs.condition("bad-config", "Failed")
+    assert failed["reason"] == "InvalidConfiguration" and "exited 2" in failed["message"]
+    assert status["restarts"] == 0
+    # cleanPodPolicy Running: the surviving rank is stopped, the failed pod stays for its logs.
+    wait_for(lambda: len(jobs.pods("bad-config")) == 1, what="running rank deleted")
+    assert jobs.pods("bad-config")[0].metadata.name == "bad-config-rank-0"
+
+    jobs.create(job_manifest("bad-batch", count=3, training={"batchSize": 10}))
+    jobs.wait_phase("bad-batch", "Failed")
+    failed = jobs.condition("bad-batch", "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert failed["message"].startswith("spec.training.batchSize")
+    assert jobs.pods("bad-batch") == []
+
+    # A podTemplate that makes invalid pods: the API server's refusal fails the job.
+    bad_template = {"spec": {"containers": [{"name": "trainer", "image": ""}]}}
+    jobs.create(job_manifest("bad-template", count=2, podTemplate=bad_template))
+    jobs.wait_phase("bad-template", "Failed")
+    failed = jobs.condition("bad-template", "Failed")
+    assert failed["reason"] == "InvalidSpec" and "image" in failed["message"]
+    assert jobs.pods("bad-template") == []
+
+    # CPU ranks: no device resource, no rank table.
+    jobs.create(job_manifest("cpu2", device="cpu", count=2))
+    jobs.wait_phase("cpu2", "Running")
+    for pod in jobs.pods("cpu2"):
+        (c,) = pod.spec.containers
+        assert not (c.resources and c.resources.limits)
+        assert "RANK_TABLE_FILE" not in {e.name for e in c.env}
+    names = {cm.metadata.name for cm in core_v1.list_namespaced_config_map(jobs.namespace).items}
+    assert "cpu2-ranktable" not in names
+    assert "RankTableReady" not in {c["type"] for c in jobs.status("cpu2")["conditions"]}
+
+
+def test_operator_restart_mid_job_duplicates_nothing(
+    node_agent: NodeAgent, operator: OperatorProcess, jobs: Jobs, core_v1: client.CoreV1Api
+) -> None:
+    node_agent.add_node(npus=8)
+    jobs.create(job_manifest("steady", count=4))
+    jobs.wait_phase("steady", "Running")
+    before = [(p.metadata.name, p.metadata.uid) for p in jobs.pods("steady")]
+    table_before = _table(core_v1, jobs.namespace, "steady")
+
+    def settled() -> str | None:
+        version = jobs.get("steady")["metadata"]["resourceVersion"]
+        time.sleep(1)
+        return version if jobs.get("steady")["metadata"]["resourceVersion"] == version else None
+
+    version = wait_for(settled, what="the job's status to settle")
+    operator.stop(kill=True)
+    operator.start()
+    # The new operator lists the job and its pods: give it a few reconciles' time.
+    wait_for(
+        lambda: "shufflenet_operator_reconcile_seconds_count 0.0" not in operator.metrics(),
+        what="a reconcile by the new operator",
+    )
+    assert [(p.metadata.name, p.metadata.uid) for p in jobs.pods("steady")] == before
+    assert _table(core_v1, jobs.namespace, "steady") == table_before
+    assert jobs.status("steady")["phase"] == "Running"
+    assert jobs.status("steady")["restarts"] == 0
+    # Nothing to do for the new operator, so it wrote nothing.
+    assert jobs.get("steady")["metadata"]["resourceVersion"] == version
+
+    for pod in jobs.pods("steady"):
+        node_agent.finish(pod, exit_code=0)
+    jobs.wait_phase("steady", "Succeeded")
+    assert [(p.metadata.name, p.metadata.uid) for p in jobs.pods("steady")] == before
+
+
+def test_deleting_the_job_removes_every_child(
+    node_agent: NodeAgent, operator: OperatorProcess, jobs: Jobs, core_v1: client.CoreV1Api
+) -> None:
+    node_agent.add_node(npus=8)
+    jobs.create(job_manifest("doomed", count=2))
+    jobs.wait_phase("doomed", "Running")
+    ns = jobs.namespace
+    jobs.delete("doomed")
+
+    def children_gone() -> bool:
+        pods = jobs.pods("doomed")
+        svcs = core_v1.list_namespaced_service(ns).items
+        cms = [
+            c
+            for c in core_v1.list_namespaced_config_map(ns).items
+            if c.metadata.name.startswith("doomed")
+        ]
+        return not pods and not svcs and not cms
+
+    # The garbage collector of the real controller manager does it (the operator adds no
+    # finalizer); the operator must not re-create anything meanwhile. The collector notices
+    # a new CRD's objects only at its next discovery resync (30 s in 1.20), hence the wait.
+    wait_for(children_gone, timeout=120, interval=0.5, what="children garbage-collected")
+
+
+def test_suspend_resume_and_ttl_after_finished(
+    node_agent: NodeAgent, operator: OperatorProcess, jobs: Jobs, core_v1: client.CoreV1Api
+) -> None:
+    node_agent.add_node(npus=8)
+    jobs.create(job_manifest("pause", count=2, runPolicy={"ttlSecondsAfterFinished": 1}))
+    jobs.wait_phase("pause", "Running")
+    first = {p.metadata.uid for p in jobs.pods("pause")}
+
+    jobs.patch_spec("pause", {"runPolicy": {"suspend": True}})
+    jobs.wait_phase("pause", "Suspended")
+    wait_for(lambda: jobs.pods("pause") == [], what="rank pods deleted while suspended")
+    jobs.patch_spec("pause", {"runPolicy": {"suspend": False}})
+    jobs.wait_phase("pause", "Running")
+    pods = jobs.pods("pause")
+    assert len(pods) == 2 and not first & {p.metadata.uid for p in pods}
+    assert jobs.status("pause")["restarts"] == 0  # a suspension is not a failure
+
+    for pod in pods:
+        node_agent.finish(pod, exit_code=0)
+    jobs.wait_phase("pause", "Succeeded")
+
+    def job_gone() -> bool:
+        try:
+            jobs.get("pause")
+        except client.ApiException as e:
+            return e.status == 404
+        return False
+
+    wait_for(job_gone, timeout=30, what="job deleted after ttlSecondsAfterFinished")

@@ -1,0 +1,344 @@
+"""Operator: reconcile decisions (policy.plan) and status helpers, on an in-memory cluster."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from shufflenet_contract import crd, ranktable
+from shufflenet_operator import policy, render
+from shufflenet_operator import status as st
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+SETTINGS = policy.Settings(restart_backoff_seconds=10, max_backoff_seconds=60)
+
+
+class Cluster:
+    """Just enough of an API server to apply plans: children by name, a status."""
+
+    def __init__(self, **spec: Any) -> None:
+        self.job: dict[str, Any] = {
+            "apiVersion": crd.API_VERSION,
+            "kind": crd.KIND,
+            "metadata": {"name": "sn", "namespace": "ns", "uid": "job-uid"},
+            "spec": {
+                "image": "trainer:1",
+                "devices": {"type": "npu", "count": 4},
+                "training": {"batchSize": 64},
+                **spec,
+            },
+        }
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.service: dict[str, Any] | None = None
+        self.configmap: dict[str, Any] | None = None
+        self.now = T0
+        self.events: list[st.Event] = []
+        self.uids = 0
+        self.deleted_job = False
+
+    def reconcile(self, seconds: float = 0) -> policy.Plan:
+        self.now += timedelta(seconds=seconds)
+        plan = policy.plan(
+            copy.deepcopy(self.job),
+            [copy.deepcopy(p) for p in self.pods.values()],
+            service=self.service,
+            configmap=self.configmap,
+            now=self.now,
+            settings=SETTINGS,
+        )
+        for m in plan.create:
+            m = copy.deepcopy(m)
+            self.uids += 1
+            m["metadata"]["uid"] = f"uid-{self.uids}"
+            if m["kind"] == "Pod":
+                assert m["metadata"]["name"] not in self.pods, "duplicate pod"
+                self.pods[m["metadata"]["name"]] = m
+            elif m["kind"] == "Service":
+                self.service = m
+            else:
+                self.configmap = m
+        if plan.configmap_data is not None:
+            assert self.configmap is not None
+            self.configmap["data"] = plan.configmap_data
+        for name, uid in plan.delete_pods:
+            assert self.pods[name]["metadata"]["uid"] == uid
+            del self.pods[name]
+        self.job["status"] = copy.deepcopy(plan.status)
+        self.events += plan.events
+        self.deleted_job |= plan.delete_job
+        return plan
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return self.job["status"]
+
+    def cond(self, type_: str) -> dict[str, Any]:
+        c = st.get_condition(self.status["conditions"], type_)
+        assert c is not None, type_
+        return dict(c)
+
+    def schedule(self, annotate: bool = True) -> None:
+        for i, pod in enumerate(sorted(self.pods.values(), key=st.pod_rank)):  # type: ignore[arg-type]
+            node = i // 2
+            pod["spec"]["nodeName"] = f"node-{node}"
+            if annotate:
+                ann = {
+                    "pod_name": pod["metadata"]["name"],
+                    "server_id": f"127.0.1.{node + 1}",
+                    "host_ip": f"127.0.1.{node + 1}",
+                    "devices": [
+                        {"device_id": str(i % 2), "device_ip": f"127.100.{node}.{101 + i % 2}"}
+                    ],
+                }
+                pod["metadata"].setdefault("annotations", {})[ranktable.ANNOTATION] = json.dumps(
+                    ann
+                )
+
+    def run_all(self) -> None:
+        for pod in self.pods.values():
+            pod["status"] = {"phase": "Running"}
+
+    def finish(self, rank: int, code: int) -> None:
+        pod = self.pods[f"sn-rank-{rank}"]
+        pod["status"] = {
+            "phase": "Succeeded" if code == 0 else "Failed",
+            "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": code}}}],
+        }
+
+    def table(self) -> dict[str, Any]:
+        assert self.configmap is not None
+        return ranktable.parse(self.configmap["data"]["hccl.json"])
+
+
+def started() -> Cluster:
+    c = Cluster()
+    c.reconcile()
+    c.schedule()
+    c.run_all()
+    c.reconcile()
+    return c
+
+
+def test_first_reconcile_creates_every_child_once() -> None:
+    c = Cluster()
+    plan = c.reconcile()
+    kinds = sorted(m["kind"] for m in plan.create)
+    assert kinds == ["ConfigMap", "Pod", "Pod", "Pod", "Pod", "Service"]
+    assert c.status["phase"] == "Creating"
+    assert c.cond("Created")["status"] == "True"
+    assert c.status["startTime"] == "2026-01-01T12:00:00Z"
+    assert c.table() == {"status": "initializing"}
+    again = c.reconcile(1)
+    assert again.create == [] and again.delete_pods == []
+    assert c.status["phase"] == "Pending"
+    assert c.status["ranks"] == {
+        "total": 4,
+        "scheduled": 0,
+        "running": 0,
+        "succeeded": 0,
+        "failed": 0,
+    }
+
+
+def test_rank_table_completed_only_when_every_pod_is_annotated() -> None:
+    c = Cluster()
+    c.reconcile()
+    c.schedule(annotate=False)
+    c.reconcile()
+    assert c.table() == {"status": "initializing"}
+    assert c.cond("Scheduled")["status"] == "True"
+    assert c.cond("RankTableReady")["status"] == "False"
+    c.schedule()
+    del c.pods["sn-rank-2"]["metadata"]["annotations"]
+    c.reconcile()
+    assert c.table()["status"] == "initializing"
+    c.schedule()
+    plan = c.reconcile()
+    assert plan.ranktable_completed
+    table = c.table()
+    ranktable.validate_rank_table(table, 0, 4)
+    # One entry per pod, keyed by the pod's UID, in rank order.
+    uids = [c.pods[f"sn-rank-{r}"]["metadata"]["uid"] for r in range(4)]
+    assert [s["server_id"] for s in table["server_list"]] == uids
+    assert [s["device"][0]["rank_id"] for s in table["server_list"]] == ["0", "1", "2", "3"]
+    assert table["server_list"][3]["device"][0] == {
+        "device_id": "1",
+        "device_ip": "127.100.1.102",
+        "rank_id": "3",
+    }
+    assert c.configmap is not None and c.configmap["data"]["version"] == "2"
+    assert c.status["rankTable"] == {"status": "completed", "version": 2}
+    assert c.cond("RankTableReady")["status"] == "True"
+    assert any(e.reason == "RankTableWritten" for e in c.events)
+    assert c.reconcile(1).configmap_data is None  # unchanged: not rewritten
+
+
+def test_running_then_succeeded_and_ttl() -> None:
+    c = started()
+    assert c.status["phase"] == "Running"
+    assert c.cond("Running")["status"] == "True"
+    for r in range(4):
+        c.finish(r, 0)
+    plan = c.reconcile(5)
+    assert c.status["phase"] == "Succeeded"
+    assert c.status["completionTime"] == "2026-01-01T12:00:05Z"
+    assert plan.requeue_after == 86400
+    assert not c.deleted_job
+    c.reconcile(86400)
+    assert c.deleted_job
+
+
+@pytest.mark.parametrize("code", [143, 134, 137, 255])
+def test_retryable_exit_restarts_the_whole_job_with_backoff(code: int) -> None:
+    c = started()
+    old = {p["metadata"]["uid"] for p in c.pods.values()}
+    c.finish(2, code)
+    plan = c.reconcile()
+    assert plan.restarted
+    assert c.status["restarts"] == 1
+    assert c.status["phase"] == "Restarting"
+    assert c.pods == {}  # every rank goes, not just the failed one
+    assert c.table() == {"status": "initializing"}
+    assert c.cond("Restarting")["status"] == "True"
+    assert f"exited {code}" in c.cond("Restarting")["message"]
+    assert plan.requeue_after == 10
+    assert [e.type for e in plan.events if e.reason == "RetryableExit"] == ["Warning"]
+    c.reconcile(5)
+    assert c.pods == {} and c.status["phase"] == "Restarting"
+    c.reconcile(5)
+    assert len(c.pods) == 4 and not old & {p["metadata"]["uid"] for p in c.pods.values()}
+    assert {p["metadata"]["labels"][render.RESTART_LABEL] for p in c.pods.values()} == {"1"}
+    assert c.cond("Restarting")["status"] == "False"
+    c.schedule()
+    c.run_all()
+    c.reconcile()
+    assert c.status["phase"] == "Running" and c.table()["status"] == "completed"
+
+
+def test_backoff_doubles_and_limit_fails_the_job() -> None:
+    assert [policy.backoff_delay(n, SETTINGS) for n in range(1, 6)] == [10, 20, 40, 60, 60]
+    c = started()
+    for n in range(1, 4):
+        c.finish(0, 143)
+        c.reconcile()
+        assert c.status["restarts"] == n
+        c.reconcile(policy.backoff_delay(n, SETTINGS))
+        c.schedule()
+        c.run_all()
+        c.reconcile()
+    c.finish(0, 143)
+    c.reconcile()
+    assert c.status["phase"] == "Failed"
+    assert c.cond("Failed")["reason"] == "BackoffLimitExceeded"
+    assert c.status["restarts"] == 3
+    assert c.pods == {name: p for name, p in c.pods.items() if p["status"]["phase"] == "Failed"}
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"), [(2, "InvalidConfiguration"), (3, "InvalidData"), (1, "Error")]
+)
+def test_permanent_exit_fails_at_once(code: int, reason: str) -> None:
+    c = started()
+    c.finish(1, code)
+    plan = c.reconcile()
+    assert not plan.restarted and c.status["restarts"] == 0
+    assert c.status["phase"] == "Failed"
+    failed = c.cond("Failed")
+    assert failed["reason"] == reason and f"exited {code}" in failed["message"]
+    # cleanPodPolicy Running: the other ranks are stopped, the failed one kept for its logs.
+    assert list(c.pods) == ["sn-rank-1"]
+    assert c.reconcile(1).create == []
+
+
+def test_deleted_or_evicted_pod_restarts() -> None:
+    c = started()
+    del c.pods["sn-rank-3"]
+    c.reconcile()
+    assert c.status["restarts"] == 1
+    c = started()
+    c.pods["sn-rank-0"]["status"] = {
+        "phase": "Failed",
+        "reason": "Evicted",
+        "message": "low memory",
+    }
+    c.reconcile()
+    assert c.status["restarts"] == 1
+    assert c.cond("Restarting")["reason"] == "Evicted"
+
+
+def test_stale_pods_of_an_earlier_attempt_are_deleted_not_counted() -> None:
+    c = started()
+    # The operator died after writing the restart into the status, before deleting the pods.
+    c.finish(0, 143)
+    crashed = policy.plan(
+        c.job,
+        list(c.pods.values()),
+        service=c.service,
+        configmap=c.configmap,
+        now=c.now,
+        settings=SETTINGS,
+    )
+    c.job["status"] = crashed.status
+    plan = c.reconcile(30)
+    assert len(plan.delete_pods) == 4 and not plan.restarted
+    assert c.status["restarts"] == 1
+
+
+def test_invalid_spec_fails_with_the_field_and_creates_nothing() -> None:
+    c = Cluster(training={"batchSize": 10})
+    plan = c.reconcile()
+    assert plan.create == []
+    assert c.status["phase"] == "Failed"
+    failed = c.cond("Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert failed["message"].startswith("spec.training.batchSize")
+    assert [e.type for e in plan.events] == ["Warning"]
+    assert c.reconcile(1).events == []  # reported once
+
+
+def test_deadline_and_suspend() -> None:
+    c = Cluster(runPolicy={"activeDeadlineSeconds": 60})
+    c.reconcile()
+    c.schedule()
+    c.run_all()
+    assert c.reconcile(10).requeue_after == 50
+    c.reconcile(50)
+    assert c.status["phase"] == "Failed" and c.cond("Failed")["reason"] == "DeadlineExceeded"
+    assert c.pods == {}
+    c = started()
+    c.job["spec"]["runPolicy"] = {"suspend": True}
+    c.reconcile()
+    assert c.status["phase"] == "Suspended" and c.pods == {}
+    c.job["spec"]["runPolicy"] = {"suspend": False}
+    c.reconcile()
+    assert c.status["phase"] == "Creating" and len(c.pods) == 4 and c.status["restarts"] == 0
+
+
+def test_set_condition_keeps_transition_time_unless_status_changes() -> None:
+    conds = st.set_condition([], "Running", True, "A", "m", T0)
+    later = st.set_condition(conds, "Running", True, "B", "n", T0 + timedelta(seconds=5))
+    assert later[0]["lastTransitionTime"] == "2026-01-01T12:00:00Z" and later[0]["reason"] == "B"
+    flipped = st.set_condition(later, "Running", False, "C", "o", T0 + timedelta(seconds=9))
+    assert flipped[0]["lastTransitionTime"] == "2026-01-01T12:00:09Z"
+
+
+def test_pods_of_a_deleted_namesake_are_waited_for() -> None:
+    c = Cluster()
+    plan = policy.plan(
+        c.job, [], service=None, configmap=None, now=T0, settings=SETTINGS, foreign_pods=2
+    )
+    assert [m["kind"] for m in plan.create] == ["Service", "ConfigMap"]
+    assert plan.status["phase"] == "Creating" and plan.requeue_after == 1.0
+
+
+def test_a_child_the_api_server_rejects_fails_the_job() -> None:
+    c = Cluster()
+    plan = policy.rejected(c.job, "Pod sn-rank-0 rejected by the API server: bad image", T0)
+    assert plan.status["phase"] == "Failed"
+    failed = st.get_condition(plan.status["conditions"], "Failed")
+    assert failed is not None and failed["reason"] == "InvalidSpec"
+    assert "bad image" in failed["message"]

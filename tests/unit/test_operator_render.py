@@ -1,0 +1,183 @@
+"""Operator: job -> child manifests (pure)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from shufflenet_contract import crd, env, ranktable
+from shufflenet_contract import job as jobs
+from shufflenet_operator import render
+
+
+def make_job(devices: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    obj = {
+        "apiVersion": crd.API_VERSION,
+        "kind": crd.KIND,
+        "metadata": {"name": "sn", "namespace": "ns", "uid": "job-uid"},
+        "spec": {
+            "image": "trainer:1",
+            "devices": devices or {"type": "npu", "count": 8},
+            "training": {"batchSize": 64},
+            **spec,
+        },
+    }
+    return jobs.validate_job(obj)
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, Any]:
+    return {
+        e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]
+    }
+
+
+def test_npu_pod_has_one_chip_the_env_contract_and_the_rank_table() -> None:
+    job = make_job()
+    pod = render.render_pod(job, 3, restarts=2)
+    meta = pod["metadata"]
+    assert meta["name"] == "sn-rank-3" and meta["namespace"] == "ns"
+    assert meta["labels"][render.JOB_LABEL] == "sn"
+    assert meta["labels"][render.RANK_LABEL] == "3"
+    assert meta["labels"][render.RESTART_LABEL] == "2"
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": crd.API_VERSION,
+            "kind": crd.KIND,
+            "name": "sn",
+            "uid": "job-uid",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never"
+    assert spec["hostname"] == "sn-rank-3" and spec["subdomain"] == "sn"
+    (container,) = spec["containers"]
+    assert container["resources"]["limits"] == {"huawei.com/Ascend910": "1"}
+    variables = env_of(pod)
+    expected = jobs.pod_env(
+        job,
+        3,
+        master_addr="sn-rank-0.sn.ns.svc",
+        rank_table_file=f"{ranktable.MOUNT_DIR}/{ranktable.FILE_KEY}",
+    )
+    for k, v in expected.items():
+        assert variables[k] == v, k
+    assert variables["RANK"] == "3" and variables["WORLD_SIZE"] == "8"
+    assert variables["LOCAL_RANK"] == "0"
+    assert variables[env.POD_IP] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[render.RANKTABLE_VOLUME] == ranktable.MOUNT_DIR
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[render.RANKTABLE_VOLUME]["configMap"] == {"name": "sn-ranktable"}
+    assert container["args"] == jobs.trainer_args(
+        job, data_path="/data/imagenet", output_dir="/checkpoints"
+    )
+    assert {"name": "metrics", "containerPort": 9400} in container["ports"]
+
+
+@pytest.mark.parametrize(
+    ("devices", "resource"),
+    [
+        ({"type": "gpu", "count": 2}, {"nvidia.com/gpu": "1"}),
+        ({"type": "npu", "count": 2, "resourceName": "huawei.com/Ascend910B"}, None),
+        ({"type": "cpu", "count": 2}, None),
+    ],
+)
+def test_resources_per_device_type(devices: dict[str, Any], resource: Any) -> None:
+    pod = render.render_pod(make_job(devices), 0)
+    container = pod["spec"]["containers"][0]
+    if devices["type"] == "cpu":
+        assert "resources" not in container
+        assert "RANK_TABLE_FILE" not in env_of(pod)
+        assert render.RANKTABLE_VOLUME not in {v["name"] for v in pod["spec"]["volumes"]}
+    elif devices["type"] == "npu":
+        assert container["resources"]["limits"] == {"huawei.com/Ascend910B": "1"}
+    else:
+        assert container["resources"]["limits"] == resource
+        assert "RANK_TABLE_FILE" not in env_of(pod)
+
+
+def test_data_and_checkpoint_volumes_and_scheduling() -> None:
+    job = make_job(
+        data={"volume": {"persistentVolumeClaim": {"claimName": "imagenet"}}, "path": "/d"},
+        checkpoint={"volume": {"persistentVolumeClaim": {"claimName": "ck"}}, "path": "/ck"},
+        scheduling={
+            "schedulerName": "default-scheduler",
+            "nodeSelector": {"accelerator": "huawei-Ascend910"},
+            "tolerations": [{"key": "npu", "operator": "Exists"}],
+            "priorityClassName": "high",
+        },
+    )
+    pod = render.render_pod(job, 0)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "imagenet"}
+    assert volumes["checkpoint"]["persistentVolumeClaim"] == {"claimName": "ck"}
+    mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["data"] == "/d" and mounts["checkpoint"] == "/ck"
+    assert pod["spec"]["schedulerName"] == "default-scheduler"
+    assert pod["spec"]["nodeSelector"] == {"accelerator": "huawei-Ascend910"}
+    assert pod["spec"]["tolerations"] == [{"key": "npu", "operator": "Exists"}]
+    assert pod["spec"]["priorityClassName"] == "high"
+    # Without a checkpoint volume the trainer still gets a writable directory.
+    bare = render.render_pod(make_job(), 0)
+    assert {v["name"]: v for v in bare["spec"]["volumes"]}["checkpoint"] == {
+        "name": "checkpoint",
+        "emptyDir": {},
+    }
+    assert "data" not in {v["name"] for v in bare["spec"]["volumes"]}
+
+
+def test_pod_template_is_merged_but_cannot_steal_the_pod() -> None:
+    template = {
+        "metadata": {
+            "labels": {"team": "vision", render.JOB_LABEL: "other"},
+            "annotations": {"a": "b"},
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "trainer",
+                    "env": [
+                        {"name": "HCCL_BUFFSIZE", "value": "200"},
+                        {"name": "RANK", "value": "9"},
+                    ],
+                    "resources": {"limits": {"memory": "64Gi"}},
+                },
+                {"name": "sidecar", "image": "busybox"},
+            ],
+            "volumes": [{"name": "extra", "emptyDir": {}}],
+            "hostNetwork": True,
+        },
+    }
+    job = make_job(podTemplate=template)
+    before = copy.deepcopy(template)
+    pod = render.render_pod(job, 1)
+    assert template == before
+    labels = pod["metadata"]["labels"]
+    assert labels["team"] == "vision" and labels[render.JOB_LABEL] == "sn"
+    assert pod["metadata"]["annotations"] == {"a": "b"}
+    trainer, sidecar = pod["spec"]["containers"]
+    assert sidecar == {"name": "sidecar", "image": "busybox"}
+    variables = env_of(pod)
+    assert variables["HCCL_BUFFSIZE"] == "200"
+    assert variables["RANK"] == "1"  # the contract is not the template's to change
+    assert trainer["resources"]["limits"] == {"huawei.com/Ascend910": "1", "memory": "64Gi"}
+    assert "extra" in {v["name"] for v in pod["spec"]["volumes"]}
+    assert pod["spec"]["hostNetwork"] is True
+
+
+def test_service_and_configmap() -> None:
+    job = make_job()
+    svc = render.render_service(job)
+    assert svc["metadata"]["name"] == "sn"
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"] == {render.JOB_LABEL: "sn"}
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    cm = render.render_configmap(job)
+    assert cm["metadata"]["name"] == "sn-ranktable"
+    assert ranktable.parse(cm["data"]["hccl.json"]) == {"status": "initializing"}
+    assert cm["data"]["version"] == "1"
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == "job-uid"
