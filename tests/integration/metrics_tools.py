@@ -5,9 +5,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import urllib.parse
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,3 +52,41 @@ def helm() -> str:
     if not path.exists():
         _missing(f"helm ({path})")
     return str(path)
+
+
+class Prometheus:
+    """A client of Prometheus's HTTP API on loopback."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+
+    def get(self, path: str, **params: Any) -> Any:
+        query = urllib.parse.urlencode(params, doseq=True)
+        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=30) as resp:
+            body = json.loads(resp.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        data = self.get("/api/v1/query", **params)
+        assert data["resultType"] == "vector", data
+        return data["result"]
+
+    def values(self, expr: str, at: float | None = None) -> dict[str, float]:
+        """{"label=value,...": sample value} of an instant vector (metric names left out)."""
+        out = {}
+        for series in self.query(expr, at):
+            labels = sorted(series["metric"].items())
+            key = ",".join(f"{k}={v}" for k, v in labels if k != "__name__")
+            out[key] = float(series["value"][1])
+        return out
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False

@@ -8,8 +8,9 @@ has seen two finished epochs (checkpoints, validation) while the ranks still tra
 panel's PromQL is evaluated at that moment, with the template variables substituted as
 Grafana would, and its values are checked for sense.
 
-The operator's panels cannot return series yet (there is no operator process to scrape);
-their queries are still run, so a syntax error in them fails here too.
+The operator's panels return no series here (no operator is scraped); their queries are
+still run, so a syntax error in them fails here too. tests/k8s/test_operator_dashboard.py
+checks their values against the real operator.
 """
 
 from __future__ import annotations
@@ -21,15 +22,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from metrics_tools import DASHBOARD, RULES, tool
+from metrics_tools import DASHBOARD, RULES, Prometheus, tool
 
 NAMESPACE = "metrics-e2e"
 JOB = "e2e-job"
@@ -66,35 +65,6 @@ def free_ports(count: int) -> int:
             for t in socks:
                 t.close()
     raise RuntimeError("no run of free ports on 127.0.0.1")
-
-
-class Prometheus:
-    def __init__(self, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-
-    def get(self, path: str, **params: Any) -> Any:
-        query = urllib.parse.urlencode(params, doseq=True)
-        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=30) as resp:
-            body = json.loads(resp.read())
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"query": expr}
-        if at is not None:
-            params["time"] = f"{at:.3f}"
-        data = self.get("/api/v1/query", **params)
-        assert data["resultType"] == "vector", data
-        return data["result"]
-
-    def values(self, expr: str, at: float | None = None) -> dict[str, float]:
-        """{"label=value,...": sample value} of an instant vector (metric names left out)."""
-        out = {}
-        for series in self.query(expr, at):
-            labels = sorted(series["metric"].items())
-            key = ",".join(f"{k}={v}" for k, v in labels if k != "__name__")
-            out[key] = float(series["value"][1])
-        return out
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +105,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheus, 
     train: subprocess.Popen[bytes] | None = None
     try:
         api = Prometheus(prom_port)
-        wait_for(lambda: _ready(api), 60, "Prometheus ready", tmp / "prometheus.log")
+        wait_for(lambda: api.ready(), 60, "Prometheus ready", tmp / "prometheus.log")
         env = {**os.environ, "JOB_NAME": JOB, "METRICS_ADDR": "127.0.0.1"}
         env.pop("RANK", None)
         env.pop("WORLD_SIZE", None)
@@ -183,14 +153,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheus, 
                     proc.kill()
         prom_log.close()
         train_log.close()
-
-
-def _ready(api: Prometheus) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api.url}/-/ready", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def wait_for(check: Callable[[], bool], seconds: float, what: str, log: Path) -> None:

@@ -263,7 +263,9 @@ def test_suspend_resume_and_ttl_after_finished(
     node_agent: NodeAgent, operator: OperatorProcess, jobs: Jobs, core_v1: client.CoreV1Api
 ) -> None:
     node_agent.add_node(npus=8)
-    jobs.create(job_manifest("pause", count=2, runPolicy={"ttlSecondsAfterFinished": 1}))
+    # A TTL of a few seconds: completionTime has whole-second precision, so with 1 s the job
+    # could be gone before the test sees it Succeeded.
+    jobs.create(job_manifest("pause", count=2, runPolicy={"ttlSecondsAfterFinished": 4}))
     jobs.wait_phase("pause", "Running")
     first = {p.metadata.uid for p in jobs.pods("pause")}
 
