@@ -75,7 +75,9 @@ class Controller:
         try:
             observed = self.kube.observe(namespace, name)
             if observed.job is None:
+                # Gone: a job made again under this name starts without its error backoff.
                 metrics.PHASES.forget(namespace, name)
+                self._errors.pop(key, None)
                 return
             now = self.clock()
             plan = policy.plan(

@@ -23,6 +23,27 @@ RULES_TEST = ROOT / "tests" / "prometheus" / "shufflenet-training.rules.test.yam
 GRAFANA_DIR = ROOT / "tests" / "grafana"
 
 
+def dashboard_targets() -> list[tuple[str, str, str]]:
+    """(panel title, refId, PromQL) of every query of the dashboard."""
+    dash = json.loads(DASHBOARD.read_text())
+    return [
+        (p["title"], t["refId"], t["expr"])
+        for p in dash["panels"]
+        if p["type"] != "row"
+        for t in p["targets"]
+    ]
+
+
+def substitute(expr: str, *, namespace: str, job: str, rate_interval: str) -> str:
+    """The query Grafana sends for single values of the dashboard's variables (single values
+    of multi-value variables are regex-escaped; the test values need no escaping)."""
+    return (
+        expr.replace("$namespace", namespace)
+        .replace("$job", job)
+        .replace("$__rate_interval", rate_interval)
+    )
+
+
 def _missing(what: str) -> None:
     pytest.fail(f"{what} not found: run `make test-deps` (it installs the monitoring test tools)")
 

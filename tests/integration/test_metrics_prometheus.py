@@ -15,7 +15,6 @@ checks their values against the real operator.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -26,9 +25,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import metrics_tools
 import pytest
 import yaml
-from metrics_tools import DASHBOARD, RULES, Prometheus, tool
+from metrics_tools import RULES, Prometheus, dashboard_targets, tool
 
 NAMESPACE = "metrics-e2e"
 JOB = "e2e-job"
@@ -165,23 +165,7 @@ def wait_for(check: Callable[[], bool], seconds: float, what: str, log: Path) ->
 
 
 def substitute(expr: str) -> str:
-    # What Grafana sends for namespace=NAMESPACE, job=JOB: single values of multi-value
-    # variables are regex-escaped (none of these characters need it).
-    return (
-        expr.replace("$namespace", NAMESPACE)
-        .replace("$job", JOB)
-        .replace("$__rate_interval", RATE_INTERVAL)
-    )
-
-
-def dashboard_targets() -> list[tuple[str, str, str]]:
-    dash = json.loads(DASHBOARD.read_text())
-    return [
-        (p["title"], t["refId"], t["expr"])
-        for p in dash["panels"]
-        if p["type"] != "row"
-        for t in p["targets"]
-    ]
+    return metrics_tools.substitute(expr, namespace=NAMESPACE, job=JOB, rate_interval=RATE_INTERVAL)
 
 
 def one_job(values: dict[str, float]) -> float:

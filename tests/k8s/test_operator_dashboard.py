@@ -10,7 +10,6 @@ evaluated at one instant and its values are checked for sense.
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import time
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from integration.metrics_tools import DASHBOARD, Prometheus, tool
+from integration import metrics_tools
+from integration.metrics_tools import Prometheus, dashboard_targets, tool
 from kubernetes import client
 from sim.node_agent import NodeAgent, wait_for
 
@@ -37,28 +37,12 @@ RATE_INTERVAL = "10s"
 OPERATOR_PANELS = {"Jobs by phase", "Job restarts", "Operator reconcile p95"}
 
 
-def dashboard_targets() -> list[tuple[str, str, str]]:
-    dash = json.loads(DASHBOARD.read_text())
-    return [
-        (p["title"], t["refId"], t["expr"])
-        for p in dash["panels"]
-        if p["type"] != "row"
-        for t in p["targets"]
-    ]
-
-
 def operator_targets() -> list[tuple[str, str, str]]:
     return [t for t in dashboard_targets() if t[0] in OPERATOR_PANELS]
 
 
 def substitute(expr: str, namespace: str) -> str:
-    # What Grafana sends for single values of the multi-value variables (no character in
-    # them needs regex escaping).
-    return (
-        expr.replace("$namespace", namespace)
-        .replace("$job", JOB)
-        .replace("$__rate_interval", RATE_INTERVAL)
-    )
+    return metrics_tools.substitute(expr, namespace=namespace, job=JOB, rate_interval=RATE_INTERVAL)
 
 
 def _jobs_by_phase(v: dict[str, float]) -> None:

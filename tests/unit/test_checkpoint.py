@@ -158,12 +158,12 @@ def test_pretrained_other_arch_and_head(tmp_path: Path) -> None:
         ckpt.load_pretrained(ours, path, arch="shufflenet_v2_x0_5", allow_new_head=False)
 
 
-def test_find_latest_checkpoint(tmp_path: Path) -> None:
-    assert ckpt.find_latest_checkpoint(tmp_path) is None
+def test_checkpoint_candidates_newest_first(tmp_path: Path) -> None:
+    assert ckpt.checkpoint_candidates(tmp_path) == []
     old = tmp_path / "training_1p_job_20240101000000" / ckpt.CHECKPOINT_NAME
     new = tmp_path / "training_1p_job_20240102000000" / ckpt.CHECKPOINT_NAME
     for i, p in enumerate((old, new)):
         p.parent.mkdir()
         ckpt.save_checkpoint(_state(epoch=i), p)
         os.utime(p, ns=(10**18 + i, 10**18 + i))
-    assert ckpt.find_latest_checkpoint(tmp_path) == new
+    assert ckpt.checkpoint_candidates(tmp_path) == [new, old]

@@ -124,7 +124,7 @@ def test_jpeg_complete_sees_truncation_past_a_thumbnail() -> None:
 
     from PIL import Image
 
-    from shufflenet_trainer.data.decode import jpeg_complete, jpeg_info
+    from shufflenet_trainer.data.decode import gpu_jpeg_size, jpeg_complete, jpeg_info
 
     thumb = io.BytesIO()
     Image.new("RGB", (16, 16), "red").save(thumb, "JPEG")
@@ -138,3 +138,9 @@ def test_jpeg_complete_sees_truncation_past_a_thumbnail() -> None:
     assert jpeg_complete(data)
     assert not jpeg_complete(data[: len(data) // 2])
     assert not jpeg_complete(data[: len(data) - 3])
+    # What the GPU path sends to nvJPEG: complete 1- or 3-component JPEGs only.
+    assert gpu_jpeg_size(data) == (300, 200)
+    assert gpu_jpeg_size(data[: len(data) // 2]) is None
+    cmyk = io.BytesIO()
+    img.convert("CMYK").save(cmyk, "JPEG")
+    assert jpeg_info(cmyk.getvalue())[2] == 4 and gpu_jpeg_size(cmyk.getvalue()) is None

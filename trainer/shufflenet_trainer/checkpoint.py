@@ -11,7 +11,6 @@ nothing in a file can run code on load.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .errors import ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -34,20 +34,6 @@ FORMAT = "shufflenet-train/1"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every file system allows opening a folder.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def save_checkpoint(
     state: Mapping[str, Any],
     path: str | os.PathLike[str],
@@ -59,40 +45,16 @@ def save_checkpoint(
     With `previous`, the file at `path` is first moved there (once the new state is safely
     on disk), so that two generations exist; at every moment one of them is complete.
     """
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        if previous is not None and path.exists():
-            os.replace(path, previous)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-    return path
+    with atomic_write(path, previous=previous) as tmp, open(tmp, "wb") as f:
+        torch.save(dict(state), f)
+    return Path(path)
 
 
 def copy_atomic(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     """Copy a finished checkpoint (e.g. to model_best.pth.tar) with the same guarantee."""
-    dst = Path(dst)
-    tmp = _tmp_name(dst)
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, length=1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(dst.parent)
-    return dst
+    with atomic_write(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)
 
 
 def _first_line(exc: BaseException, limit: int = 120) -> str:
@@ -217,12 +179,6 @@ def checkpoint_candidates(output_dir: str | os.PathLike[str]) -> list[Path]:
         if p.is_file()
     ]
     return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
-
-
-def find_latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest checkpoint under `output_dir`, readable or not."""
-    candidates = checkpoint_candidates(output_dir)
-    return candidates[0] if candidates else None
 
 
 def find_resumable(

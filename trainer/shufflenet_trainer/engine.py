@@ -151,6 +151,12 @@ class EvalStats:
     images: int
     seconds: float
 
+    def summary(self) -> str:
+        return (
+            f" * Acc@1 {self.top1:.3f} Acc@5 {self.top5:.3f} (val loss {self.loss:.4f}, "
+            f"{self.images} images, {self.seconds:.1f}s)"
+        )
+
 
 class Trainer:
     """Holds what the loops share: model, optimizer, precision, device, schedule, logs."""
@@ -251,11 +257,10 @@ class Trainer:
                 dev.synchronize(self.device)
                 fps_start = time.perf_counter()
                 fps_images = images_total
-            t_end = time.perf_counter()
-            Hooks._call(
-                self.hooks.on_step,
-                StepEvent(epoch, step, global_step, n * ws, t_end - t0, wait, lr),
-            )
+            if self.hooks.on_step:  # nothing to build on the hot path without a listener
+                seconds = time.perf_counter() - t0
+                event = StepEvent(epoch, step, global_step, n * ws, seconds, wait, lr)
+                Hooks._call(self.hooks.on_step, event)
             self.ctx.pet()
             if vote:
                 stopped = self.ctx.stop_vote(self.stop is not None and self.stop.requested)
@@ -675,10 +680,7 @@ def _run(
             val: EvalStats | None = None
             if (epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs:
                 val = trainer.validate(loaders.val, max_steps=cfg.max_steps_per_epoch)
-                log.info(
-                    f" * Acc@1 {val.top1:.3f} Acc@5 {val.top5:.3f} (val loss {val.loss:.4f}, "
-                    f"{val.images} images, {val.seconds:.1f}s)"
-                )
+                log.info(val.summary())
             is_best = val is not None and (
                 val.top1 > best_top1 or not any(r.get("val_top1") is not None for r in history)
             )
@@ -733,10 +735,7 @@ def _evaluate_only(
     trainer: Trainer, loaders: Any, cfg: TrainConfig, log: RunLog, hooks: Hooks
 ) -> int:
     val = trainer.validate(loaders.val, max_steps=cfg.max_steps_per_epoch)
-    log.info(
-        f" * Acc@1 {val.top1:.3f} Acc@5 {val.top5:.3f} (val loss {val.loss:.4f}, "
-        f"{val.images} images, {val.seconds:.1f}s)"
-    )
+    log.info(val.summary())
     record = {
         "kind": "eval",
         "epoch": None,

@@ -36,6 +36,7 @@ from prometheus_client import (
 from prometheus_client.exposition import start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
+from . import distributed
 from .config import TrainConfig
 from .engine import Hooks, StepEvent
 from .errors import ConfigError
@@ -107,7 +108,7 @@ def _distributed_backend(cfg: TrainConfig) -> str:
     # chooses it; "none" for a single process.
     if cfg.world_size == 1:
         return "none"
-    return {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}.get(cfg.device, "gloo")
+    return distributed.BACKENDS.get(cfg.device, "gloo")
 
 
 def _host_memory() -> tuple[float, float]:

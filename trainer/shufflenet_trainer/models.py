@@ -168,14 +168,6 @@ class ShuffleNetV2(nn.Module):
         return self.fc(x)
 
 
-def set_shuffle_mode(model: nn.Module, shuffle: str) -> None:
-    """Switch an existing model between the fused ops and the reference formulation."""
-    _check_mode(shuffle)
-    for module in model.modules():
-        if isinstance(module, (InvertedResidual, ShuffleStage)):
-            module.shuffle = shuffle
-
-
 def shufflenet_v2_x0_5(*, num_classes: int = 1000, shuffle: str = "fused") -> ShuffleNetV2:
     return ShuffleNetV2([4, 8, 4], [24, 48, 96, 192, 1024], num_classes, shuffle)
 

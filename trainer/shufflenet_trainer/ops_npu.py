@@ -55,18 +55,26 @@ def index_shuffle_cat(x1: Tensor, x2: Tensor) -> Tensor:
     return torch.cat((x1, x2), dim=1).index_select(1, _cat_indices(x1.shape[1], x1.device))
 
 
-def index_unshuffle_cat(grad: Tensor) -> tuple[Tensor, Tensor]:
-    channels = grad.shape[1]
+@functools.lru_cache(maxsize=64)
+def _uncat_indices(channels: int, device: torch.device) -> tuple[Tensor, Tensor]:
     return (
-        grad.index_select(1, torch.arange(0, channels, 2, device=grad.device)),
-        grad.index_select(1, torch.arange(1, channels, 2, device=grad.device)),
+        torch.arange(0, channels, 2, device=device),
+        torch.arange(1, channels, 2, device=device),
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _shuffle_indices(channels: int, groups: int, device: torch.device) -> Tensor:
+    return torch.arange(channels).view(groups, channels // groups).t().flatten().to(device)
+
+
+def index_unshuffle_cat(grad: Tensor) -> tuple[Tensor, Tensor]:
+    evens, odds = _uncat_indices(grad.shape[1], grad.device)
+    return grad.index_select(1, evens), grad.index_select(1, odds)
+
+
 def index_shuffle(x: Tensor, groups: int) -> Tensor:
-    channels = x.shape[1]
-    idx = torch.arange(channels).view(groups, channels // groups).t().flatten()
-    return x.index_select(1, idx.to(x.device))
+    return x.index_select(1, _shuffle_indices(x.shape[1], groups, x.device))
 
 
 def register() -> None:  # pragma: no cover - needs torch_npu and an Ascend device

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .atomic import atomic_write
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
@@ -46,12 +47,6 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str])
         ax.grid(alpha=0.3)
     fig.tight_layout()
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
     return path

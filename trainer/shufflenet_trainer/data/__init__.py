@@ -115,7 +115,7 @@ def build_loaders(
         stats.skipped_files = n
 
     skips = SkipLog(_count)
-    pin = pin_memory and torch.device(device).type == "cuda" and torch.cuda.is_available()
+    pin = pin_memory and _on_cuda(device)
     common = {"seed": seed, "rank": rank, "world_size": world_size}
 
     if dummy:
@@ -186,7 +186,7 @@ def _pick_decoder(decoder: str, device: str, dummy: bool) -> str:
         raise ConfigError(f"unknown decoder {decoder!r}: use one of {', '.join(DECODERS)}")
     if dummy:
         return "synthetic"
-    gpu = torch.device(device).type == "cuda" and torch.cuda.is_available()
+    gpu = _on_cuda(device)
     if decoder == "auto":
         if gpu:
             return "gpu-nvjpeg"
@@ -249,3 +249,7 @@ def normalize_on_device(
     out.copy_(x)
     out.sub_(mean).mul_(inv_std)
     return out if dtype == torch.float32 else out.to(dtype)
+
+
+def _on_cuda(device: str) -> bool:
+    return torch.device(device).type == "cuda" and torch.cuda.is_available()

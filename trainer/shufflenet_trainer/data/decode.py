@@ -160,7 +160,24 @@ def jpeg_complete(data: bytes, tail: int = 4096) -> bool:
     scan offset; up to ``tail`` bytes of padding after the marker are accepted.
     """
     h = _jpeg_headers(data)
-    return h is not None and data.rfind(b"\xff\xd9", max(h[3], len(data) - tail)) != -1
+    return h is not None and _ends_after_scan(data, h[3], tail)
+
+
+def _ends_after_scan(data: bytes, scan_offset: int, tail: int = 4096) -> bool:
+    return data.rfind(b"\xff\xd9", max(scan_offset, len(data) - tail)) != -1
+
+
+def gpu_jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a complete grayscale or YCbCr JPEG, which nvJPEG decodes right;
+    None for anything else (one header walk).
+
+    CMYK/YCCK (4 components) came out of nvJPEG with wrong colours and truncated files
+    without an error, so those, and non-JPEG files, take the host path instead.
+    """
+    h = _jpeg_headers(data)
+    if h is None or h[2] not in (1, 3) or not _ends_after_scan(data, h[3]):
+        return None
+    return h[0], h[1]
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .decode import decode_jpeg, jpeg_complete, jpeg_info
+from .decode import decode_jpeg, gpu_jpeg_size
 from .loader import (
     BatchKey,
     ShardedBatchSampler,
@@ -30,10 +30,6 @@ from .loader import (
     batch_loader,
 )
 from .transforms import center_crop_offsets, resize_shorter, train_params
-
-
-def gpu_decode_available(device: str) -> bool:
-    return torch.device(device).type == "cuda" and torch.cuda.is_available()
 
 
 @dataclass
@@ -86,11 +82,8 @@ class RawDataset(Dataset):
                     data = f.read()
             except OSError:
                 data = b""
-            info = jpeg_info(data)
-            # nvJPEG gets complete grayscale and YCbCr JPEGs. CMYK/YCCK (4 components) came
-            # out with wrong colours and truncated files without an error, so they (and
-            # non-JPEG files) are decoded here with the host path's rules.
-            if info is None or info[2] not in (1, 3) or not jpeg_complete(data):
+            size = gpu_jpeg_size(data)
+            if size is None:  # decoded here with the host path's rules
                 arr, label, skip, err = self.host.sample(epoch, index)
                 rb.skipped.extend(skip)
                 if err is not None:
@@ -99,7 +92,7 @@ class RawDataset(Dataset):
                 rb.host.append((k, arr))
                 rb.labels[k] = label
                 continue
-            w, h = info[0], info[1]
+            w, h = size
             if self.train:
                 p = train_params(w, h, self.host.seed, epoch, index)
                 rb.geometry.append((p.crop.top, p.crop.left, p.crop.height, p.crop.width, p.flip))
