@@ -48,11 +48,13 @@ $(GRAFANA_DEPS): tests/grafana/package.json tests/grafana/package-lock.json
 	cd tests/grafana && npm ci --no-audit --no-fund --silent
 	touch $@
 
-# Plain manifests rendered from their sources (checked in sync by the tests): monitoring
-# from the Helm chart, the CRD from trainer/shufflenet_contract/crd.py.
+# Plain manifests rendered from their sources (checked in sync by the tests): the operator
+# and monitoring from the Helm chart, the CRD (plain and the chart's copy) from
+# trainer/shufflenet_contract/crd.py.
 manifests: venv
-	scripts/render-monitoring.sh manifests/monitoring
+	scripts/render-manifests.sh manifests
 	$(VENV)/bin/snjob render crd -o manifests/crd/shufflenettrainingjobs.yaml
+	$(VENV)/bin/snjob render crd -o charts/shufflenet-operator/crds/shufflenettrainingjobs.yaml
 
 # A real Kubernetes v1.20.2 control plane on loopback (etcd, apiserver, controller manager,
 # scheduler), built once from Debian's source package and cached outside the repository
@@ -78,11 +80,13 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: venv
+# The operator bench starts a real control plane: the k8s binaries must be built first.
+bench: venv k8s-bins
 	$(PY) bench/bench_shuffle.py
 	$(PY) bench/bench_train_step.py
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_metrics.py
+	$(PY) bench/bench_operator.py
 
 # Run on a machine with a CUDA GPU: op correctness on CUDA and training throughput.
 bench-gpu:

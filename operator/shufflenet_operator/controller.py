@@ -7,8 +7,9 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 
-from . import metrics, policy
+from . import metrics, policy, progress
 from . import status as st
 from .kube import Kube, Rejected
 from .workqueue import WorkQueue
@@ -31,12 +32,17 @@ class Controller:
         settings: policy.Settings,
         *,
         resync_seconds: float = 60.0,
+        progress_seconds: float = 30.0,
         workers: int = 2,
         clock: Callable[[], datetime] = utcnow,
+        scrape: Callable[[str], dict[str, float] | None] = progress.scrape,
     ) -> None:
         self.kube = kube
         self.settings = settings
         self.resync_seconds = resync_seconds
+        self.progress_seconds = progress_seconds
+        self.scrape = scrape
+        self._scraped: dict[tuple[str, str], float] = {}
         self.queue = WorkQueue()
         self.clock = clock
         self._workers = workers
@@ -78,8 +84,10 @@ class Controller:
                 # Gone: a job made again under this name starts without its error backoff.
                 metrics.PHASES.forget(namespace, name)
                 self._errors.pop(key, None)
+                self._scraped.pop(key, None)
                 return
             now = self.clock()
+            scraped = self._scrape_progress(key, observed.job, observed.pods)
             plan = policy.plan(
                 observed.job,
                 observed.pods,
@@ -88,6 +96,8 @@ class Controller:
                 now=now,
                 settings=self.settings,
                 foreign_pods=observed.foreign_pods,
+                has_podgroup=observed.has_podgroup,
+                progress=scraped,
             )
             try:
                 self.kube.apply(observed.job, plan, now)
@@ -109,6 +119,8 @@ class Controller:
             wait = self.resync_seconds
             if plan.requeue_after is not None:
                 wait = min(wait, plan.requeue_after)
+            if plan.status.get("phase") == policy.RUNNING and self.progress_seconds > 0:
+                wait = min(wait, self.progress_seconds)
             self.queue.add_after(key, wait)
         except Exception:
             failures = self._errors.get(key, 0) + 1
@@ -118,3 +130,18 @@ class Controller:
             self.queue.add_after(key, wait)
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+    def _scrape_progress(
+        self, key: tuple[str, str], job: dict[str, Any], pods: list[dict[str, Any]]
+    ) -> dict[str, float] | None:
+        """Rank 0's progress, at most every progress_seconds per job, while it runs."""
+        if self.progress_seconds <= 0 or (job.get("status") or {}).get("phase") != policy.RUNNING:
+            return None
+        last = self._scraped.get(key)
+        if last is not None and time.monotonic() - last < self.progress_seconds * 0.9:
+            return None
+        url = progress.endpoint(job, pods)
+        if url is None:
+            return None
+        self._scraped[key] = time.monotonic()
+        return self.scrape(url)

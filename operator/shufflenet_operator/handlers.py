@@ -32,6 +32,7 @@ class Options:
     restart_backoff_seconds: float = 10.0
     max_backoff_seconds: float = 300.0
     resync_seconds: float = 60.0
+    progress_seconds: float = 30.0
     watch_timeout_seconds: int = 60
     workers: int = 2
 
@@ -71,6 +72,7 @@ def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -
             max_backoff_seconds=OPTIONS.max_backoff_seconds,
         ),
         resync_seconds=OPTIONS.resync_seconds,
+        progress_seconds=OPTIONS.progress_seconds,
         workers=OPTIONS.workers,
     )
     _controller.start()

@@ -38,6 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--max-backoff", type=float, default=300.0)
     p.add_argument("--resync", type=float, default=60.0, help="look at every job this often")
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=30.0,
+        help="seconds between scrapes of a running job's rank 0 metrics for status.progress; "
+        "0: off",
+    )
     p.add_argument("--watch-timeout", type=int, default=60, help="seconds per watch request")
     p.add_argument("--workers", type=int, default=2, help="jobs reconciled in parallel")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -53,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers.OPTIONS.restart_backoff_seconds = args.restart_backoff
     handlers.OPTIONS.max_backoff_seconds = args.max_backoff
     handlers.OPTIONS.resync_seconds = args.resync
+    handlers.OPTIONS.progress_seconds = args.progress_interval
     handlers.OPTIONS.watch_timeout_seconds = args.watch_timeout
     handlers.OPTIONS.workers = args.workers
     kopf.configure(verbose=args.verbose, quiet=args.quiet)

@@ -6,10 +6,13 @@ import contextlib
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.process_collector import ProcessCollector
 
 from shufflenet_contract import crd
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_resident_memory_bytes, process_cpu_seconds_total...: the operator's own footprint.
+ProcessCollector(registry=REGISTRY)
 
 JOBS = Gauge(
     "shufflenet_operator_jobs",

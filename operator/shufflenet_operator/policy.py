@@ -11,6 +11,7 @@ status: `restarts` (the current attempt; pods carry it as a label), the `Created
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,7 +140,8 @@ def _rank_table(
     configmap: Mapping[str, Any] | None,
 ) -> None:
     """Keep the rank-table ConfigMap equal to what the current rank pods imply."""
-    world = jobs.world_size(job)
+    pods = jobs.pod_count(job)
+    per_pod = jobs.devices_per_pod(job)
     annotated = {
         rank: pod
         for rank, pod in current.items()
@@ -148,20 +150,21 @@ def _rank_table(
         and ranktable.ANNOTATION in ((pod.get("metadata") or {}).get("annotations") or {})
     }
     table: dict[str, Any] = ranktable.initializing_table()
-    reason, message = "WaitingForDevices", f"{len(annotated)} of {world} rank pods have their NPUs"
-    if len(annotated) == world:
+    reason, message = "WaitingForDevices", f"{len(annotated)} of {pods} rank pods have their NPUs"
+    if len(annotated) == pods:
         try:
-            entries = [
-                ranktable.pod_devices_from_annotation(
-                    rank,
-                    pod["metadata"]["annotations"][ranktable.ANNOTATION],
-                    pod_uid=str(pod["metadata"].get("uid")),
-                    whole_node=False,
+            built = ranktable.build_rank_table(_pod_devices(annotated, per_pod))
+            world = pods * per_pod
+            size = len(ranktable.dump(built).encode())
+            if size > ranktable.MAX_CONFIGMAP_BYTES:
+                reason = "RankTableTooLarge"
+                message = (
+                    f"spec.devices.perPod: the rank table of {pods} pods takes {size} bytes, "
+                    "more than a ConfigMap holds: put several devices in each pod (perPod 8)"
                 )
-                for rank, pod in sorted(annotated.items())
-            ]
-            table = ranktable.build_rank_table(entries)
-            reason, message = "RankTableWritten", f"HCCL rank table of {world} ranks written"
+            else:
+                table = built
+                reason, message = "RankTableWritten", f"HCCL rank table of {world} ranks written"
         except ValueError as exc:  # RankTableError is a ValueError
             reason, message = "InvalidDeviceAnnotation", str(exc)
     old_table, version = _table_of(configmap)
@@ -172,6 +175,37 @@ def _rank_table(
     ctx.status["rankTable"] = {"status": table["status"], "version": version}
     complete = table["status"] == ranktable.STATUS_COMPLETED
     ctx.cond(st.RANKTABLE_READY, complete, reason, message)
+
+
+def _pod_devices(
+    annotated: Mapping[int, Mapping[str, Any]], per_pod: int
+) -> list[ranktable.PodDevices]:
+    """The rank table's server entries from the pods' device-plugin annotations.
+
+    One-device pods are keyed by pod UID. A pod of several devices is keyed by its node's
+    host IP, as for a whole node, unless two of the job's pods share a node: then neither
+    holds the whole node and the pod UID keeps the entries apart.
+    """
+    entries = []
+    for rank, pod in sorted(annotated.items()):
+        entry = ranktable.pod_devices_from_annotation(
+            rank,
+            pod["metadata"]["annotations"][ranktable.ANNOTATION],
+            pod_uid=str(pod["metadata"].get("uid")),
+            whole_node=True,
+        )
+        if len(entry.devices) != per_pod:
+            raise ranktable.RankTableError(
+                ranktable.ANNOTATION,
+                f"pod {pod['metadata'].get('name')} got {len(entry.devices)} devices, "
+                f"spec.devices.perPod is {per_pod}",
+            )
+        entries.append(entry)
+    hosts = [e.server_id for e in entries]
+    if per_pod == 1 or len(set(hosts)) < len(hosts):
+        uids = [str(pod["metadata"].get("uid")) for _, pod in sorted(annotated.items())]
+        entries = [dataclasses.replace(e, server_id=u) for e, u in zip(entries, uids, strict=True)]
+    return entries
 
 
 def _rank_table_reset(
@@ -199,13 +233,16 @@ def plan(
     now: datetime,
     settings: Settings,
     foreign_pods: int = 0,
+    has_podgroup: bool = False,
+    progress: Mapping[str, Any] | None = None,
 ) -> Plan:
     """The changes that bring the job `obj` (as read from the API) and its children in line.
 
     `pods` are the pods the job owns, `service`/`configmap` its headless Service and
-    rank-table ConfigMap (None when missing). `foreign_pods` counts pods with the job's
-    label owned by something else: those of a deleted job of the same name, which the
-    garbage collector has yet to remove and whose names the new pods need.
+    rank-table ConfigMap (None when missing), `has_podgroup` whether its PodGroup exists.
+    `foreign_pods` counts pods with the job's label owned by something else: those of a
+    deleted job of the same name, which the garbage collector has yet to remove and whose
+    names the new pods need. `progress` is what rank 0's metrics said, when just scraped.
     """
     ctx = _Ctx(obj, now)
     status = ctx.status
@@ -219,20 +256,23 @@ def plan(
         return ctx.done()
 
     world = jobs.world_size(job)
+    pod_total = jobs.pod_count(job)
     npu = jobs.device_type(job) == "npu"
     run_policy = job["spec"]["runPolicy"]
     restarts = int(status.get("restarts") or 0)
     status["restarts"] = restarts
+    if progress:
+        status["progress"] = dict(progress)
 
     current: dict[int, Mapping[str, Any]] = {}
     stale: list[Mapping[str, Any]] = []
     for pod in pods:
         rank = st.pod_rank(pod)
-        if rank is None or rank >= world or st.pod_restart(pod) != restarts or rank in current:
+        if rank is None or rank >= pod_total or st.pod_restart(pod) != restarts or rank in current:
             stale.append(pod)
         else:
             current[rank] = pod
-    status["ranks"] = st.rank_counts(current.values(), world)
+    status["ranks"] = st.rank_counts(current.values(), world, jobs.devices_per_pod(job))
     _delete(ctx, stale)
 
     if status.get("phase") in TERMINAL:
@@ -250,6 +290,9 @@ def plan(
     # Children that must exist while the job is alive (re-created if someone deletes them).
     if service is None:
         ctx.plan.create.append(render.render_service(job))
+    if render.gang(job) and not has_podgroup:
+        # Before any pod: a pod naming a missing group is not scheduled by Volcano.
+        ctx.plan.create.append(render.render_podgroup(job))
     if npu and configmap is None:
         created_cm = render.render_configmap(job)
         ctx.plan.create.append(created_cm)
@@ -279,7 +322,7 @@ def plan(
 
     created = ctx.is_true(st.CREATED)
     failures: list[st.Failure] = []
-    for rank in range(world):
+    for rank in range(pod_total):
         pod = current.get(rank)
         if pod is None:
             if created:
@@ -298,7 +341,8 @@ def plan(
         _cleanup(ctx, list(current.values()), run_policy["cleanPodPolicy"])
         return ctx.done()
     if failures:
-        first = failures[0]
+        # Name the rank that died, not one that merely lost it (the trainer's exit 134).
+        first = min(failures, key=lambda f: f.exit_code == st.EXIT_LOST_PEER)
         limit = run_policy["backoffLimit"]
         if restarts >= limit:
             ctx.fail(
@@ -330,7 +374,7 @@ def plan(
         ctx.plan.requeue(delay)
         return ctx.done()
 
-    if len(current) == world and all(st.pod_phase(p) == "Succeeded" for p in current.values()):
+    if len(current) == pod_total and all(st.pod_phase(p) == "Succeeded" for p in current.values()):
         message = f"all {world} ranks exited 0"
         ctx.cond(st.SUCCEEDED, True, "AllRanksSucceeded", message)
         ctx.clear(st.RUNNING, "Completed", message)
@@ -362,11 +406,11 @@ def plan(
             status["phase"] = RESTARTING if restarts else CREATING
             ctx.plan.requeue(1.0)
             return ctx.done()
-        for rank in range(world):
+        for rank in range(pod_total):
             if rank not in current:
                 ctx.plan.create.append(render.render_pod(job, rank, restarts))
         again = f" (restart {restarts})" if restarts else ""
-        ctx.cond(st.CREATED, True, "PodsCreated", f"{world} rank pods created{again}")
+        ctx.cond(st.CREATED, True, "PodsCreated", f"{pod_total} rank pods created{again}")
         if restarts:
             ctx.clear(st.RESTARTING, "Restarted", f"rank pods of restart {restarts} created")
         status.setdefault("startTime", st.format_time(now))

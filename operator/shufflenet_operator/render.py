@@ -7,7 +7,10 @@ never duplicates anything:
 - `<job>`: a headless Service selecting the job's rank pods (their DNS names for the
   rendezvous: `<job>-rank-<k>.<job>.<namespace>.svc`);
 - `<job>-ranktable` (NPU jobs): the HCCL rank table ConfigMap, mounted in every rank pod;
-- `<job>-rank-<k>`: one pod per device, with the env contract of `shufflenet_contract.job`.
+- `<job>` (when spec.scheduling.gang): a Volcano PodGroup of all rank pods, so that the
+  scheduler binds all of them or none (a job half placed holds devices and cannot train);
+- `<job>-rank-<k>`: one pod per device, with the env contract of `shufflenet_contract.job`
+  (`<job>-node-<k>`: one pod per spec.devices.perPod devices, running that many ranks).
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ CHECKPOINT_VOLUME = "checkpoint"
 RANKTABLE_VOLUME = "ranktable"
 SHM_VOLUME = "dshm"
 RANK_TABLE_FILE = f"{ranktable.MOUNT_DIR}/{ranktable.FILE_KEY}"
+
+# Volcano's PodGroup, and the pod annotation naming a pod's group (the key Volcano shares
+# with the scheduler-plugins coscheduling plugin).
+PODGROUP_GROUP = "scheduling.volcano.sh"
+PODGROUP_VERSION = "v1beta1"
+PODGROUP_PLURAL = "podgroups"
+PODGROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 
 
 def service_name(job: Mapping[str, Any]) -> str:
@@ -101,6 +111,32 @@ def render_service(job: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def podgroup_name(job: Mapping[str, Any]) -> str:
+    return str(job["metadata"]["name"])
+
+
+def gang(job: Mapping[str, Any]) -> bool:
+    return bool(job["spec"]["scheduling"].get("gang"))
+
+
+def render_podgroup(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The Volcano PodGroup of the job's rank pods: all of them, or none, get scheduled."""
+    scheduling = job["spec"]["scheduling"]
+    spec: dict[str, Any] = {"minMember": jobs.pod_count(job), "queue": scheduling["queue"]}
+    if scheduling.get("priorityClassName"):
+        spec["priorityClassName"] = scheduling["priorityClassName"]
+    resource = jobs.resource_name(job)
+    if resource:
+        # Volcano's enqueue step admits the group only when the queue can hold all of it.
+        spec["minResources"] = {resource: str(jobs.world_size(job))}
+    return {
+        "apiVersion": f"{PODGROUP_GROUP}/{PODGROUP_VERSION}",
+        "kind": "PodGroup",
+        "metadata": _metadata(job, podgroup_name(job), {}),
+        "spec": spec,
+    }
+
+
 def configmap_data(table: Mapping[str, Any], version: int) -> dict[str, str]:
     return {ranktable.FILE_KEY: ranktable.dump(dict(table)), ranktable.VERSION_KEY: str(version)}
 
@@ -142,10 +178,12 @@ def _volumes(job: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
 
 
 def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str, Any]:
-    """Rank `rank`'s pod of attempt `restarts`, with spec.podTemplate merged in."""
+    """Pod `rank` of attempt `restarts` (the rank itself, or the node rank of a pod of
+    spec.devices.perPod devices), with spec.podTemplate merged in."""
     spec = job["spec"]
     name = jobs.pod_name(job, rank)
     npu = jobs.device_type(job) == "npu"
+    per_pod = jobs.devices_per_pod(job)
     pod_env = jobs.pod_env(
         job, rank, master_addr=master_addr(job), rank_table_file=RANK_TABLE_FILE if npu else None
     )
@@ -159,11 +197,21 @@ def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str
         "command": ["shufflenet-train"],
         "args": jobs.trainer_args(
             job, data_path=spec["data"]["path"], output_dir=spec["checkpoint"]["path"]
-        ),
+        )
+        # A pod of several devices starts a rank per device (ranks from its RANK env on).
+        + (["--nproc", str(per_pod)] if per_pod > 1 else []),
         "env": env_list,
         "ports": [
             {"name": METRICS_PORT_NAME, "containerPort": int(spec["metrics"]["port"])},
             {"name": RENDEZVOUS_PORT_NAME, "containerPort": env.DEFAULT_MASTER_PORT},
+            # The other ranks of a pod of several devices serve on port + local rank.
+            *(
+                {
+                    "name": f"{METRICS_PORT_NAME}-{k}",
+                    "containerPort": int(spec["metrics"]["port"]) + k,
+                }
+                for k in range(1, per_pod)
+            ),
         ],
         "volumeMounts": mounts,
     }
@@ -171,7 +219,8 @@ def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str
         container["imagePullPolicy"] = spec["imagePullPolicy"]
     resource = jobs.resource_name(job)
     if resource:
-        container["resources"] = {"limits": {resource: "1"}, "requests": {resource: "1"}}
+        count = str(per_pod)
+        container["resources"] = {"limits": {resource: count}, "requests": {resource: count}}
     scheduling = spec["scheduling"]
     pod_spec: dict[str, Any] = {
         # The operator restarts the whole job; kubelet restarting one rank in place would
@@ -190,12 +239,10 @@ def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str
     if scheduling.get("priorityClassName"):
         pod_spec["priorityClassName"] = scheduling["priorityClassName"]
     labels = {RANK_LABEL: str(rank), RESTART_LABEL: str(restarts)}
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": _metadata(job, name, labels),
-        "spec": pod_spec,
-    }
+    metadata = _metadata(job, name, labels)
+    if gang(job):
+        metadata["annotations"] = {PODGROUP_ANNOTATION: podgroup_name(job)}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
     merged = merge_pod_template(pod, spec.get("podTemplate") or {})
     # The env contract is the operator's: an override may add variables, not change these.
     for c in merged["spec"]["containers"]:

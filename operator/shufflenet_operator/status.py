@@ -26,6 +26,8 @@ CONDITION_TYPES = (CREATED, SCHEDULED, RANKTABLE_READY, RUNNING, RESTARTING, SUC
 
 # Exit codes the trainer documents as permanent: retrying cannot fix the input.
 PERMANENT_EXIT_REASONS = {2: "InvalidConfiguration", 3: "InvalidData"}
+# The trainer's exit code when a peer rank was lost or timed out (retryable).
+EXIT_LOST_PEER = 134
 
 
 def format_time(t: datetime) -> str:
@@ -114,15 +116,18 @@ def pod_failure(pod: Mapping[str, Any], rank: int) -> Failure | None:
     return Failure(rank, "Error", f"rank {rank} pod {name} exited {code}", False, code)
 
 
-def rank_counts(pods: Iterable[Mapping[str, Any]], total: int) -> dict[str, int]:
+def rank_counts(
+    pods: Iterable[Mapping[str, Any]], total: int, ranks_per_pod: int = 1
+) -> dict[str, int]:
+    """status.ranks: ranks (not pods) by their pod's state; `total` is the world size."""
     pods = list(pods)
     phases = [pod_phase(p) for p in pods]
     return {
         "total": total,
-        "scheduled": sum(1 for p in pods if is_scheduled(p)),
-        "running": phases.count("Running"),
-        "succeeded": phases.count("Succeeded"),
-        "failed": phases.count("Failed"),
+        "scheduled": ranks_per_pod * sum(1 for p in pods if is_scheduled(p)),
+        "running": ranks_per_pod * phases.count("Running"),
+        "succeeded": ranks_per_pod * phases.count("Succeeded"),
+        "failed": ranks_per_pod * phases.count("Failed"),
     }
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "shufflenet-operator"
@@ -73,6 +75,27 @@ def helm() -> str:
     if not path.exists():
         _missing(f"helm ({path})")
     return str(path)
+
+
+def helm_template(
+    *args: str, release: str = "shufflenet-operator", namespace: str = "shufflenet-system"
+) -> list[dict[str, Any]]:
+    """The chart's objects as `helm template` renders them (extra flags in args)."""
+    proc = subprocess.run(
+        [helm(), "template", release, str(CHART), "-n", namespace, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def by_kind(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for d in docs:
+        out.setdefault(d["kind"], []).append(d)
+    return out
 
 
 class Prometheus:

@@ -129,7 +129,7 @@ def test_one_two_and_four_ranks_reach_the_same_weights(digits32: Path, tmp_path:
         digits32, *SMALL, "-b", "16", "--epochs", "1", "--max-steps-per-epoch", "4",
         "--lr", "0.2", "--warmup-epochs", "0", "--freeze-bn", "-p", "4",
     ]  # fmt: skip
-    states = {}
+    states: dict[Any, dict[str, Any]] = {}
     for n in (1, 2, 4):
         launch = [] if n == 1 else ["--nproc", n]
         proc = cli(*flags, *launch, "--output-dir", tmp_path / f"n{n}")
@@ -145,7 +145,39 @@ def test_one_two_and_four_ranks_reach_the_same_weights(digits32: Path, tmp_path:
     init = build_model("shufflenet_v2_x0_5", num_classes=10).state_dict()
     moved = max((states[1][k].float() - init[k].float()).abs().max().item() for k in init)
     assert moved > 0.01  # the steps changed the weights by far more than the tolerance
-    for n in (2, 4):
+    # Two "pods" of two devices each (spec.devices.perPod 2): each pod's launcher gets its
+    # first rank's environment from the operator and starts ranks 0-1 and 2-3 of one job.
+    port = free_port()
+    pods = []
+    for first in (0, 2):
+        pod_env = rank_env(
+            job_name="t",
+            rank=first,
+            world_size=4,
+            master_addr="127.0.0.1",
+            master_port=port,
+            device_type="cpu",
+            local_world_size=2,
+        )
+        pods.append(
+            subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "shufflenet_trainer.cli", *map(str, flags)),
+                    *("--nproc", "2", "--output-dir", str(tmp_path / "pods")),
+                ],
+                env={**os.environ, "OMP_NUM_THREADS": "1", **pod_env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=300)[0] for p in pods]
+    assert [p.returncode for p in pods] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert "starting ranks 2..3 of 4" in outputs[1]
+    run_dir = folder(tmp_path / "pods")
+    assert run_dir.name.startswith("training_4p_job_")
+    states["2x2"] = load(run_dir / "checkpoint.pth.tar")["state_dict"]
+    for n in (2, 4, "2x2"):
         diff = max((states[1][k].float() - states[n][k].float()).abs().max().item() for k in init)
         # Measured: ~1e-8 (float32 summation order in the all-reduce).
         assert diff < 1e-6, (n, diff)

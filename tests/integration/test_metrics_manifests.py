@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import subprocess
-from pathlib import Path
-from typing import Any
 
 import yaml
-from metrics_tools import CHART, DASHBOARD, ROOT, RULES, helm
+from metrics_tools import CHART, DASHBOARD, RULES, by_kind, helm, helm_template
 
-MANIFESTS = ROOT / "manifests" / "monitoring"
-
-
-def helm_template(*args: str) -> list[dict[str, Any]]:
-    proc = subprocess.run(
-        [helm(), "template", "shufflenet-operator", str(CHART), "-n", "shufflenet-system", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
-
-
-def by_kind(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for d in docs:
-        out.setdefault(d["kind"], []).append(d)
-    return out
+# The operator's objects are tested in test_chart_operator.py (which also checks that the
+# plain copies under manifests/ are in sync); here only the monitoring ones.
+NO_OPERATOR = ("--set", "operator.enabled=false")
 
 
 def test_chart_lints() -> None:
@@ -39,25 +21,8 @@ def test_chart_lints() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_rendered_manifests_are_in_sync(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [str(ROOT / "scripts" / "render-monitoring.sh"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HELM": helm()},
-    )
-    assert proc.returncode == 0, proc.stderr
-    rendered = sorted(p.name for p in tmp_path.glob("*.yaml"))
-    assert rendered == sorted(p.name for p in MANIFESTS.glob("*.yaml"))
-    for name in rendered:
-        assert (tmp_path / name).read_text() == (MANIFESTS / name).read_text(), (
-            f"manifests/monitoring/{name} is stale: run `make manifests`"
-        )
-
-
 def test_objects_carry_their_single_sources() -> None:
-    kinds = by_kind(helm_template())
+    kinds = by_kind(helm_template(*NO_OPERATOR))
     (cm,) = kinds["ConfigMap"]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["shufflenet-training.json"]) == json.loads(DASHBOARD.read_text())
@@ -70,7 +35,13 @@ def test_objects_carry_their_single_sources() -> None:
         assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     # The trainer's own `job`/`rank` labels must survive the scrape (no exported_job).
     (endpoint,) = trainer["spec"]["podMetricsEndpoints"]
-    assert endpoint["honorLabels"] is True and endpoint["port"] == "metrics"
+    assert endpoint["honorLabels"] is True and "port" not in endpoint
+    # Every rank's port: `metrics`, and `metrics-<k>` of the ranks of a multi-device pod.
+    keep = next(r for r in endpoint["relabelings"] if r.get("action") == "keep")
+    assert keep["sourceLabels"] == ["__meta_kubernetes_pod_container_port_name"]
+    pattern = re.compile(f"^(?:{keep['regex']})$")  # Prometheus anchors relabel regexes
+    assert all(pattern.match(p) for p in ("metrics", "metrics-1", "metrics-7"))
+    assert not any(pattern.match(p) for p in ("rendezvous", "metricsx", "healthz"))
     assert trainer["spec"]["namespaceSelector"] == {"any": True}
     assert trainer["spec"]["jobLabel"] == "training.shufflenet.io/job-name"
     assert operator["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == (
@@ -79,11 +50,13 @@ def test_objects_carry_their_single_sources() -> None:
 
 
 def test_values_switch_and_relabel() -> None:
-    assert helm_template("--set", "monitoring.enabled=false") == []
-    docs = helm_template("--set", "monitoring.release=", "--set", "monitoring.namespace=monitoring")
+    assert helm_template("--set", "monitoring.enabled=false", *NO_OPERATOR) == []
+    docs = helm_template(
+        "--set", "monitoring.release=", "--set", "monitoring.namespace=monitoring", *NO_OPERATOR
+    )
     assert len(docs) == 4
     for d in docs:
         assert "release" not in d["metadata"]["labels"]
         assert d["metadata"]["namespace"] == "monitoring"
-    kinds = by_kind(helm_template("--set", "monitoring.dashboard.enabled=false"))
+    kinds = by_kind(helm_template("--set", "monitoring.dashboard.enabled=false", *NO_OPERATOR))
     assert "ConfigMap" not in kinds and len(kinds["PodMonitor"]) == 2

@@ -27,6 +27,7 @@ from k8s.cluster import (
     start_control_plane,
     stop_control_plane,
 )
+from k8s.operator_harness import Jobs, OperatorProcess, install_crd
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -94,3 +95,25 @@ def node_agent(core_v1: client.CoreV1Api) -> Iterator[NodeAgent]:
     """
     with NodeAgent(core_v1, name=f"sim{uuid.uuid4().hex[:6]}") as agent:
         yield agent
+
+
+# Tests list `node_agent` before `operator`: fixtures are torn down in reverse, so the
+# operator stops before the simulated nodes delete their pods (which it would answer with
+# one more restart).
+@pytest.fixture
+def operator(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The operator as its own process (as in its Deployment), watching `namespace`."""
+    install_crd(control_plane.api)
+    op = OperatorProcess(control_plane, namespace, tmp_path)
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+@pytest.fixture
+def jobs(k8s_api: client.ApiClient, namespace: str) -> Jobs:
+    return Jobs(k8s_api, namespace)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,28 @@ def install_crd(api: client.ApiClient) -> None:
 
 
 class OperatorProcess:
-    def __init__(self, cp: ControlPlane, namespace: str, log_dir: Path) -> None:
+    """The operator watching `namespace`; or the namespaces in `namespaces` ([]: all of them).
+
+    It authenticates with the control plane's kubeconfig (an admin) unless `env` overrides
+    KUBECONFIG (e.g. with a ServiceAccount's token, as in its Deployment).
+    """
+
+    def __init__(
+        self,
+        cp: ControlPlane,
+        namespace: str,
+        log_dir: Path,
+        *,
+        namespaces: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
+        """`args`: more operator flags, after (and so over) the quick ones tests use."""
         self.cp = cp
+        self.args = list(args)
         self.namespace = namespace
+        self.namespaces = [namespace] if namespaces is None else list(namespaces)
+        self.env = dict(env or {})
         self.log_dir = log_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
@@ -70,8 +90,7 @@ class OperatorProcess:
             sys.executable,
             "-m",
             "shufflenet_operator",
-            "--namespace",
-            self.namespace,
+            *(f"--namespace={ns}" for ns in self.namespaces),
             "--metrics-addr",
             "127.0.0.1",
             "--metrics-port",
@@ -82,13 +101,20 @@ class OperatorProcess:
             "0.5",
             "--resync",
             "5",
+            "--progress-interval",
+            "1",
             "--watch-timeout",
             "10",
             "--verbose",
+            *self.args,
         ]
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(
-                cmd, env=self.cp.env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+                cmd,
+                env={**self.cp.env(), **self.env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
             )
 
         def live() -> bool:
@@ -141,7 +167,8 @@ def job_manifest(name: str, *, device: str = "npu", count: int = 8, **spec: Any)
             "training": {"epochs": 1, "batchSize": 8 * count},
             "data": {"dummy": True},
             "runPolicy": {"backoffLimit": 2},
-            "scheduling": {"schedulerName": "default-scheduler"},
+            # No Volcano here: the default scheduler, and no PodGroup unless a test asks.
+            "scheduling": {"schedulerName": "default-scheduler", "gang": False},
             **copy.deepcopy(spec),
         },
     }
@@ -183,6 +210,13 @@ class Jobs:
 
     def status(self, name: str) -> dict[str, Any]:
         return self.get(name).get("status") or {}
+
+    def gone(self, name: str) -> bool:
+        try:
+            self.get(name)
+        except client.ApiException as e:
+            return e.status == 404
+        return False
 
     def condition(self, name: str, type_: str) -> dict[str, Any]:
         conds = self.status(name).get("conditions") or []

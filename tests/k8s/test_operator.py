@@ -10,42 +10,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from kubernetes import client
 from sim.node_agent import ASCEND_910_ANNOTATION, NPU_RESOURCE, NodeAgent, wait_for
 
-from k8s.cluster import ControlPlane
-from k8s.operator_harness import Jobs, OperatorProcess, install_crd, job_manifest
+from k8s.operator_harness import Jobs, OperatorProcess, free_port, job_manifest
+from k8s.volcano import podgroup_api
 from shufflenet_contract import ranktable
 from shufflenet_operator import render
+from shufflenet_trainer.config import parse_config
+from shufflenet_trainer.metrics import MetricsExporter
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
-
-
-# Tests list `node_agent` before `operator`: fixtures are torn down in reverse, so the
-# operator stops before the simulated nodes delete their pods (which it would answer with
-# one more restart).
-@pytest.fixture
-def operator(
-    control_plane: ControlPlane, namespace: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    install_crd(control_plane.api)
-    op = OperatorProcess(control_plane, namespace, tmp_path)
-    op.start()
-    try:
-        yield op
-    except BaseException:
-        raise
-    finally:
-        op.stop()
-
-
-@pytest.fixture
-def jobs(k8s_api: client.ApiClient, namespace: str) -> Jobs:
-    return Jobs(k8s_api, namespace)
 
 
 def _table(core: client.CoreV1Api, ns: str, job: str) -> tuple[dict, str]:
@@ -172,12 +148,19 @@ def test_exit_2_fails_the_job_without_restart_and_bad_specs_fail_with_the_field(
     wait_for(lambda: len(jobs.pods("bad-config")) == 1, what="running rank deleted")
     assert jobs.pods("bad-config")[0].metadata.name == "bad-config-rank-0"
 
-    jobs.create(job_manifest("bad-batch", count=3, training={"batchSize": 10}))
+    jobs.create(job_manifest("bad-batch", count=4, training={"batchSize": 10}))
     jobs.wait_phase("bad-batch", "Failed")
     failed = jobs.condition("bad-batch", "Failed")
     assert failed["reason"] == "InvalidSpec"
     assert failed["message"].startswith("spec.training.batchSize")
     assert jobs.pods("bad-batch") == []
+    # A chip count HCCL on Ascend 910 cannot use (neither 1, 2, 4 nor whole servers).
+    jobs.create(job_manifest("bad-npus", count=6))
+    jobs.wait_phase("bad-npus", "Failed")
+    failed = jobs.condition("bad-npus", "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert failed["message"].startswith("spec.devices.count: 6 NPUs")
+    assert jobs.pods("bad-npus") == []
 
     # A podTemplate that makes invalid pods: the API server's refusal fails the job.
     bad_template = {"spec": {"containers": [{"name": "trainer", "image": ""}]}}
@@ -290,3 +273,123 @@ def test_suspend_resume_and_ttl_after_finished(
         return False
 
     wait_for(job_gone, timeout=30, what="job deleted after ttlSecondsAfterFinished")
+
+
+def test_whole_node_pods_get_one_rank_table_entry_per_node(
+    node_agent: NodeAgent, operator: OperatorProcess, jobs: Jobs, core_v1: client.CoreV1Api
+) -> None:
+    nodes = [node_agent.add_node(npus=8), node_agent.add_node(npus=8)]
+    jobs.create(job_manifest("nodes", count=16, devices={"type": "npu", "count": 16, "perPod": 8}))
+    status = jobs.wait_phase("nodes", "Running")
+    assert status["ranks"]["total"] == 16 and status["ranks"]["running"] == 16
+    assert status["rankTable"]["status"] == "completed"
+    pods = jobs.pods("nodes")
+    assert [p.metadata.name for p in pods] == ["nodes-node-0", "nodes-node-1"]
+    assert {p.spec.node_name for p in pods} == {n.name for n in nodes}
+    for index, pod in enumerate(pods):
+        (c,) = pod.spec.containers
+        assert c.resources.limits == {NPU_RESOURCE: "8"}
+        assert c.args[-2:] == ["--nproc", "8"]
+        env = {e.name: e.value for e in c.env}
+        assert env["RANK"] == str(8 * index) and env["LOCAL_WORLD_SIZE"] == "8"
+    table, _ = _table(core_v1, jobs.namespace, "nodes")
+    for rank in range(16):
+        ranktable.validate_rank_table(table, rank, 16)
+    # Whole nodes: one entry per node, keyed by its host IP; chips and rank ids in order.
+    assert [s["server_id"] for s in table["server_list"]] == [p.status.host_ip for p in pods]
+    for index, (entry, pod) in enumerate(zip(table["server_list"], pods, strict=True)):
+        ann = json.loads(pod.metadata.annotations[ASCEND_910_ANNOTATION])
+        ranks = [str(8 * index + k) for k in range(8)]
+        assert entry["device"] == [
+            {**d, "rank_id": r} for d, r in zip(ann["devices"], ranks, strict=True)
+        ]
+
+
+def test_gang_scheduling_creates_a_podgroup_before_the_pods(
+    node_agent: NodeAgent,
+    operator: OperatorProcess,
+    jobs: Jobs,
+    k8s_api: client.ApiClient,
+) -> None:
+    node_agent.add_node(npus=8)
+    gang = {"schedulerName": "default-scheduler", "gang": True, "queue": "research"}
+    # Without Volcano's API the job fails at once, saying which field asks for it.
+    jobs.create(job_manifest("novolcano", count=2, scheduling=gang))
+    status = jobs.wait_phase("novolcano", "Failed")
+    failed = jobs.condition("novolcano", "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert failed["message"].startswith("spec.scheduling.gang: true needs Volcano's PodGroup API")
+    assert jobs.pods("novolcano") == [] and status["restarts"] == 0
+
+    custom = client.CustomObjectsApi(k8s_api)
+    with podgroup_api(k8s_api):
+        created = jobs.create(job_manifest("gang", count=4, scheduling=gang))
+        jobs.wait_phase("gang", "Running")
+        group = custom.get_namespaced_custom_object(
+            "scheduling.volcano.sh", "v1beta1", jobs.namespace, "podgroups", "gang"
+        )
+        assert group["spec"] == {
+            "minMember": 4,
+            "queue": "research",
+            "minResources": {NPU_RESOURCE: "4"},
+        }
+        assert group["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+        for pod in jobs.pods("gang"):
+            assert pod.metadata.annotations[render.PODGROUP_ANNOTATION] == "gang"
+            # Written before any pod (resource versions are etcd's revisions: one order).
+            assert int(group["metadata"]["resourceVersion"]) < int(pod.metadata.resource_version)
+            node_agent.finish(pod, exit_code=0)
+        jobs.wait_phase("gang", "Succeeded")
+
+
+def test_progress_is_scraped_from_rank_0s_metrics(
+    node_agent: NodeAgent, operator: OperatorProcess, jobs: Jobs
+) -> None:
+    node_agent.add_node(npus=8)
+    port = free_port()
+    jobs.create(job_manifest("live", count=2, metrics={"port": port}))
+    jobs.wait_phase("live", "Running")
+    rank0 = jobs.pods("live")[0]
+    # The trainer's own exporter, serving on rank 0's (loopback) pod IP as the pod would.
+    cfg = parse_config(["--dummy", "-a", "shufflenet_v2_x0_5", "-b", "16"], world_size=2, rank=0)
+    exporter = MetricsExporter(cfg, {"JOB_NAME": "live"})
+    exporter.start(port, addr=rank0.status.pod_ip)
+    try:
+        exporter.on_start({"folder": None, "device": "cpu", "epochs": 4, "steps_per_epoch": 10})
+        exporter.on_epoch(
+            {"epoch": 1, "loss": 5.0, "images_per_sec": 2213.46, "val_top1": 12.5, "val_top5": 40.0}
+        )
+        wait_for(
+            lambda: (
+                jobs.status("live").get("progress")
+                == {"epoch": 2.0, "imagesPerSecond": 2213.5, "top1": 12.5}
+            ),
+            timeout=30,
+            what="status.progress from rank 0's metrics",
+        )
+    finally:
+        exporter.close()
+    for pod in jobs.pods("live"):
+        node_agent.finish(pod, exit_code=0)
+    # The last progress stays in the finished job's status.
+    assert jobs.wait_phase("live", "Succeeded")["progress"]["epoch"] == 2.0
+
+
+def test_jobs_outside_the_watched_namespaces_are_left_alone(
+    node_agent: NodeAgent, operator: OperatorProcess, jobs: Jobs, core_v1: client.CoreV1Api
+) -> None:
+    node_agent.add_node(npus=8)
+    other = f"{jobs.namespace}-other"
+    core_v1.create_namespace({"metadata": {"name": other}})
+    try:
+        outside = Jobs(jobs.custom.api_client, other)
+        outside.create(job_manifest("elsewhere", count=2))
+        # A job created after it in the watched namespace is reconciled: the operator is
+        # live and has had its chance at the other one.
+        jobs.create(job_manifest("here", count=2))
+        jobs.wait_phase("here", "Running")
+        time.sleep(2)
+        assert outside.status("elsewhere") == {}
+        assert outside.pods("elsewhere") == []
+    finally:
+        core_v1.delete_namespace(other)

@@ -43,6 +43,8 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client import ApiException, CoreV1Api, V1Pod
 
+from .runtime import ProcessRuntime
+
 log = logging.getLogger(__name__)
 
 NPU_RESOURCE = "huawei.com/Ascend910"
@@ -146,8 +148,12 @@ class NodeAgent:
         name: str = "sim",
         auto_start: bool = True,
         watch_timeout_s: int = 5,
+        runtime: ProcessRuntime | None = None,
     ) -> None:
         self.core = core
+        # With a runtime, started pods run their containers as processes (sim/runtime.py);
+        # without, containers only "run" until a test calls finish().
+        self.runtime = runtime
         self.name = name
         self.auto_start = auto_start
         self.watch_timeout_s = watch_timeout_s
@@ -189,6 +195,8 @@ class NodeAgent:
     def close(self) -> None:
         """Stop, then remove every pod bound to this agent's nodes, and the nodes."""
         self.stop_watch()
+        if self.runtime is not None:
+            self.runtime.close()
         with self._lock:
             for pod in self._pods_on_my_nodes():
                 self._force_delete(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid)
@@ -492,8 +500,26 @@ class NodeAgent:
             self._annotate_devices(rec)
         if self.auto_start:
             self._post_running(rec)
+            if self.runtime is not None:
+                self.runtime.start(pod, rec.pod_ip, lambda code: self._exited(rec, code))
         else:
             self._post_status(rec)
+
+    def pod_ip(self, namespace: str, name: str) -> str | None:
+        """The IP of a live pod on this agent's nodes (what cluster DNS would answer)."""
+        with self._lock:
+            rec = self._pods.get((namespace, name))
+            return rec.pod_ip if rec is not None and not rec.terminal else None
+
+    def _exited(self, rec: _PodRecord, code: int) -> None:
+        # The runtime's process ended: its exit code is the container's.
+        with self._lock:
+            if self._pods.get((rec.namespace, rec.name)) is not rec or rec.terminal:
+                return
+            try:
+                self.finish((rec.namespace, rec.name), exit_code=code)
+            except (ApiException, RuntimeError) as e:
+                log.warning("pod %s/%s: exit %s not posted: %s", rec.namespace, rec.name, code, e)
 
     def _annotate_devices(self, rec: _PodRecord) -> None:
         # What the Ascend device plugin writes after Allocate: the chips, their RoCE addresses
@@ -635,6 +661,8 @@ class NodeAgent:
         if rec.terminal:
             return
         rec.terminal = True
+        if self.runtime is not None:
+            self.runtime.stop(rec.uid)
         rec.node.free_npus |= set(rec.npu_ids)
         rec.node.free_gpus |= set(rec.gpu_ids)
         self._used_pod_ips.discard(rec.pod_ip)

@@ -219,6 +219,29 @@ def test_missing_required_field_and_indivisible_batch() -> None:
         job.validate_job(obj)
 
 
+@pytest.mark.parametrize(
+    ("devices", "message"),
+    [
+        ({"type": "npu", "count": 6}, r"^spec\.devices\.count: 6 NPUs: HCCL on Ascend 910"),
+        ({"type": "npu", "count": 12, "perPod": 3}, r"^spec\.devices\.perPod: 3 NPUs in a pod"),
+        ({"type": "cpu", "count": 20000}, r"^spec\.devices\.count: 20000 devices make 20000"),
+    ],
+)
+def test_rank_counts_the_devices_cannot_serve_are_refused(
+    devices: dict[str, Any], message: str
+) -> None:
+    obj = minimal()
+    obj["spec"]["devices"] = devices
+    obj["spec"]["training"] = {"batchSize": 60000}
+    with pytest.raises(job.ManifestError, match=message):
+        job.validate_job(obj)
+    # What HCCL takes: 1, 2 or 4 chips of a server, or whole servers; any CPU/GPU count.
+    for count, kind in ((4, "npu"), (24, "npu"), (6, "gpu")):
+        obj["spec"]["devices"] = {"type": kind, "count": count}
+        obj["spec"]["training"] = {"batchSize": 48}
+        job.validate_job(obj)
+
+
 def test_pod_env_and_trainer_args() -> None:
     npu = job.validate_job(yaml.safe_load((ROOT / "manifests/examples/npu-8rank.yaml").read_text()))
     e = job.pod_env(npu, 5, master_addr="m", rank_table_file="/t/hccl.json")

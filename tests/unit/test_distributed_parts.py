@@ -123,3 +123,24 @@ def test_device_index_from_the_environment() -> None:
     assert parse_config(["--dummy"], env_device_id=3).device_id == 3
     assert parse_config(["--dummy", "--device-id", "1"], env_device_id=3).device_id == 1
     assert parse_config(["--dummy"]).device_id == 0
+
+
+def test_launcher_in_a_pod_of_several_devices_starts_the_pods_ranks() -> None:
+    from shufflenet_contract.env import rank_env, read_rank_env
+    from shufflenet_trainer.errors import ConfigError
+    from shufflenet_trainer.launch import Node, node_of
+
+    assert node_of(read_rank_env({}), 4) == Node(0, 4)
+    pod = rank_env(
+        job_name="j",
+        rank=8,
+        world_size=16,
+        master_addr="sn-node-0.sn.ns.svc",
+        master_port=29500,
+        device_type="npu",
+        local_world_size=8,
+    )
+    assert node_of(read_rank_env(pod), 8) == Node(8, 16, "sn-node-0.sn.ns.svc", 29500)
+    # A single rank's environment (or a pod of another size) cannot host --nproc ranks.
+    with pytest.raises(ConfigError, match=r"^--nproc 4: this process is already rank 8 of 16"):
+        node_of(read_rank_env(pod), 4)

@@ -35,12 +35,13 @@ class Cluster:
         self.pods: dict[str, dict[str, Any]] = {}
         self.service: dict[str, Any] | None = None
         self.configmap: dict[str, Any] | None = None
+        self.podgroup: dict[str, Any] | None = None
         self.now = T0
         self.events: list[st.Event] = []
         self.uids = 0
         self.deleted_job = False
 
-    def reconcile(self, seconds: float = 0) -> policy.Plan:
+    def reconcile(self, seconds: float = 0, progress: dict[str, Any] | None = None) -> policy.Plan:
         self.now += timedelta(seconds=seconds)
         plan = policy.plan(
             copy.deepcopy(self.job),
@@ -49,6 +50,8 @@ class Cluster:
             configmap=self.configmap,
             now=self.now,
             settings=SETTINGS,
+            has_podgroup=self.podgroup is not None,
+            progress=progress,
         )
         for m in plan.create:
             m = copy.deepcopy(m)
@@ -59,6 +62,9 @@ class Cluster:
                 self.pods[m["metadata"]["name"]] = m
             elif m["kind"] == "Service":
                 self.service = m
+            elif m["kind"] == "PodGroup":
+                assert not self.pods, "the PodGroup must exist before the pods"
+                self.podgroup = m
             else:
                 self.configmap = m
         if plan.configmap_data is not None:
@@ -127,7 +133,7 @@ def test_first_reconcile_creates_every_child_once() -> None:
     c = Cluster()
     plan = c.reconcile()
     kinds = sorted(m["kind"] for m in plan.create)
-    assert kinds == ["ConfigMap", "Pod", "Pod", "Pod", "Pod", "Service"]
+    assert kinds == ["ConfigMap", "Pod", "Pod", "Pod", "Pod", "PodGroup", "Service"]
     assert c.status["phase"] == "Creating"
     assert c.cond("Created")["status"] == "True"
     assert c.status["startTime"] == "2026-01-01T12:00:00Z"
@@ -217,6 +223,14 @@ def test_retryable_exit_restarts_the_whole_job_with_backoff(code: int) -> None:
     c.run_all()
     c.reconcile()
     assert c.status["phase"] == "Running" and c.table()["status"] == "completed"
+
+
+def test_the_restart_names_the_rank_that_died_not_the_peers_that_lost_it() -> None:
+    c = started()
+    c.finish(0, 134)  # rank 0 lost its peer...
+    c.finish(3, 137)  # ...because rank 3 was killed
+    c.reconcile()
+    assert c.cond("Restarting")["message"].startswith("rank 3 pod sn-rank-3 exited 137")
 
 
 def test_backoff_doubles_and_limit_fails_the_job() -> None:
@@ -331,7 +345,7 @@ def test_pods_of_a_deleted_namesake_are_waited_for() -> None:
     plan = policy.plan(
         c.job, [], service=None, configmap=None, now=T0, settings=SETTINGS, foreign_pods=2
     )
-    assert [m["kind"] for m in plan.create] == ["Service", "ConfigMap"]
+    assert [m["kind"] for m in plan.create] == ["Service", "PodGroup", "ConfigMap"]
     assert plan.status["phase"] == "Creating" and plan.requeue_after == 1.0
 
 
@@ -342,3 +356,73 @@ def test_a_child_the_api_server_rejects_fails_the_job() -> None:
     failed = st.get_condition(plan.status["conditions"], "Failed")
     assert failed is not None and failed["reason"] == "InvalidSpec"
     assert "bad image" in failed["message"]
+
+
+def _annotate(pod: dict[str, Any], host: int, chips: range) -> None:
+    pod["spec"]["nodeName"] = f"node-{host}"
+    pod["status"] = {"phase": "Pending", "hostIP": f"127.0.1.{host + 1}"}
+    ann = {
+        "pod_name": pod["metadata"]["name"],
+        "server_id": f"127.0.1.{host + 1}",
+        "host_ip": f"127.0.1.{host + 1}",
+        "devices": [{"device_id": str(c), "device_ip": f"127.100.{host}.{101 + c}"} for c in chips],
+    }
+    pod["metadata"].setdefault("annotations", {})[ranktable.ANNOTATION] = json.dumps(ann)
+
+
+def test_whole_node_pods_make_one_server_entry_per_node_keyed_by_host_ip() -> None:
+    c = Cluster(devices={"type": "npu", "count": 16, "perPod": 8})
+    c.reconcile()
+    assert sorted(c.pods) == ["sn-node-0", "sn-node-1"]
+    _annotate(c.pods["sn-node-1"], 0, range(8))
+    _annotate(c.pods["sn-node-0"], 1, range(8))
+    c.reconcile()
+    table = c.table()
+    assert table["status"] == "completed" and table["server_count"] == "2"
+    first, second = table["server_list"]
+    assert first["server_id"] == "127.0.1.2" and second["server_id"] == "127.0.1.1"
+    assert [d["rank_id"] for d in first["device"] + second["device"]] == [str(r) for r in range(16)]
+    assert c.status["ranks"]["scheduled"] == 16 and c.status["ranks"]["total"] == 16
+
+
+def test_multi_device_pods_sharing_a_node_are_keyed_by_pod_uid() -> None:
+    c = Cluster(devices={"type": "npu", "count": 8, "perPod": 4})
+    c.reconcile()
+    _annotate(c.pods["sn-node-0"], 0, range(4))
+    _annotate(c.pods["sn-node-1"], 0, range(4, 8))
+    c.reconcile()
+    ids = [s["server_id"] for s in c.table()["server_list"]]
+    assert ids == [c.pods["sn-node-0"]["metadata"]["uid"], c.pods["sn-node-1"]["metadata"]["uid"]]
+
+
+def test_a_pod_with_fewer_devices_than_per_pod_keeps_the_table_initializing() -> None:
+    c = Cluster(devices={"type": "npu", "count": 16, "perPod": 8})
+    c.reconcile()
+    _annotate(c.pods["sn-node-0"], 0, range(8))
+    _annotate(c.pods["sn-node-1"], 1, range(4))
+    c.reconcile()
+    assert c.table()["status"] == "initializing"
+    cond = c.cond(st.RANKTABLE_READY)
+    assert cond["reason"] == "InvalidDeviceAnnotation" and "perPod is 8" in cond["message"]
+
+
+def test_scraped_progress_lands_in_the_status() -> None:
+    c = started()
+    progress = {"epoch": 2.5, "imagesPerSecond": 2150.0, "top1": 31.2}
+    c.reconcile(progress=progress)
+    assert c.status["progress"] == progress
+    c.reconcile()  # nothing new scraped: the last progress stays
+    assert c.status["progress"] == progress
+
+
+def test_a_rank_table_too_large_for_a_configmap_is_not_written() -> None:
+    # ~120 bytes a one-device pod (150 with real UIDs): 9600 overflow the 1 MiB of a ConfigMap.
+    c = Cluster(devices={"type": "npu", "count": 9600}, training={"batchSize": 9600})
+    c.reconcile()
+    for i, pod in enumerate(c.pods.values()):
+        _annotate(pod, i // 8, range(i % 8, i % 8 + 1))
+    c.reconcile()
+    assert c.table() == {"status": "initializing"}
+    cond = c.cond(st.RANKTABLE_READY)
+    assert cond["reason"] == "RankTableTooLarge"
+    assert cond["message"].startswith("spec.devices.perPod: the rank table of 9600 pods takes")

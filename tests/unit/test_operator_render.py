@@ -158,7 +158,7 @@ def test_pod_template_is_merged_but_cannot_steal_the_pod() -> None:
     assert template == before
     labels = pod["metadata"]["labels"]
     assert labels["team"] == "vision" and labels[render.JOB_LABEL] == "sn"
-    assert pod["metadata"]["annotations"] == {"a": "b"}
+    assert pod["metadata"]["annotations"] == {"a": "b", render.PODGROUP_ANNOTATION: "sn"}
     trainer, sidecar = pod["spec"]["containers"]
     assert sidecar == {"name": "sidecar", "image": "busybox"}
     variables = env_of(pod)
@@ -181,3 +181,46 @@ def test_service_and_configmap() -> None:
     assert ranktable.parse(cm["data"]["hccl.json"]) == {"status": "initializing"}
     assert cm["data"]["version"] == "1"
     assert cm["metadata"]["ownerReferences"][0]["uid"] == "job-uid"
+
+
+def test_whole_node_pod_holds_its_devices_and_starts_a_rank_per_device() -> None:
+    job = make_job({"type": "npu", "count": 16, "perPod": 8})
+    pod = render.render_pod(job, 1)
+    assert pod["metadata"]["name"] == "sn-node-1"
+    assert pod["metadata"]["labels"][render.RANK_LABEL] == "1"
+    (container,) = pod["spec"]["containers"]
+    assert container["resources"]["limits"] == {"huawei.com/Ascend910": "8"}
+    assert container["args"][-2:] == ["--nproc", "8"]
+    # Local rank k serves its metrics on the job's port + k: each is declared for scraping.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert [ports["metrics"], ports["metrics-1"], ports["metrics-7"]] == [9400, 9401, 9407]
+    variables = env_of(pod)
+    # The launcher in the pod starts ranks 8..15 from its first rank's environment.
+    assert variables[env.RANK] == "8" and variables[env.WORLD_SIZE] == "16"
+    assert variables[env.LOCAL_WORLD_SIZE] == "8" and variables[env.LOCAL_RANK] == "0"
+    assert variables[env.MASTER_ADDR] == "sn-node-0.sn.ns.svc"
+    assert render.render_podgroup(job)["spec"]["minMember"] == 2
+
+
+def test_devices_per_pod_must_divide_the_device_count() -> None:
+    with pytest.raises(jobs.ManifestError, match=r"^spec\.devices\.perPod: 8 .* 12"):
+        make_job({"type": "npu", "count": 12, "perPod": 8}, training={"batchSize": 48})
+
+
+def test_gang_scheduling_puts_every_pod_in_one_podgroup() -> None:
+    job = make_job(scheduling={"queue": "research", "priorityClassName": "high"})
+    group = render.render_podgroup(job)
+    assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1" and group["kind"] == "PodGroup"
+    assert group["metadata"]["name"] == "sn"
+    assert group["metadata"]["ownerReferences"][0]["uid"] == "job-uid"
+    assert group["spec"] == {
+        "minMember": 8,
+        "queue": "research",
+        "priorityClassName": "high",
+        "minResources": {"huawei.com/Ascend910": "8"},
+    }
+    pod = render.render_pod(job, 0)
+    assert pod["metadata"]["annotations"] == {render.PODGROUP_ANNOTATION: "sn"}
+    assert pod["spec"]["schedulerName"] == "volcano"
+    plain = render.render_pod(make_job(scheduling={"gang": False}), 0)
+    assert "annotations" not in plain["metadata"]

@@ -82,7 +82,13 @@ SPEC: dict[str, Any] = _obj(
         "devices": _obj(
             {
                 "type": _str(enum=DEVICE_TYPES, description="npu, gpu or cpu"),
-                "count": _int(1, default=1, description="ranks: one pod per device"),
+                "count": _int(1, default=1, description="ranks: devices of the whole job"),
+                "perPod": _int(
+                    1,
+                    default=1,
+                    description="devices (ranks) per pod: 1, one pod per device; a node's "
+                    "device count, one pod per node running a process per device",
+                ),
                 "resourceName": _str(
                     minLength=1,
                     description="extended resource of one device (default: "
@@ -218,7 +224,9 @@ STATUS: dict[str, Any] = _obj(
         "restarts": _int(0),
         "progress": _obj(
             {
-                "epoch": _int(0),
+                "epoch": _num(
+                    minimum=0, description="epochs done, with the current one's fraction"
+                ),
                 "imagesPerSecond": _num(),
                 "top1": _num(),
             }
@@ -242,7 +250,7 @@ SCHEMA: dict[str, Any] = _obj(
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Ranks", "type": "integer", "jsonPath": ".status.ranks.running"},
-    {"name": "Epoch", "type": "integer", "jsonPath": ".status.progress.epoch"},
+    {"name": "Epoch", "type": "number", "jsonPath": ".status.progress.epoch"},
     {"name": "Img/s", "type": "number", "jsonPath": ".status.progress.imagesPerSecond"},
     {"name": "Top1", "type": "number", "jsonPath": ".status.progress.top1"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},

@@ -17,6 +17,9 @@ from . import crd, env, schema
 # DNS-1035 labels short enough for the suffix of a 4-digit rank.
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 63 - len("-rank-9999")
+MAX_PODS = 10000
+# Chips per server an HCCL job on Ascend 910 may use.
+ASCEND_CHIPS_PER_SERVER = (1, 2, 4, 8)
 
 # shufflenet-train's --device per devices.type.
 TRAINER_DEVICE = {"npu": "npu", "gpu": "cuda", "cpu": "cpu"}
@@ -53,6 +56,18 @@ def validate_job(obj: Any) -> dict[str, Any]:
     except schema.SchemaError as exc:
         raise ManifestError(str(exc)) from None
     ranks = job["spec"]["devices"]["count"]
+    per_pod = job["spec"]["devices"]["perPod"]
+    if ranks % per_pod:
+        raise ManifestError(
+            f"spec.devices.perPod: {per_pod} devices per pod must divide spec.devices.count {ranks}"
+        )
+    if job["spec"]["devices"]["type"] == "npu":
+        _check_ascend_ranks(ranks, per_pod)
+    if ranks // per_pod > MAX_PODS:
+        raise ManifestError(
+            f"spec.devices.count: {ranks} devices make {ranks // per_pod} pods, more than "
+            f"{MAX_PODS}: raise spec.devices.perPod"
+        )
     batch = job["spec"]["training"]["batchSize"]
     if batch % ranks:
         raise ManifestError(
@@ -60,6 +75,21 @@ def validate_job(obj: Any) -> dict[str, Any]:
             f"spec.devices.count {ranks}"
         )
     return job
+
+
+def _check_ascend_ranks(ranks: int, per_pod: int) -> None:
+    """HCCL on Ascend 910 links 1, 2 or 4 chips of one server (each half of a server is a
+    ring of 4), or whole servers of 8: other counts fail in HCCL's initialisation, late."""
+    if per_pod not in ASCEND_CHIPS_PER_SERVER:
+        raise ManifestError(
+            f"spec.devices.perPod: {per_pod} NPUs in a pod: an Ascend 910 server's HCCL takes "
+            "1, 2, 4 or 8 chips"
+        )
+    if ranks not in ASCEND_CHIPS_PER_SERVER and ranks % 8:
+        raise ManifestError(
+            f"spec.devices.count: {ranks} NPUs: HCCL on Ascend 910 takes 1, 2 or 4 chips of "
+            "one server, or whole servers (a multiple of 8)"
+        )
 
 
 def world_size(job: Mapping[str, Any]) -> int:
@@ -76,35 +106,54 @@ def resource_name(job: Mapping[str, Any]) -> str | None:
     return devices.get("resourceName") or crd.DEFAULT_RESOURCE.get(devices["type"])
 
 
-def pod_name(job: Mapping[str, Any], rank: int) -> str:
-    return f"{job['metadata']['name']}-rank-{rank}"
+def devices_per_pod(job: Mapping[str, Any]) -> int:
+    return int(job["spec"]["devices"].get("perPod") or 1)
+
+
+def pod_count(job: Mapping[str, Any]) -> int:
+    """Rank pods of the job: one per device, or one per spec.devices.perPod devices."""
+    return world_size(job) // devices_per_pod(job)
+
+
+def pod_name(job: Mapping[str, Any], pod: int, per_pod: int | None = None) -> str:
+    """`<job>-rank-<k>` for one-device pods; `<job>-node-<k>` for pods of several devices
+    (ranks k x perPod ...), whose index is the node rank."""
+    per = devices_per_pod(job) if per_pod is None else per_pod
+    return f"{job['metadata']['name']}-{'rank' if per == 1 else 'node'}-{pod}"
 
 
 def pod_env(
     job: Mapping[str, Any],
-    rank: int,
+    pod: int,
     *,
     master_addr: str,
     master_port: int = env.DEFAULT_MASTER_PORT,
     pod_ip: str | None = None,
     metrics_port: int | None = None,
     rank_table_file: str | None = None,
+    per_pod: int | None = None,
 ) -> dict[str, str]:
-    """The environment of rank `rank`'s pod: one device per pod, so LOCAL_RANK and the device
-    index are 0. `metrics_port` defaults to spec.metrics.port (a local run of several ranks
-    on one host passes distinct ports)."""
+    """The environment of pod `pod`, LOCAL_RANK and device index 0.
+
+    A one-device pod is rank `pod`. A pod of P = spec.devices.perPod devices gets its first
+    rank's environment (RANK = pod x P, LOCAL_WORLD_SIZE = P) and runs `shufflenet-train
+    --nproc P`, whose launcher starts its P ranks. `per_pod` overrides perPod (`snjob
+    run-local` runs every rank as a process of its own: 1). `metrics_port` defaults to
+    spec.metrics.port (a local run of several ranks on one host passes distinct ports).
+    """
     spec = job["spec"]
+    per = devices_per_pod(job) if per_pod is None else per_pod
     return env.rank_env(
         job_name=job["metadata"]["name"],
-        rank=rank,
+        rank=pod * per,
         world_size=world_size(job),
         master_addr=master_addr,
         master_port=master_port,
         device_type=device_type(job),
         device_id=0,
         local_rank=0,
-        local_world_size=1,
-        pod_name=pod_name(job, rank),
+        local_world_size=per,
+        pod_name=pod_name(job, pod, per),
         pod_ip=pod_ip,
         metrics_port=spec["metrics"]["port"] if metrics_port is None else metrics_port,
         rank_table_file=rank_table_file,

@@ -35,6 +35,8 @@ HOST_NIC_IP = "reserve"
 MOUNT_DIR = "/user/serverid/devindex/config"
 FILE_KEY = "hccl.json"
 VERSION_KEY = "version"
+# What a ConfigMap may hold, all keys together (etcd's object limit), less room for the rest.
+MAX_CONFIGMAP_BYTES = 1024 * 1024 - 16 * 1024
 # The Ascend device plugin's annotation on a pod once its chips are allocated.
 ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuration"
 
@@ -224,8 +226,9 @@ def parse(text: str) -> Any:
 
 
 def dump(table: dict[str, Any]) -> str:
-    """hccl.json text (stable key order, one line per field for people reading it)."""
-    return json.dumps(table, indent=2) + "\n"
+    """hccl.json text: compact, since it travels in a ConfigMap (at most 1 MiB: about 6800
+    one-device pods; `python -m json.tool` shows it to people)."""
+    return json.dumps(table, separators=(",", ":")) + "\n"
 
 
 def wait_for_completed(

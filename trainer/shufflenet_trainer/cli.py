@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import EXIT_DIST, ConfigError, TrainerError
+from .errors import EXIT_DIST, TrainerError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,16 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         common = {"default_device": default_device_type(), "env_device_id": device_id}
         cfg = parse_config(argv, world_size=env.world_size, rank=env.rank, **common)
         if cfg.nproc is not None:
-            if env.distributed:
-                raise ConfigError(
-                    f"--nproc: this process is already rank {env.rank} of {env.world_size} "
-                    "(RANK/WORLD_SIZE are set): drop --nproc or unset them"
-                )
-            from .launch import launch_nproc
+            from .launch import launch_nproc, node_of
 
+            node = node_of(env, cfg.nproc)
             # Checked for the world size the ranks will have (-b must divide by it).
-            cfg = parse_config(argv, world_size=cfg.nproc, **common)
-            return launch_nproc(cfg, list(sys.argv[1:] if argv is None else argv))
+            cfg = parse_config(argv, world_size=node.world_size, **common)
+            return launch_nproc(cfg, list(sys.argv[1:] if argv is None else argv), node)
         from .engine import Hooks, run
         from .metrics import start_exporter
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from shufflenet_contract.env import rank_env
+from shufflenet_contract.env import RankEnv, rank_env
 
 from .config import TrainConfig
 from .errors import EXIT_DIST, ConfigError
@@ -182,7 +182,41 @@ def _relay(stream: IO[str], prefix: str) -> None:
         sys.stderr.flush()
 
 
-def launch_nproc(cfg: TrainConfig, argv: Sequence[str]) -> int:
+@dataclass(frozen=True)
+class Node:
+    """Where this host's `--nproc` ranks sit in their job."""
+
+    first_rank: int = 0
+    world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None  # None: a free local port
+
+    @property
+    def local(self) -> bool:
+        return self.master_port is None
+
+
+def node_of(env: RankEnv, nproc: int) -> Node:
+    """The job this launcher belongs to.
+
+    Without a rank environment, the `--nproc` ranks are the whole job (rendezvous on this
+    host). A pod holding several devices of a larger job (the operator's spec.devices.perPod)
+    gets the environment of its first rank with LOCAL_WORLD_SIZE = its devices, and starts
+    ranks RANK .. RANK + nproc - 1 of WORLD_SIZE against MASTER_ADDR.
+    """
+    if not env.distributed:
+        return Node(world_size=nproc)
+    if env.local_world_size != nproc or env.local_rank != 0 or env.rank % nproc:
+        raise ConfigError(
+            f"--nproc {nproc}: this process is already rank {env.rank} of {env.world_size} "
+            f"(RANK/WORLD_SIZE are set, LOCAL_WORLD_SIZE={env.local_world_size}): drop --nproc, "
+            "or set LOCAL_WORLD_SIZE to it and RANK to the host's first rank"
+        )
+    assert env.master_addr is not None and env.master_port is not None
+    return Node(env.rank, env.world_size, env.master_addr, env.master_port)
+
+
+def launch_nproc(cfg: TrainConfig, argv: Sequence[str], node: Node | None = None) -> int:
     """`shufflenet-train --nproc N [--device-list ...]`: N ranks of one job on this host.
 
     Rank 0 prints to this terminal; the other ranks write their logs into rank 0's result
@@ -192,16 +226,22 @@ def launch_nproc(cfg: TrainConfig, argv: Sequence[str]) -> int:
     if any(a == "--device-id" or a.startswith("--device-id=") for a in argv):
         raise ConfigError("--device-id would put every rank on one device: use --device-list")
     n = cfg.nproc
+    node = node or Node(world_size=n)
     devices = list(cfg.device_list or range(n))
-    port = int(os.environ.get("MASTER_PORT") or free_port())
+    if node.local:
+        port = int(os.environ.get("MASTER_PORT") or free_port())
+    else:
+        assert node.master_port is not None
+        port = node.master_port
     args = strip_launcher_flags(argv)
     command = [sys.executable, "-m", "shufflenet_trainer.cli", *args]
     ranks: list[Rank] = []
     relays: list[threading.Thread] = []
+    first = node.first_rank
     print(
-        f"=> starting {n} ranks on {cfg.device}"
+        f"=> starting ranks {first}..{first + n - 1} of {node.world_size} on {cfg.device}"
         + (f" devices {','.join(map(str, devices))}" if cfg.device != "cpu" else "")
-        + f", rendezvous 127.0.0.1:{port}",
+        + f", rendezvous {node.master_addr}:{port}",
         flush=True,
     )
     for k in range(n):
@@ -209,9 +249,9 @@ def launch_nproc(cfg: TrainConfig, argv: Sequence[str]) -> int:
         env.update(
             rank_env(
                 job_name=os.environ.get("JOB_NAME", "local"),
-                rank=k,
-                world_size=n,
-                master_addr="127.0.0.1",
+                rank=first + k,
+                world_size=node.world_size,
+                master_addr=node.master_addr,
                 master_port=port,
                 device_type=TRAINER_DEVICE_TYPE[cfg.device],
                 device_id=devices[k],
@@ -229,7 +269,7 @@ def launch_nproc(cfg: TrainConfig, argv: Sequence[str]) -> int:
             proc = spawn(command, env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             assert proc.stderr is not None
             stream = open(proc.stderr.fileno(), encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
-            t = threading.Thread(target=_relay, args=(stream, f"[rank {k}] "), daemon=True)
+            t = threading.Thread(target=_relay, args=(stream, f"[rank {first + k}] "), daemon=True)
             t.start()
             relays.append(t)
         ranks.append(Rank(k, proc))
@@ -238,7 +278,7 @@ def launch_nproc(cfg: TrainConfig, argv: Sequence[str]) -> int:
         t.join(timeout=2.0)
     if outcome.failed_rank is not None:
         print(
-            f"=> job failed: rank {outcome.failed_rank} exited with {outcome.code}",
+            f"=> job failed: rank {first + outcome.failed_rank} exited with {outcome.code}",
             file=sys.stderr,
             flush=True,
         )

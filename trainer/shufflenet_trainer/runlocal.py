@@ -184,6 +184,7 @@ def make_plan(
             pod_ip="127.0.0.1",
             metrics_port=base_port + k if base_port else 0,
             rank_table_file=str(rank_table) if rank_table else None,
+            per_pod=1,
         )
         if dtype == "cpu" or on_cpu:
             env["OMP_NUM_THREADS"] = str(cpu_threads(ranks))

@@ -30,3 +30,71 @@ release: {{ . | quote }}
 {{- define "shufflenet.monitoringNamespace" -}}
 {{- .Values.monitoring.namespace | default .Release.Namespace -}}
 {{- end -}}
+
+{{/* The operator's pod labels: the operator PodMonitor selects these (monitoring.operator.podLabels). */}}
+{{- define "shufflenet.operatorSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "shufflenet.operatorLabels" -}}
+{{ include "shufflenet.labels" . }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "shufflenet.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "shufflenet.fullname" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+What the operator does in the namespaces it watches: the jobs (kopf lists and watches them;
+the controller reads each, writes its status, deletes it after ttlSecondsAfterFinished), the
+rank pods (watched; created, deleted on restarts), the headless Service and rank-table
+ConfigMap (read, created; the ConfigMap rewritten), Events (the controller's and kopf's),
+and Volcano PodGroups for gang scheduling. Nothing else: no update, no deletecollection,
+no secrets.
+*/}}
+{{- define "shufflenet.operatorNamespacedRules" -}}
+- apiGroups: [training.shufflenet.io]
+  resources: [shufflenettrainingjobs]
+  verbs: [get, list, watch, delete]
+- apiGroups: [training.shufflenet.io]
+  resources: [shufflenettrainingjobs/status]
+  verbs: [patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch, create, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, create]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+- apiGroups: [scheduling.volcano.sh]
+  resources: [podgroups]
+  verbs: [get, list, watch, create, delete, patch]
+{{- end -}}
+
+{{/*
+Cluster-scoped reads of kopf itself: it watches CustomResourceDefinitions to notice resources
+appearing and going, and, when it watches only some namespaces, lists and watches Namespaces
+to follow them. (API discovery, which it also reads, is open to every authenticated user.)
+*/}}
+{{- define "shufflenet.operatorClusterRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- if .Values.operator.watchNamespaces }}
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
+{{- end -}}

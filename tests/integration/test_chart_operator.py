@@ -1,0 +1,242 @@
+"""The chart's operator objects (rendered by a real helm), the CRD it ships, the plain copies
+under manifests/, and every rendered manifest against Kubernetes' published schemas.
+
+tests/k8s/test_operator_rbac.py applies the same RBAC to a real API server and runs the
+operator under it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from metrics_tools import CHART, ROOT, by_kind, helm, helm_template
+
+from shufflenet_contract import crd
+from shufflenet_operator import main as operator_main
+
+# The schemas the manifests are checked against: a current Kubernetes. (1.20, the oldest the
+# product supports, is checked by applying them to the real 1.20 API server in tests/k8s.)
+KUBE_VERSION = "1.30.0"
+# Kinds without a schema in kubernetes-validate: the Prometheus Operator's CRDs.
+NO_SCHEMA_KINDS = {"PodMonitor", "PrometheusRule"}
+OPERATOR_ONLY = ("--set", "monitoring.enabled=false")
+WATCH_TWO = ("--set", "operator.watchNamespaces={team-a,team-b}")
+
+
+def rule_set(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) of every permission the rules grant."""
+    return {
+        (group, resource, verb)
+        for r in rules
+        for group in r["apiGroups"]
+        for resource in r["resources"]
+        for verb in r["verbs"]
+    }
+
+
+# --- the CRD and the plain manifests stay generated from their sources -------------------
+
+
+def test_chart_crd_equals_the_rendering_of_crd_py() -> None:
+    chart_copy = CHART / "crds" / "shufflenettrainingjobs.yaml"
+    assert chart_copy.read_text() == crd.render_yaml(), (
+        "charts/shufflenet-operator/crds/ is stale: run `make manifests`"
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered_manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("manifests")
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "render-manifests.sh"), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HELM": helm()},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+@pytest.mark.parametrize("folder", ["operator", "monitoring"])
+def test_plain_manifests_are_in_sync(rendered_manifests: Path, folder: str) -> None:
+    fresh, committed = rendered_manifests / folder, ROOT / "manifests" / folder
+    names = sorted(p.name for p in fresh.glob("*.yaml"))
+    assert names == sorted(p.name for p in committed.glob("*.yaml"))
+    for name in names:
+        assert (fresh / name).read_text() == (committed / name).read_text(), (
+            f"manifests/{folder}/{name} is stale: run `make manifests`"
+        )
+
+
+def test_plain_operator_manifests_apply_in_order() -> None:
+    # `kubectl apply -f manifests/operator/` goes by file name: the namespace first.
+    docs = [
+        d
+        for p in sorted((ROOT / "manifests" / "operator").glob("*.yaml"))
+        for d in yaml.safe_load_all(p.read_text())
+        if d
+    ]
+    assert [d["kind"] for d in docs] == [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+    ]
+    for d in docs[1:]:
+        if d["kind"] != "ClusterRole":
+            assert "shufflenet-system" in yaml.safe_dump(d)
+
+
+# --- every manifest against Kubernetes' schemas ------------------------------------------
+
+
+def _validate(doc: dict[str, Any], where: str) -> None:
+    what = f"{where}: {doc['kind']} {doc['metadata'].get('name')}"
+    try:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        assert doc["kind"] in NO_SCHEMA_KINDS, f"{what}: no schema"
+    except kubernetes_validate.ValidationError as e:
+        pytest.fail(f"{what}: {'.'.join(map(str, e.path))}: {e.message}")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [(), WATCH_TWO, ("--set", "serviceAccount.create=false", "--set", "rbac.create=false")],
+    ids=["defaults", "two-namespaces", "no-sa-no-rbac"],
+)
+def test_rendered_chart_is_valid_kubernetes(values: tuple[str, ...]) -> None:
+    docs = helm_template("--include-crds", *values)
+    assert {"CustomResourceDefinition", "Deployment"} <= set(by_kind(docs))
+    for doc in docs:
+        _validate(doc, "helm template")
+
+
+def test_plain_manifests_are_valid_kubernetes() -> None:
+    files = sorted((ROOT / "manifests").glob("*/*.yaml"))
+    files = [p for p in files if p.parent.name != "examples"]  # jobs: tested with the CRD
+    assert len(files) >= 10
+    for path in files:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                _validate(doc, str(path.relative_to(ROOT)))
+
+
+# --- the operator's Deployment ------------------------------------------------------------
+
+
+def test_deployment_runs_one_standalone_replica_as_non_root() -> None:
+    (dep,) = by_kind(helm_template(*OPERATOR_ONLY))["Deployment"]
+    spec = dep["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "shufflenet/operator:0.1.0"
+    assert c["command"] == ["shufflenet-operator"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": 8080, "healthz": 8081}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    (sa,) = by_kind(helm_template(*OPERATOR_ONLY))["ServiceAccount"]
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+
+
+@pytest.mark.parametrize("values", [(), WATCH_TWO], ids=["all-namespaces", "two-namespaces"])
+def test_deployment_args_are_flags_the_operator_accepts(values: tuple[str, ...]) -> None:
+    (dep,) = by_kind(helm_template(*OPERATOR_ONLY, *values))["Deployment"]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    args = operator_main.parse_args(c["args"])  # exits on a flag it does not know
+    assert args.namespace == (["team-a", "team-b"] if values else [])
+    assert args.metrics_port == 8080
+    assert args.liveness == "http://0.0.0.0:8081/healthz"
+    timing = (args.restart_backoff, args.max_backoff, args.resync, args.progress_interval)
+    assert timing == (10, 300, 60, 30) and args.workers == 2
+
+
+def test_operator_podmonitor_selects_the_operator_pod() -> None:
+    kinds = by_kind(helm_template())
+    (dep,) = kinds["Deployment"]
+    monitor = next(
+        m for m in kinds["PodMonitor"] if m["metadata"]["name"].endswith("-operator-operator")
+    )
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [dep["metadata"]["namespace"]]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in {p["name"] for p in c["ports"]}
+
+
+# --- RBAC -----------------------------------------------------------------------------------
+
+
+def test_rbac_is_explicit_no_wildcards() -> None:
+    for values in [(), WATCH_TWO]:
+        kinds = by_kind(helm_template(*OPERATOR_ONLY, *values))
+        for role in kinds["ClusterRole"] + kinds.get("Role", []):
+            for rule in role["rules"]:
+                for key in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule[key], (role["metadata"]["name"], rule)
+                assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+            granted = rule_set(role["rules"])
+            assert not {g for g in granted if g[1] in {"secrets", "nodes", "clusterroles"}}
+
+
+def test_rbac_all_namespaces_one_cluster_role() -> None:
+    kinds = by_kind(helm_template(*OPERATOR_ONLY))
+    assert "Role" not in kinds and "RoleBinding" not in kinds
+    (role,) = kinds["ClusterRole"]
+    granted = rule_set(role["rules"])
+    job = ("training.shufflenet.io", "shufflenettrainingjobs")
+    assert {(*job, v) for v in ("get", "list", "watch", "delete")} <= granted
+    assert ("training.shufflenet.io", "shufflenettrainingjobs/status", "patch") in granted
+    assert ("", "pods", "create") in granted and ("", "pods", "update") not in granted
+    assert ("", "events", "create") in granted
+    assert {("scheduling.volcano.sh", "podgroups", v) for v in ("create", "patch")} <= granted
+    assert ("", "namespaces", "list") not in granted  # kopf lists them only when namespaced
+    (binding,) = kinds["ClusterRoleBinding"]
+    (sa,) = kinds["ServiceAccount"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": sa["metadata"]["name"],
+            "namespace": sa["metadata"]["namespace"],
+        }
+    ]
+
+
+def test_rbac_some_namespaces_roles_there_and_only_kopf_reads_cluster_wide() -> None:
+    kinds = by_kind(helm_template(*OPERATOR_ONLY, *WATCH_TWO))
+    (cluster_role,) = kinds["ClusterRole"]
+    assert rule_set(cluster_role["rules"]) == {
+        ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+        ("", "namespaces", "list"),
+        ("", "namespaces", "watch"),
+    }
+    assert sorted(r["metadata"]["namespace"] for r in kinds["Role"]) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in kinds["RoleBinding"]) == [
+        "team-a",
+        "team-b",
+    ]
+    (all_ns_role,) = by_kind(helm_template(*OPERATOR_ONLY))["ClusterRole"]
+    namespaced = rule_set(all_ns_role["rules"]) - rule_set(cluster_role["rules"])
+    for role in kinds["Role"]:
+        assert rule_set(role["rules"]) == namespaced
+
+
+def test_operator_off_leaves_monitoring_only() -> None:
+    kinds = set(by_kind(helm_template("--set", "operator.enabled=false")))
+    assert kinds == {"ConfigMap", "PodMonitor", "PrometheusRule"}
