@@ -194,6 +194,9 @@ def _pod_devices(
             pod_uid=str(pod["metadata"].get("uid")),
             whole_node=True,
         )
+        # Local rank k binds the k-th visible chip, and the runtime lists them by index.
+        chips = sorted(entry.devices, key=lambda d: int(d.device_id or 0))
+        entry = dataclasses.replace(entry, devices=tuple(chips))
         if len(entry.devices) != per_pod:
             raise ranktable.RankTableError(
                 ranktable.ANNOTATION,

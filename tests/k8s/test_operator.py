@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
+import sys
 import time
 
 from kubernetes import client
@@ -132,6 +134,18 @@ def test_retryable_exit_restarts_the_whole_job(
     assert "shufflenet_operator_reconcile_seconds_count" in metrics
     assert "shufflenet_operator_ranktable_seconds_count" in metrics
 
+    # `snjob status` tells the same story through kubectl.
+    snjob = [sys.executable, "-m", "shufflenet_trainer.snjob", "status", "-n", ns]
+    env = operator.cp.env()
+    shown = subprocess.run([*snjob, "retry"], env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"job {ns}/retry: Running (2 x npu, restarts 1 of 2)"
+    assert any("RetryableExit: rank 1 pod retry-rank-1 exited 143" in line for line in lines)
+    missing = subprocess.run([*snjob, "nope"], env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "snjob status: error:" in missing.stderr
+    assert "not found" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+
 
 def test_exit_2_fails_the_job_without_restart_and_bad_specs_fail_with_the_field(
     node_agent: NodeAgent, operator: OperatorProcess, jobs: Jobs, core_v1: client.CoreV1Api
@@ -154,12 +168,13 @@ def test_exit_2_fails_the_job_without_restart_and_bad_specs_fail_with_the_field(
     assert failed["reason"] == "InvalidSpec"
     assert failed["message"].startswith("spec.training.batchSize")
     assert jobs.pods("bad-batch") == []
-    # A chip count HCCL on Ascend 910 cannot use (neither 1, 2, 4 nor whole servers).
-    jobs.create(job_manifest("bad-npus", count=6))
+    # A chip count no Ascend node gives one pod.
+    nine = {"type": "npu", "count": 18, "perPod": 9}
+    jobs.create(job_manifest("bad-npus", count=18, devices=nine))
     jobs.wait_phase("bad-npus", "Failed")
     failed = jobs.condition("bad-npus", "Failed")
     assert failed["reason"] == "InvalidSpec"
-    assert failed["message"].startswith("spec.devices.count: 6 NPUs")
+    assert failed["message"].startswith("spec.devices.perPod: 9 NPUs in a pod")
     assert jobs.pods("bad-npus") == []
 
     # A podTemplate that makes invalid pods: the API server's refusal fails the job.

@@ -222,23 +222,21 @@ def test_missing_required_field_and_indivisible_batch() -> None:
 @pytest.mark.parametrize(
     ("devices", "message"),
     [
-        ({"type": "npu", "count": 6}, r"^spec\.devices\.count: 6 NPUs: HCCL on Ascend 910"),
-        ({"type": "npu", "count": 12, "perPod": 3}, r"^spec\.devices\.perPod: 3 NPUs in a pod"),
+        ({"type": "npu", "count": 18, "perPod": 9}, r"^spec\.devices\.perPod: 9 NPUs in a pod"),
+        ({"type": "npu", "count": 32, "perPod": 32}, r"^spec\.devices\.perPod: 32 NPUs"),
         ({"type": "cpu", "count": 20000}, r"^spec\.devices\.count: 20000 devices make 20000"),
     ],
 )
-def test_rank_counts_the_devices_cannot_serve_are_refused(
-    devices: dict[str, Any], message: str
-) -> None:
+def test_device_counts_no_node_can_serve_are_refused(devices: dict[str, Any], message: str) -> None:
     obj = minimal()
     obj["spec"]["devices"] = devices
-    obj["spec"]["training"] = {"batchSize": 60000}
+    obj["spec"]["training"] = {"batchSize": 60480}
     with pytest.raises(job.ManifestError, match=message):
         job.validate_job(obj)
-    # What HCCL takes: 1, 2 or 4 chips of a server, or whole servers; any CPU/GPU count.
-    for count, kind in ((4, "npu"), (24, "npu"), (6, "gpu")):
-        obj["spec"]["devices"] = {"type": kind, "count": count}
-        obj["spec"]["training"] = {"batchSize": 48}
+    # One-device pods of any count, whole 910 servers, a 16-chip box; any GPU grouping.
+    for count, per_pod, kind in ((6, 1, "npu"), (24, 8, "npu"), (32, 16, "npu"), (18, 9, "gpu")):
+        obj["spec"]["devices"] = {"type": kind, "count": count, "perPod": per_pod}
+        obj["spec"]["training"] = {"batchSize": 288}
         job.validate_job(obj)
 
 

@@ -374,7 +374,7 @@ def test_whole_node_pods_make_one_server_entry_per_node_keyed_by_host_ip() -> No
     c = Cluster(devices={"type": "npu", "count": 16, "perPod": 8})
     c.reconcile()
     assert sorted(c.pods) == ["sn-node-0", "sn-node-1"]
-    _annotate(c.pods["sn-node-1"], 0, range(8))
+    _annotate(c.pods["sn-node-1"], 0, range(7, -1, -1))  # chips listed in any order
     _annotate(c.pods["sn-node-0"], 1, range(8))
     c.reconcile()
     table = c.table()
@@ -382,6 +382,8 @@ def test_whole_node_pods_make_one_server_entry_per_node_keyed_by_host_ip() -> No
     first, second = table["server_list"]
     assert first["server_id"] == "127.0.1.2" and second["server_id"] == "127.0.1.1"
     assert [d["rank_id"] for d in first["device"] + second["device"]] == [str(r) for r in range(16)]
+    # Rank 8 + k on the chip of index k: the one its launcher's local rank k binds.
+    assert [d["device_id"] for d in second["device"]] == [str(k) for k in range(8)]
     assert c.status["ranks"]["scheduled"] == 16 and c.status["ranks"]["total"] == 16
 
 

@@ -18,8 +18,8 @@ from . import crd, env, schema
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 63 - len("-rank-9999")
 MAX_PODS = 10000
-# Chips per server an HCCL job on Ascend 910 may use.
-ASCEND_CHIPS_PER_SERVER = (1, 2, 4, 8)
+# Chips of one node an Ascend training job may hold (Huawei's affinity scheduling rules).
+ASCEND_CHIPS_PER_POD = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16)
 
 # shufflenet-train's --device per devices.type.
 TRAINER_DEVICE = {"npu": "npu", "gpu": "cuda", "cpu": "cpu"}
@@ -62,7 +62,7 @@ def validate_job(obj: Any) -> dict[str, Any]:
             f"spec.devices.perPod: {per_pod} devices per pod must divide spec.devices.count {ranks}"
         )
     if job["spec"]["devices"]["type"] == "npu":
-        _check_ascend_ranks(ranks, per_pod)
+        _check_ascend_ranks(per_pod)
     if ranks // per_pod > MAX_PODS:
         raise ManifestError(
             f"spec.devices.count: {ranks} devices make {ranks // per_pod} pods, more than "
@@ -77,18 +77,14 @@ def validate_job(obj: Any) -> dict[str, Any]:
     return job
 
 
-def _check_ascend_ranks(ranks: int, per_pod: int) -> None:
-    """HCCL on Ascend 910 links 1, 2 or 4 chips of one server (each half of a server is a
-    ring of 4), or whole servers of 8: other counts fail in HCCL's initialisation, late."""
-    if per_pod not in ASCEND_CHIPS_PER_SERVER:
+def _check_ascend_ranks(per_pod: int) -> None:
+    """Huawei's schedulers give a pod of an Ascend training job only these chip counts (the
+    HCCS rings of a server; 910 servers: 1, 2, 4 or 8; 910B/A3 boxes of 16 also 3-7 and
+    10-16 even): another count is never placed, or fails HCCL's initialisation."""
+    if per_pod not in ASCEND_CHIPS_PER_POD:
         raise ManifestError(
-            f"spec.devices.perPod: {per_pod} NPUs in a pod: an Ascend 910 server's HCCL takes "
-            "1, 2, 4 or 8 chips"
-        )
-    if ranks not in ASCEND_CHIPS_PER_SERVER and ranks % 8:
-        raise ManifestError(
-            f"spec.devices.count: {ranks} NPUs: HCCL on Ascend 910 takes 1, 2 or 4 chips of "
-            "one server, or whole servers (a multiple of 8)"
+            f"spec.devices.perPod: {per_pod} NPUs in a pod: Ascend servers give a job 1-8, "
+            "10, 12, 14 or 16 chips of one node (8 for a whole 910 server)"
         )
 
 

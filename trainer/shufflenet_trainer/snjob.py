@@ -1,8 +1,8 @@
 """``snjob``: the user CLI of ShuffleNet training jobs.
 
 Subcommands: ``valprep`` (sort the flat ImageNet val folder by class), ``run-local`` (run a
-job manifest on this machine), ``render crd`` (the CRD YAML from its Python source).
-``status`` attaches to the same parser as a further subcommand.
+job manifest on this machine), ``render crd`` (the CRD YAML from its Python source),
+``status`` (a job on a cluster: phase, ranks, progress, conditions, Events).
 """
 
 from __future__ import annotations
@@ -134,12 +134,33 @@ def add_render(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_render)
 
 
+def _status(args: argparse.Namespace) -> int:
+    from .jobstatus import job_status
+
+    print(job_status(args.name, args.namespace, args.kubectl))
+    return 0
+
+
+def add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "status",
+        help="a job on the cluster: phase, ranks, progress, conditions, recent Events",
+        description="Show a ShuffleNetTrainingJob's status, read with kubectl (its current "
+        "context and credentials). Exit 1 when it cannot be read (not found, no access).",
+    )
+    p.add_argument("name", help="the job's metadata.name")
+    p.add_argument("-n", "--namespace", help="its namespace (default: kubectl's)")
+    p.add_argument("--kubectl", metavar="PATH", help="kubectl binary (default: from PATH)")
+    p.set_defaults(func=_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snjob", description="ShuffleNet training jobs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_valprep(sub)
     add_run_local(sub)
     add_render(sub)
+    add_status(sub)
     return parser
 
 

@@ -1,0 +1,53 @@
+"""`snjob status`: the job's state as a person reads it (describe is pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shufflenet_trainer.jobstatus import describe
+
+JOB: dict[str, Any] = {
+    "metadata": {"name": "sn", "namespace": "team"},
+    "spec": {
+        "devices": {"type": "npu", "count": 8},
+        "training": {"epochs": 240},
+        "runPolicy": {"backoffLimit": 3},
+    },
+    "status": {
+        "phase": "Running",
+        "restarts": 1,
+        "ranks": {"total": 8, "scheduled": 8, "running": 8, "succeeded": 0, "failed": 0},
+        "rankTable": {"status": "completed", "version": 4},
+        "progress": {"epoch": 12.4, "imagesPerSecond": 2213.5, "top1": 31.25},
+        "startTime": "2026-11-28T01:00:00Z",
+        "conditions": [
+            {"type": "Running", "status": "True", "reason": "AllRanksRunning", "message": "8"},
+            {"type": "Restarting", "status": "False", "reason": "Restarted", "message": "ok"},
+        ],
+    },
+}
+
+
+def test_a_running_job_reads_in_a_few_lines() -> None:
+    events = [
+        {"lastTimestamp": f"2026-11-28T01:{m:02d}:00Z", "type": "Normal", "reason": f"R{m}"}
+        for m in range(12, 0, -1)
+    ]
+    text = describe(JOB, events)
+    lines = text.splitlines()
+    assert lines[0] == "job team/sn: Running (8 x npu, restarts 1 of 3)"
+    assert "ranks:    8 total, 8 scheduled, 8 running, 0 succeeded, 0 failed" in lines
+    assert "progress: epoch 12.40 of 240, 2213.5 images/s, val top-1 31.25%" in lines
+    assert "rank table: completed (version 4)" in lines
+    assert any(line.split() == ["Running", "True", "AllRanksRunning:", "8"] for line in lines)
+    # The latest ten Events, oldest first.
+    shown = [line.split()[2].rstrip(":") for line in lines if line.startswith("  2026")]
+    assert shown == [f"R{m}" for m in range(3, 13)]
+
+
+def test_a_job_the_operator_has_not_seen() -> None:
+    job = {"metadata": {"name": "new", "namespace": "ns"}, "spec": {"devices": {"type": "cpu"}}}
+    assert describe(job).splitlines() == [
+        "job ns/new: not seen yet (? x cpu, restarts 0 of ?)",
+        "progress: none yet",
+    ]
