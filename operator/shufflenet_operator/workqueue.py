@@ -31,14 +31,17 @@ class WorkQueue:
 
     def add(self, key: Key) -> None:
         with self._cond:
-            if self._closed:
-                return
-            if key in self._processing:
-                self._dirty.add(key)
-            elif key not in self._queued:
-                self._queued.add(key)
-                self._queue.append(key)
-                self._cond.notify()
+            if not self._closed:
+                self._enqueue(key)
+
+    def _enqueue(self, key: Key) -> None:
+        """Queue `key` once; one being processed runs again when done (lock held)."""
+        if key in self._processing:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.append(key)
+            self._cond.notify()
 
     def add_after(self, key: Key, seconds: float) -> None:
         if seconds <= 0:
@@ -60,11 +63,7 @@ class WorkQueue:
             if self._due.get(key) != due:
                 continue  # superseded by an earlier add_after of the same key
             del self._due[key]
-            if key in self._processing:
-                self._dirty.add(key)
-            elif key not in self._queued:
-                self._queued.add(key)
-                self._queue.append(key)
+            self._enqueue(key)
         return self._delayed[0][0] - now if self._delayed else None
 
     def get(self, timeout: float | None = None) -> Key | None:
@@ -92,10 +91,7 @@ class WorkQueue:
             self._processing.discard(key)
             if key in self._dirty:
                 self._dirty.discard(key)
-                if key not in self._queued:
-                    self._queued.add(key)
-                    self._queue.append(key)
-                    self._cond.notify()
+                self._enqueue(key)
 
     def close(self) -> None:
         with self._cond:

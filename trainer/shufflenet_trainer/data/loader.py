@@ -71,8 +71,47 @@ def _reason(exc: BaseException) -> str:
 Sample = tuple[np.ndarray | None, int, list[tuple[str, str]], str | None]
 
 
-class TrainFolderDataset(Dataset):
-    """Random-resized-crop batches of an image list; ``decode(path, size, params_fn)`` -> HWC."""
+class _FolderBatches(Dataset):
+    """Batches of an image list: ``sample()`` gives each image, this assembles the batch.
+
+    An image ``sample()`` returns as None (unreadable, not strict) is left out of the batch;
+    an error ends the batch (the engine reports it and exits).
+    """
+
+    samples: list[tuple[str, int]]
+    size: int
+    nhwc: bool
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample(self, epoch: int, index: int) -> Sample:
+        raise NotImplementedError
+
+    def __getitem__(self, key: BatchKey) -> Batch:  # type: ignore[override]
+        epoch, indices = key
+        images, buf = _alloc(len(indices), self.size, self.nhwc)
+        labels = torch.empty(len(indices), dtype=torch.int64)
+        skipped: list[tuple[str, str]] = []
+        k = 0
+        for index in indices:
+            arr, label, skip, err = self.sample(epoch, index)
+            skipped.extend(skip)
+            if err is not None:
+                return Batch(images, labels, self.nhwc, skipped, err)
+            if arr is None:
+                continue
+            _put(buf, k, arr, self.nhwc)
+            labels[k] = label
+            k += 1
+        if k < len(indices):
+            images, labels = images[:k], labels[:k]
+        return Batch(images, labels, self.nhwc, skipped)
+
+
+class TrainFolderDataset(_FolderBatches):
+    """Random-resized-crop batches of an image list; ``decode(path, size, params_fn)`` -> HWC.
+    A bad file is replaced by the next readable one, so batches stay full."""
 
     def __init__(
         self,
@@ -89,9 +128,6 @@ class TrainFolderDataset(Dataset):
         self.nhwc = nhwc
         self.strict = strict
         self.decode = decode
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def sample(self, epoch: int, index: int) -> Sample:
         """(HWC image, label, skipped files, error) for ``index``, substituting bad files."""
@@ -120,22 +156,8 @@ class TrainFolderDataset(Dataset):
             ),
         )
 
-    def __getitem__(self, key: BatchKey) -> Batch:  # type: ignore[override]
-        epoch, indices = key
-        images, buf = _alloc(len(indices), self.size, self.nhwc)
-        labels = torch.empty(len(indices), dtype=torch.int64)
-        skipped: list[tuple[str, str]] = []
-        for k, index in enumerate(indices):
-            arr, label, skip, err = self.sample(epoch, index)
-            skipped.extend(skip)
-            if err is not None:
-                return Batch(images, labels, self.nhwc, skipped, err)
-            _put(buf, k, arr, self.nhwc)
-            labels[k] = label
-        return Batch(images, labels, self.nhwc, skipped)
 
-
-class ValFolderDataset(Dataset):
+class ValFolderDataset(_FolderBatches):
     """Resize + centre-crop batches; unreadable images are dropped from the batch."""
 
     def __init__(
@@ -154,9 +176,6 @@ class ValFolderDataset(Dataset):
         self.strict = strict
         self.decode = decode
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def sample(self, epoch: int, index: int) -> Sample:
         """(HWC image or None if unreadable, label, skipped files, error)."""
         path, label = self.samples[index]
@@ -166,24 +185,6 @@ class ValFolderDataset(Dataset):
             if self.strict:
                 return None, label, [], _strict_msg(path, exc)
             return None, label, [(path, _reason(exc))], None
-
-    def __getitem__(self, key: BatchKey) -> Batch:  # type: ignore[override]
-        epoch, indices = key
-        images, buf = _alloc(len(indices), self.size, self.nhwc)
-        labels = torch.empty(len(indices), dtype=torch.int64)
-        skipped: list[tuple[str, str]] = []
-        k = 0
-        for index in indices:
-            arr, label, skip, err = self.sample(epoch, index)
-            skipped.extend(skip)
-            if err is not None:
-                return Batch(images, labels, self.nhwc, skipped, err)
-            if arr is None:
-                continue
-            _put(buf, k, arr, self.nhwc)
-            labels[k] = label
-            k += 1
-        return Batch(images[:k], labels[:k], self.nhwc, skipped)
 
 
 def _strict_msg(path: str, exc: BaseException) -> str:
