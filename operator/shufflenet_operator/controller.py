@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 # After an unexpected error (API server unreachable, a conflict...) the job is looked at
 # again after this long, doubling up to the resync period.
 ERROR_BACKOFF_S = 1.0
+# The longest pause between scrapes of a job whose metrics endpoint does not answer.
+MAX_SCRAPE_BACKOFF_S = 600.0
 
 
 def utcnow() -> datetime:
@@ -42,7 +44,9 @@ class Controller:
         self.resync_seconds = resync_seconds
         self.progress_seconds = progress_seconds
         self.scrape = scrape
-        self._scraped: dict[tuple[str, str], float] = {}
+        # Per job: when its next scrape is due, and how many scrapes in a row found nothing.
+        self._scrape_due: dict[tuple[str, str], float] = {}
+        self._scrape_misses: dict[tuple[str, str], int] = {}
         self.queue = WorkQueue()
         self.clock = clock
         self._workers = workers
@@ -84,7 +88,8 @@ class Controller:
                 # Gone: a job made again under this name starts without its error backoff.
                 metrics.PHASES.forget(namespace, name)
                 self._errors.pop(key, None)
-                self._scraped.pop(key, None)
+                self._scrape_due.pop(key, None)
+                self._scrape_misses.pop(key, None)
                 return
             now = self.clock()
             scraped = self._scrape_progress(key, observed.job, observed.pods)
@@ -134,14 +139,25 @@ class Controller:
     def _scrape_progress(
         self, key: tuple[str, str], job: dict[str, Any], pods: list[dict[str, Any]]
     ) -> dict[str, float] | None:
-        """Rank 0's progress, at most every progress_seconds per job, while it runs."""
+        """Rank 0's progress, at most every progress_seconds per job, while it runs.
+
+        An endpoint that answers nothing is asked less and less often (doubling, up to
+        MAX_SCRAPE_BACKOFF_S): a scrape that times out holds a worker, and a cluster whose
+        network policy keeps the operator from the pods must not starve the reconciles.
+        """
         if self.progress_seconds <= 0 or (job.get("status") or {}).get("phase") != policy.RUNNING:
             return None
-        last = self._scraped.get(key)
-        if last is not None and time.monotonic() - last < self.progress_seconds * 0.9:
+        now = time.monotonic()
+        if now < self._scrape_due.get(key, 0.0):
             return None
         url = progress.endpoint(job, pods)
         if url is None:
             return None
-        self._scraped[key] = time.monotonic()
-        return self.scrape(url)
+        found = self.scrape(url)
+        misses = 0 if found else self._scrape_misses.get(key, 0) + 1
+        self._scrape_misses[key] = misses
+        longest = max(MAX_SCRAPE_BACKOFF_S, self.progress_seconds)
+        wait = min(self.progress_seconds * 2**misses, longest)
+        # A little early: the reconcile that brings the next scrape comes on the same period.
+        self._scrape_due[key] = now + 0.9 * wait
+        return found
