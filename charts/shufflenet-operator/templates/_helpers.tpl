@@ -80,7 +80,7 @@ no secrets.
   verbs: [create]
 - apiGroups: [scheduling.volcano.sh]
   resources: [podgroups]
-  verbs: [get, list, watch, create, delete, patch]
+  verbs: [get, create]
 {{- end -}}
 
 {{/*
