@@ -141,9 +141,10 @@ class Controller:
     ) -> dict[str, float] | None:
         """Rank 0's progress, at most every progress_seconds per job, while it runs.
 
-        An endpoint that answers nothing is asked less and less often (doubling, up to
-        MAX_SCRAPE_BACKOFF_S): a scrape that times out holds a worker, and a cluster whose
-        network policy keeps the operator from the pods must not starve the reconciles.
+        An endpoint that answers nothing is asked less and less often (doubling, up to ten
+        intervals or MAX_SCRAPE_BACKOFF_S): a scrape that times out holds a worker, and a
+        cluster whose network policy keeps the operator from the pods must not starve the
+        reconciles.
         """
         if self.progress_seconds <= 0 or (job.get("status") or {}).get("phase") != policy.RUNNING:
             return None
@@ -156,7 +157,7 @@ class Controller:
         found = self.scrape(url)
         misses = 0 if found else self._scrape_misses.get(key, 0) + 1
         self._scrape_misses[key] = misses
-        longest = max(MAX_SCRAPE_BACKOFF_S, self.progress_seconds)
+        longest = max(min(MAX_SCRAPE_BACKOFF_S, 10 * self.progress_seconds), self.progress_seconds)
         wait = min(self.progress_seconds * 2**misses, longest)
         # A little early: the reconcile that brings the next scrape comes on the same period.
         self._scrape_due[key] = now + 0.9 * wait
