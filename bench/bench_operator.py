@@ -153,10 +153,8 @@ def pods_of(ranks: int, whole_node: bool) -> list[tuple[int, str, str]]:
 
 
 def build_hccl_json(pods: Sequence[tuple[int, str, str]], whole_node: bool) -> str:
-    entries = [
-        ranktable.pod_devices_from_annotation(rank, text, pod_uid=uid, whole_node=whole_node)
-        for rank, uid, text in pods
-    ]
+    annotated = [ranktable.AnnotatedPod(rank, uid, f"pod-{rank}", text) for rank, uid, text in pods]
+    entries = ranktable.pods_from_annotations(annotated, CHIPS_PER_NODE if whole_node else 1)
     return ranktable.dump(ranktable.build_rank_table(entries))
 
 

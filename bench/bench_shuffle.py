@@ -16,11 +16,7 @@ from collections.abc import Callable
 import torch
 
 from shufflenet_trainer import ops
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from shufflenet_trainer.device import synchronize
 
 
 def best_ms(variants: dict[str, Callable[[], object]], device: torch.device, repeat: int) -> dict:
@@ -31,10 +27,10 @@ def best_ms(variants: dict[str, Callable[[], object]], device: torch.device, rep
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeat):
         for name, fn in variants.items():
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             fn()
-            _sync(device)
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {name: min(t) * 1e3 for name, t in times.items()}
 

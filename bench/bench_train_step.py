@@ -1,7 +1,7 @@
 """Training-step throughput: our ShuffleNetV2 (fused shuffle) against torchvision's, same process.
 
 Run: python bench/bench_train_step.py [--device cpu|cuda] [--arch shufflenet_v2_x1_0]
-         [--batch 32] [--image-size 224] [--steps 10] [--rounds 3]
+         [--batch 32] [--image-size 224] [--steps 5] [--rounds 3]
          [--variants eager,channels_last,compile] [--amp off|bf16|fp16] [--json FILE]
 
 Each variant builds both models with the same weights and times full SGD steps (forward,
@@ -25,13 +25,11 @@ import torchvision
 from torch import nn
 
 from shufflenet_trainer import models
+from shufflenet_trainer.device import synchronize
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+# Our models by --models name: the shuffle op each uses.
+OUR_SHUFFLE = {"ours": "fused", "ours-reference": "reference"}
 
 
 def make_step(
@@ -57,28 +55,33 @@ def make_step(
 def images_per_second(
     step: Callable[[], None], device: torch.device, steps: int, batch: int
 ) -> float:
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    synchronize(device)
     return steps * batch / (time.perf_counter() - start)
 
 
 def bench_variant(args: argparse.Namespace, variant: str, device: torch.device) -> dict:
     channels_last = variant in ("channels_last", "compile")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    names = args.models.split(",")
+    # Every model starts from the same weights: torchvision's initialisation.
     reference = getattr(torchvision.models, args.arch)(weights=None).to(device)
-    candidates = {"torchvision": reference}
-    for name, shuffle in (("ours", "fused"), ("ours-reference", "reference")):
-        candidates[name] = models.build_model(args.arch, shuffle=shuffle).to(device)
-        candidates[name].load_state_dict(reference.state_dict())
+    candidates: dict[str, nn.Module] = {}
+    for name in names:
+        if name == "torchvision":
+            candidates[name] = reference
+        else:
+            candidates[name] = models.build_model(args.arch, shuffle=OUR_SHUFFLE[name]).to(device)
+            candidates[name].load_state_dict(reference.state_dict())
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     images = images.contiguous(memory_format=memory_format)
     labels = torch.randint(0, 1000, (args.batch,), device=device)
 
     steps = {}
-    for name in args.models.split(","):
+    for name in names:
         model = candidates[name]
         model = model.to(memory_format=memory_format).train()
         if variant == "compile":
@@ -87,7 +90,7 @@ def bench_variant(args: argparse.Namespace, variant: str, device: torch.device) 
         warmup_start = time.perf_counter()
         for _ in range(args.warmup):
             steps[name]()
-        _sync(device)
+        synchronize(device)
         if variant == "compile":
             print(
                 f"  {variant}/{name}: warm-up incl. compilation "
@@ -101,7 +104,8 @@ def bench_variant(args: argparse.Namespace, variant: str, device: torch.device) 
             rates[name].append(images_per_second(steps[name], device, args.steps, args.batch))
     row = {"variant": variant}
     row.update({f"{name}_images_per_s": statistics.median(r) for name, r in rates.items()})
-    row["ratio"] = row["ours_images_per_s"] / row["torchvision_images_per_s"]
+    if "ours" in rates and "torchvision" in rates:
+        row["ratio"] = row["ours_images_per_s"] / row["torchvision_images_per_s"]
     return row
 
 
@@ -136,10 +140,12 @@ def main() -> None:
     )
     rows = [bench_variant(args, v, device) for v in args.variants.split(",")]
     names = args.models.split(",")
-    print(f"{'variant':<15}" + "".join(f"{n + ' img/s':>22}" for n in names) + f"{'ratio':>8}")
+    with_ratio = "ours" in names and "torchvision" in names
+    header = f"{'variant':<15}" + "".join(f"{n + ' img/s':>22}" for n in names)
+    print(header + (f"{'ratio':>8}" if with_ratio else ""))
     for r in rows:
         cells = "".join(f"{r[n + '_images_per_s']:>22.1f}" for n in names)
-        print(f"{r['variant']:<15}{cells}{r['ratio']:>7.2f}x")
+        print(f"{r['variant']:<15}{cells}" + (f"{r['ratio']:>7.2f}x" if with_ratio else ""))
     if args.json:
         meta = {"device": name, "torch": torch.__version__, **vars(args)}
         with open(args.json, "w") as f:

@@ -1,10 +1,10 @@
 """Experiment: ways to write the fused split-shuffle's interleave on CUDA, timed side by side.
 
-The shipped generic kernel (a stack into a pair-split view) is one candidate; the others
-are a strided copy per half, the NPU kernel's cat + index_select, and a Triton gather that
-reads each output's source element directly. Each variant is checked against the reference
-on fresh random inputs before it is timed (CUDA events, median). Not used by the product:
-it tells which kernel is worth adopting for CUDA.
+The shipped generic kernel (two strided copies into a pair-split view) is one candidate; the
+others are torchvision's formulation, the NPU kernel's cat + index_select, and a Triton
+gather that reads each output's source element directly. Each variant is checked against
+the reference on fresh random inputs before it is timed (CUDA events, median). Not used by
+the product: it tells which kernel is worth adopting for CUDA.
 """
 
 from __future__ import annotations
@@ -71,18 +71,6 @@ if triton is not None:
         return outs[0], outs[1]
 
 
-def select_copy_split(x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    half = x1.shape[1] // 2
-    outs = []
-    for lo, hi in ((0, half), (half, x1.shape[1])):
-        out = torch.empty_like(x1)
-        pairs = out.unflatten(1, (-1, 2))
-        pairs.select(2, 0).copy_(x1[:, lo:hi])
-        pairs.select(2, 1).copy_(x2[:, lo:hi])
-        outs.append(out)
-    return outs[0], outs[1]
-
-
 def cuda_ms(fn, repeat: int = 100) -> float:
     for _ in range(10):
         fn()
@@ -99,9 +87,8 @@ def cuda_ms(fn, repeat: int = 100) -> float:
 
 def main() -> int:
     variants = {
-        "shipped (stack)": ops.channel_shuffle_split,
+        "shipped (strided copies)": ops.channel_shuffle_split,
         "torchvision": ops.reference_channel_shuffle_split,
-        "select+copy_": select_copy_split,
         "cat+index_select (npu)": ops_npu.index_shuffle_split,
     }
     if triton is not None:

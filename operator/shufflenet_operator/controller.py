@@ -125,7 +125,10 @@ class Controller:
             if plan.requeue_after is not None:
                 wait = min(wait, plan.requeue_after)
             if plan.status.get("phase") == policy.RUNNING and self.progress_seconds > 0:
-                wait = min(wait, self.progress_seconds)
+                # Back when the next scrape is due (later while an endpoint stays silent).
+                due = self._scrape_due.get(key)
+                left = self.progress_seconds if due is None else due - time.monotonic()
+                wait = min(wait, max(left, 0.0))
             self.queue.add_after(key, wait)
         except Exception:
             failures = self._errors.get(key, 0) + 1
@@ -159,6 +162,5 @@ class Controller:
         self._scrape_misses[key] = misses
         longest = max(min(MAX_SCRAPE_BACKOFF_S, 10 * self.progress_seconds), self.progress_seconds)
         wait = min(self.progress_seconds * 2**misses, longest)
-        # A little early: the reconcile that brings the next scrape comes on the same period.
-        self._scrape_due[key] = now + 0.9 * wait
+        self._scrape_due[key] = now + wait
         return found

@@ -20,7 +20,7 @@ from kubernetes.client import ApiException
 
 from shufflenet_contract import crd
 
-from . import render
+from . import policy, render
 from . import status as st
 from .policy import Plan
 
@@ -41,18 +41,20 @@ def load_api_client() -> client.ApiClient:
 
 
 class Rejected(Exception):
-    """The API server refused a child as invalid (422): the job's spec, not a passing fault."""
+    """The API server refused a child: the job's spec is at fault, not a passing condition
+    (the message says what to change)."""
 
-    def __init__(self, kind: str, name: str, message: str) -> None:
-        super().__init__(f"{kind} {name} rejected by the API server: {message}")
+    @classmethod
+    def invalid(cls, kind: str, name: str, message: str) -> Rejected:
+        """A child refused as invalid (422)."""
+        return cls(f"{kind} {name} rejected by the API server: {message}")
 
 
 class PodGroupUnavailable(Rejected):
     """Gang scheduling was asked for, but the cluster has no Volcano PodGroup API."""
 
     def __init__(self) -> None:
-        Exception.__init__(
-            self,
+        super().__init__(
             f"spec.scheduling.gang: true needs Volcano's PodGroup API "
             f"({render.PODGROUP_GROUP}/{render.PODGROUP_VERSION}), which this cluster does "
             "not serve: install Volcano, or set spec.scheduling.gang to false (and "
@@ -95,14 +97,14 @@ class Kube:
             raise
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self.custom.get_namespaced_custom_object(
-                crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._get(
+            self.custom.get_namespaced_custom_object,
+            crd.GROUP,
+            crd.VERSION,
+            namespace,
+            crd.PLURAL,
+            name,
+        )
 
     def observe(self, namespace: str, name: str) -> Observed:
         job = self.get_job(namespace, name)
@@ -123,29 +125,32 @@ class Kube:
             for p in pods
             if any(ref.get("uid") == uid for ref in (p["metadata"].get("ownerReferences") or []))
         ]
+        foreign = len(pods) - len(owned)
+        if (job.get("status") or {}).get("phase") in policy.TERMINAL:
+            # A finished job's plan looks at its pods only (cleanup, TTL).
+            return Observed(job, owned, None, None, foreign)
+        spec = job.get("spec") or {}
         service = self._get(self.core.read_namespaced_service, render.service_name(job), namespace)
-        configmap = self._get(
-            self.core.read_namespaced_config_map, render.configmap_name(job), namespace
-        )
-        has_podgroup = False
-        if ((job.get("spec") or {}).get("scheduling") or {}).get("gang"):
-            has_podgroup = self._podgroup_exists(namespace, render.podgroup_name(job))
-        return Observed(job, owned, service, configmap, len(pods) - len(owned), has_podgroup)
-
-    def _podgroup_exists(self, namespace: str, name: str) -> bool:
-        try:
-            self.custom.get_namespaced_custom_object(
-                render.PODGROUP_GROUP,
-                render.PODGROUP_VERSION,
-                namespace,
-                render.PODGROUP_PLURAL,
-                name,
+        configmap = None
+        if (spec.get("devices") or {}).get("type") == "npu":
+            configmap = self._get(
+                self.core.read_namespaced_config_map, render.configmap_name(job), namespace
             )
-            return True
-        except ApiException as exc:
-            if exc.status == 404:  # the group, or the whole API when Volcano is missing
-                return False
-            raise
+        has_podgroup = False
+        if (spec.get("scheduling") or {}).get("gang"):
+            # 404: no such group, or no such API (Volcano missing): creating it will tell.
+            has_podgroup = (
+                self._get(
+                    self.custom.get_namespaced_custom_object,
+                    render.PODGROUP_GROUP,
+                    render.PODGROUP_VERSION,
+                    namespace,
+                    render.PODGROUP_PLURAL,
+                    render.podgroup_name(job),
+                )
+                is not None
+            )
+        return Observed(job, owned, service, configmap, foreign, has_podgroup)
 
     def _create_podgroup(self, namespace: str, body: dict[str, Any]) -> Any:
         try:
@@ -181,16 +186,6 @@ class Kube:
                 {"data": plan.configmap_data},
                 _content_type=_MERGE,
             )
-        for pod_name, uid in plan.delete_pods:
-            try:
-                self.core.delete_namespaced_pod(
-                    pod_name,
-                    namespace,
-                    body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
-                )
-            except ApiException as exc:
-                if exc.status not in (404, 409):
-                    raise
         old = job.get("status") or {}
         if plan.status != old:
             # A merge patch keeps what it does not mention: dropped fields are set to null.
@@ -204,6 +199,19 @@ class Kube:
                 {"status": patch},
                 _content_type=_MERGE,
             )
+        # Pods are deleted after the status is written: should the operator die in between,
+        # the status already says why (a restart's reason, Failed), and their stale restart
+        # label has them deleted, not mistaken for a new failure, next time.
+        for pod_name, uid in plan.delete_pods:
+            try:
+                self.core.delete_namespaced_pod(
+                    pod_name,
+                    namespace,
+                    body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+                )
+            except ApiException as exc:
+                if exc.status not in (404, 409):
+                    raise
         for event in plan.events:
             self.post_event(job, event, now)
         if plan.delete_job:
@@ -231,7 +239,7 @@ class Kube:
             create(namespace, manifest)
         except ApiException as exc:
             if exc.status == 422:
-                raise Rejected(
+                raise Rejected.invalid(
                     manifest["kind"], manifest["metadata"]["name"], _api_message(exc)
                 ) from None
             if exc.status != 409:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -12,6 +13,8 @@ from . import handlers
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    # Defaults come from handlers.Options, which also serves `kopf run -m`.
+    d = handlers.Options()
     p = argparse.ArgumentParser(
         prog="shufflenet-operator",
         description="Reconcile ShuffleNetTrainingJobs: rank pods, rank tables, restarts.",
@@ -19,12 +22,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "-n",
         "--namespace",
+        dest="namespaces",
         action="append",
         default=[],
         help="watch this namespace (repeatable; default: all namespaces)",
     )
-    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port; 0: off")
-    p.add_argument("--metrics-addr", default="0.0.0.0")
+    p.add_argument(
+        "--metrics-port", type=int, default=d.metrics_port, help="Prometheus port; 0: off"
+    )
+    p.add_argument("--metrics-addr", default=d.metrics_addr)
     p.add_argument(
         "--liveness",
         default="http://0.0.0.0:8081/healthz",
@@ -32,21 +38,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--restart-backoff",
+        dest="restart_backoff_seconds",
         type=float,
-        default=10.0,
+        default=d.restart_backoff_seconds,
         help="seconds before the first whole-job restart, doubling with each one",
     )
-    p.add_argument("--max-backoff", type=float, default=300.0)
-    p.add_argument("--resync", type=float, default=60.0, help="look at every job this often")
+    p.add_argument(
+        "--max-backoff", dest="max_backoff_seconds", type=float, default=d.max_backoff_seconds
+    )
+    p.add_argument(
+        "--resync",
+        dest="resync_seconds",
+        type=float,
+        default=d.resync_seconds,
+        help="look at every job this often",
+    )
     p.add_argument(
         "--progress-interval",
+        dest="progress_seconds",
         type=float,
-        default=30.0,
+        default=d.progress_seconds,
         help="seconds between scrapes of a running job's rank 0 metrics for status.progress; "
         "0: off",
     )
-    p.add_argument("--watch-timeout", type=int, default=60, help="seconds per watch request")
-    p.add_argument("--workers", type=int, default=2, help="jobs reconciled in parallel")
+    p.add_argument(
+        "--watch-timeout",
+        dest="watch_timeout_seconds",
+        type=int,
+        default=d.watch_timeout_seconds,
+        help="seconds per watch request",
+    )
+    p.add_argument("--workers", type=int, default=d.workers, help="jobs reconciled in parallel")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     return p.parse_args(argv)
@@ -54,15 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    handlers.OPTIONS.namespaces = list(args.namespace)
-    handlers.OPTIONS.metrics_port = args.metrics_port
-    handlers.OPTIONS.metrics_addr = args.metrics_addr
-    handlers.OPTIONS.restart_backoff_seconds = args.restart_backoff
-    handlers.OPTIONS.max_backoff_seconds = args.max_backoff
-    handlers.OPTIONS.resync_seconds = args.resync
-    handlers.OPTIONS.progress_seconds = args.progress_interval
-    handlers.OPTIONS.watch_timeout_seconds = args.watch_timeout
-    handlers.OPTIONS.workers = args.workers
+    options = vars(args)
+    handlers.OPTIONS = handlers.Options(
+        **{f.name: options[f.name] for f in dataclasses.fields(handlers.Options)}
+    )
     kopf.configure(verbose=args.verbose, quiet=args.quiet)
     if not args.verbose:
         # kopf logs every handler call at INFO: a line per pod change of every rank.
@@ -70,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     kopf.run(
         # One replica; peering (leader election between replicas) needs kopf's peering CRDs.
         standalone=True,
-        namespaces=args.namespace,
-        clusterwide=not args.namespace,
+        namespaces=args.namespaces,
+        clusterwide=not args.namespaces,
         liveness_endpoint=args.liveness or None,
     )
     return 0

@@ -11,8 +11,6 @@ status: `restarts` (the current attempt; pods carry it as a label), the `Created
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,7 +44,7 @@ def backoff_delay(restarts: int, settings: Settings) -> float:
 
 @dataclass
 class Plan:
-    """What one reconcile should do; applied in order: create, configmap, delete, status."""
+    """What one reconcile should do; applied in order: create, configmap, status, delete."""
 
     status: dict[str, Any]
     create: list[dict[str, Any]] = field(default_factory=list)
@@ -120,17 +118,26 @@ def _cleanup(ctx: _Ctx, pods: Sequence[Mapping[str, Any]], policy: str) -> None:
         _delete(ctx, [p for p in pods if st.pod_phase(p) in ("Pending", "Running", "Unknown")])
 
 
-def _table_of(configmap: Mapping[str, Any] | None) -> tuple[Any, int]:
-    data = (configmap or {}).get("data") or {}
-    try:
-        version = int(data.get(ranktable.VERSION_KEY, "0"))
-    except ValueError:
-        version = 0
-    try:
-        table = json.loads(data.get(ranktable.FILE_KEY, ""))
-    except ValueError:
-        table = None
-    return table, version
+def _finished(
+    ctx: _Ctx, current: Mapping[int, Mapping[str, Any]], run_policy: Mapping[str, Any]
+) -> Plan:
+    """A finished job (Succeeded or Failed): cleanPodPolicy now, ttlSecondsAfterFinished
+    when it comes."""
+    _cleanup(ctx, list(current.values()), run_policy["cleanPodPolicy"])
+    ttl = run_policy.get("ttlSecondsAfterFinished")
+    finished = st.parse_time(ctx.status.get("completionTime"))
+    if ttl is not None and finished is not None:
+        left = (finished + timedelta(seconds=ttl) - ctx.now).total_seconds()
+        if left <= 0:
+            ctx.plan.delete_job = True
+        else:
+            ctx.plan.requeue(left)
+    return ctx.done()
+
+
+def _version_of(configmap: Mapping[str, Any] | None) -> int:
+    text = ((configmap or {}).get("data") or {}).get(ranktable.VERSION_KEY, "0")
+    return int(text) if str(text).isdigit() else 0
 
 
 def _rank_table(
@@ -141,7 +148,6 @@ def _rank_table(
 ) -> None:
     """Keep the rank-table ConfigMap equal to what the current rank pods imply."""
     pods = jobs.pod_count(job)
-    per_pod = jobs.devices_per_pod(job)
     annotated = {
         rank: pod
         for rank, pod in current.items()
@@ -150,12 +156,25 @@ def _rank_table(
         and ranktable.ANNOTATION in ((pod.get("metadata") or {}).get("annotations") or {})
     }
     table: dict[str, Any] = ranktable.initializing_table()
+    text = ranktable.dump(table)
     reason, message = "WaitingForDevices", f"{len(annotated)} of {pods} rank pods have their NPUs"
     if len(annotated) == pods:
         try:
-            built = ranktable.build_rank_table(_pod_devices(annotated, per_pod))
-            world = pods * per_pod
-            size = len(ranktable.dump(built).encode())
+            entries = ranktable.pods_from_annotations(
+                [
+                    ranktable.AnnotatedPod(
+                        rank,
+                        str(pod["metadata"].get("uid")),
+                        str(pod["metadata"].get("name")),
+                        pod["metadata"]["annotations"][ranktable.ANNOTATION],
+                    )
+                    for rank, pod in sorted(annotated.items())
+                ],
+                jobs.devices_per_pod(job),
+            )
+            built = ranktable.build_rank_table(entries)
+            built_text = ranktable.dump(built)
+            size = len(built_text.encode())
             if size > ranktable.MAX_CONFIGMAP_BYTES:
                 reason = "RankTableTooLarge"
                 message = (
@@ -163,52 +182,21 @@ def _rank_table(
                     "more than a ConfigMap holds: put several devices in each pod (perPod 8)"
                 )
             else:
-                table = built
+                table, text = built, built_text
+                world = jobs.world_size(job)
                 reason, message = "RankTableWritten", f"HCCL rank table of {world} ranks written"
         except ValueError as exc:  # RankTableError is a ValueError
             reason, message = "InvalidDeviceAnnotation", str(exc)
-    old_table, version = _table_of(configmap)
-    if old_table != table:
-        version += 1
-        ctx.plan.configmap_data = render.configmap_data(table, version)
-        ctx.plan.ranktable_completed = table["status"] == ranktable.STATUS_COMPLETED
-    ctx.status["rankTable"] = {"status": table["status"], "version": version}
     complete = table["status"] == ranktable.STATUS_COMPLETED
+    version = _version_of(configmap)
+    # Compared as text: the table is written from this very text, so an unchanged pod set
+    # writes nothing (and parsing a large table back every reconcile would cost more).
+    if ((configmap or {}).get("data") or {}).get(ranktable.FILE_KEY) != text:
+        version += 1
+        ctx.plan.configmap_data = render.configmap_data(text, version)
+        ctx.plan.ranktable_completed = complete
+    ctx.status["rankTable"] = {"status": table["status"], "version": version}
     ctx.cond(st.RANKTABLE_READY, complete, reason, message)
-
-
-def _pod_devices(
-    annotated: Mapping[int, Mapping[str, Any]], per_pod: int
-) -> list[ranktable.PodDevices]:
-    """The rank table's server entries from the pods' device-plugin annotations.
-
-    One-device pods are keyed by pod UID. A pod of several devices is keyed by its node's
-    host IP, as for a whole node, unless two of the job's pods share a node: then neither
-    holds the whole node and the pod UID keeps the entries apart.
-    """
-    entries = []
-    for rank, pod in sorted(annotated.items()):
-        entry = ranktable.pod_devices_from_annotation(
-            rank,
-            pod["metadata"]["annotations"][ranktable.ANNOTATION],
-            pod_uid=str(pod["metadata"].get("uid")),
-            whole_node=True,
-        )
-        # Local rank k binds the k-th visible chip, and the runtime lists them by index.
-        chips = sorted(entry.devices, key=lambda d: int(d.device_id or 0))
-        entry = dataclasses.replace(entry, devices=tuple(chips))
-        if len(entry.devices) != per_pod:
-            raise ranktable.RankTableError(
-                ranktable.ANNOTATION,
-                f"pod {pod['metadata'].get('name')} got {len(entry.devices)} devices, "
-                f"spec.devices.perPod is {per_pod}",
-            )
-        entries.append(entry)
-    hosts = [e.server_id for e in entries]
-    if per_pod == 1 or len(set(hosts)) < len(hosts):
-        uids = [str(pod["metadata"].get("uid")) for _, pod in sorted(annotated.items())]
-        entries = [dataclasses.replace(e, server_id=u) for e, u in zip(entries, uids, strict=True)]
-    return entries
 
 
 def _rank_table_reset(
@@ -279,16 +267,7 @@ def plan(
     _delete(ctx, stale)
 
     if status.get("phase") in TERMINAL:
-        _cleanup(ctx, list(current.values()), run_policy["cleanPodPolicy"])
-        ttl = run_policy.get("ttlSecondsAfterFinished")
-        finished = st.parse_time(status.get("completionTime"))
-        if ttl is not None and finished is not None:
-            left = (finished + timedelta(seconds=ttl) - now).total_seconds()
-            if left <= 0:
-                ctx.plan.delete_job = True
-            else:
-                ctx.plan.requeue(left)
-        return ctx.done()
+        return _finished(ctx, current, run_policy)
 
     # Children that must exist while the job is alive (re-created if someone deletes them).
     if service is None:
@@ -319,8 +298,7 @@ def plan(
                 "DeadlineExceeded",
                 f"spec.runPolicy.activeDeadlineSeconds: the job ran longer than {deadline}s",
             )
-            _cleanup(ctx, list(current.values()), run_policy["cleanPodPolicy"])
-            return ctx.done()
+            return _finished(ctx, current, run_policy)
         ctx.plan.requeue(left)
 
     created = ctx.is_true(st.CREATED)
@@ -341,8 +319,7 @@ def plan(
     permanent = [f for f in failures if not f.retryable]
     if permanent:
         ctx.fail(permanent[0].reason, permanent[0].message)
-        _cleanup(ctx, list(current.values()), run_policy["cleanPodPolicy"])
-        return ctx.done()
+        return _finished(ctx, current, run_policy)
     if failures:
         # Name the rank that died, not one that merely lost it (the trainer's exit 134).
         first = min(failures, key=lambda f: f.exit_code == st.EXIT_LOST_PEER)
@@ -353,8 +330,7 @@ def plan(
                 f"{first.message}; the job was restarted {restarts} times "
                 f"(spec.runPolicy.backoffLimit {limit})",
             )
-            _cleanup(ctx, list(current.values()), run_policy["cleanPodPolicy"])
-            return ctx.done()
+            return _finished(ctx, current, run_policy)
         # The status is written before the pods are deleted: if the operator dies in
         # between, the pods' restart label is already stale and they are deleted next time.
         restarts += 1
@@ -384,10 +360,7 @@ def plan(
         ctx.clear(st.RESTARTING, "Completed", message)
         status["phase"] = SUCCEEDED
         status.setdefault("completionTime", st.format_time(now))
-        ttl = run_policy.get("ttlSecondsAfterFinished")
-        if ttl is not None:
-            ctx.plan.requeue(ttl)
-        return ctx.done()
+        return _finished(ctx, current, run_policy)
 
     if not created:
         if restarts and ctx.is_true(st.RESTARTING):

@@ -28,15 +28,15 @@ FIELDS = {
 SCRAPE_TIMEOUT_S = 2.0
 
 
-def parse(text: str, rank: str = "0") -> dict[str, float]:
-    """The progress fields found for `rank` in a Prometheus text exposition."""
+def parse(text: str) -> dict[str, float]:
+    """The progress fields rank 0 reports in a Prometheus text exposition."""
     progress: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         field = FIELDS.get(family.name)
         if field is None:
             continue
         for sample in family.samples:
-            if sample.labels.get("rank") == rank and sample.value == sample.value:  # not NaN
+            if sample.labels.get("rank") == "0" and sample.value == sample.value:  # not NaN
                 progress[field[0]] = round(float(sample.value), field[1])
     return progress
 

@@ -137,17 +137,18 @@ def render_podgroup(job: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def configmap_data(table: Mapping[str, Any], version: int) -> dict[str, str]:
-    return {ranktable.FILE_KEY: ranktable.dump(dict(table)), ranktable.VERSION_KEY: str(version)}
+def configmap_data(table_text: str, version: int) -> dict[str, str]:
+    """The rank-table ConfigMap's data: hccl.json (as ranktable.dump writes it), version."""
+    return {ranktable.FILE_KEY: table_text, ranktable.VERSION_KEY: str(version)}
 
 
-def render_configmap(job: Mapping[str, Any], version: int = 1) -> dict[str, Any]:
-    """The rank-table ConfigMap as first created: status initializing."""
+def render_configmap(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The rank-table ConfigMap as first created: status initializing, version 1."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(job, configmap_name(job), {}),
-        "data": configmap_data(ranktable.initializing_table(), version),
+        "data": configmap_data(ranktable.dump(ranktable.initializing_table()), 1),
     }
 
 
@@ -252,8 +253,9 @@ def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str
     return merged
 
 
-# Lists of these keys are merged item by item on `name` (as strategic merge patch does for
-# containers, volumes, env, ports and mounts); any other list is replaced by the override.
+# Lists of these keys are merged item by item on `name` (strategic merge patch does so for
+# containers, volumes, env and mounts; it keys ports by containerPort, we by name too, since
+# ours are named); any other list is replaced by the override.
 _MERGE_BY_NAME = {
     "containers",
     "initContainers",

@@ -43,14 +43,17 @@ def parse_time(text: Any) -> datetime | None:
         return None
 
 
-def pod_rank(pod: Mapping[str, Any]) -> int | None:
-    text = ((pod.get("metadata") or {}).get("labels") or {}).get(render.RANK_LABEL, "")
+def _int_label(pod: Mapping[str, Any], key: str) -> int | None:
+    text = ((pod.get("metadata") or {}).get("labels") or {}).get(key, "")
     return int(text) if str(text).isdigit() else None
+
+
+def pod_rank(pod: Mapping[str, Any]) -> int | None:
+    return _int_label(pod, render.RANK_LABEL)
 
 
 def pod_restart(pod: Mapping[str, Any]) -> int | None:
-    text = ((pod.get("metadata") or {}).get("labels") or {}).get(render.RESTART_LABEL, "")
-    return int(text) if str(text).isdigit() else None
+    return _int_label(pod, render.RESTART_LABEL)
 
 
 def pod_phase(pod: Mapping[str, Any]) -> str:

@@ -43,12 +43,14 @@ api_get() {
         -H @"$STATE/auth-header" "https://127.0.0.1:$(cat "$STATE/ports/apiserver")$1"
 }
 
+api_ready() { [[ "$(api_get /readyz 2>/dev/null)" == ok ]]; }
+
 all_up() {
     local c
     for c in etcd kube-apiserver kube-controller-manager kube-scheduler; do
         alive "$c" || return 1
     done
-    [[ "$(api_get /readyz 2>/dev/null)" == ok ]]
+    api_ready
 }
 
 if [[ -f "$STATE/$MARKER" ]]; then
@@ -139,7 +141,6 @@ start kube-apiserver "$BIN/kube-apiserver" \
     --service-account-issuer https://kubernetes.default.svc \
     --service-cluster-ip-range 127.0.3.0/24 --endpoint-reconciler-type none \
     --allow-privileged --profiling=false
-api_ready() { [[ "$(api_get /readyz)" == ok ]]; }
 wait_for "kube-apiserver /readyz" api_ready
 
 cat >"$STATE/kubeconfig" <<EOF

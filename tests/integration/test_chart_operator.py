@@ -157,10 +157,15 @@ def test_deployment_args_are_flags_the_operator_accepts(values: tuple[str, ...])
     (dep,) = by_kind(helm_template(*OPERATOR_ONLY, *values))["Deployment"]
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     args = operator_main.parse_args(c["args"])  # exits on a flag it does not know
-    assert args.namespace == (["team-a", "team-b"] if values else [])
+    assert args.namespaces == (["team-a", "team-b"] if values else [])
     assert args.metrics_port == 8080
     assert args.liveness == "http://0.0.0.0:8081/healthz"
-    timing = (args.restart_backoff, args.max_backoff, args.resync, args.progress_interval)
+    timing = (
+        args.restart_backoff_seconds,
+        args.max_backoff_seconds,
+        args.resync_seconds,
+        args.progress_seconds,
+    )
     assert timing == (10, 300, 60, 30) and args.workers == 2
 
 

@@ -33,10 +33,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def install_crd(api: client.ApiClient) -> None:
-    """Create the CRD from crd.py (the committed YAML equals it; a unit test checks)."""
+def install_crd(api: client.ApiClient, body: dict[str, Any] | None = None) -> None:
+    """Create a CRD (default: ours, from crd.py; the committed YAML equals it, a unit test
+    checks) unless it exists, and wait until it is served."""
     ext = client.ApiextensionsV1Api(api)
-    body = crd.crd()
+    body = body or crd.crd()
     try:
         ext.create_custom_resource_definition(body)
     except client.ApiException as e:
@@ -47,7 +48,11 @@ def install_crd(api: client.ApiClient) -> None:
         conds = ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions
         return any(c.type == "Established" and c.status == "True" for c in conds or [])
 
-    wait_for(established, timeout=60, what="CRD established")
+    wait_for(established, timeout=60, what=f"CRD {body['metadata']['name']} established")
+
+
+# How often the test operator looks at every job (its --resync), seconds.
+RESYNC_S = 5
 
 
 class OperatorProcess:
@@ -100,7 +105,7 @@ class OperatorProcess:
             "--restart-backoff",
             "0.5",
             "--resync",
-            "5",
+            str(RESYNC_S),
             "--progress-interval",
             "1",
             "--watch-timeout",
@@ -169,6 +174,9 @@ def job_manifest(name: str, *, device: str = "npu", count: int = 8, **spec: Any)
             "runPolicy": {"backoffLimit": 2},
             # No Volcano here: the default scheduler, and no PodGroup unless a test asks.
             "scheduling": {"schedulerName": "default-scheduler", "gang": False},
+            # A port nothing listens on: the operator scrapes rank 0's pod IP (loopback here)
+            # at this port, and a trainer elsewhere on the machine on 9400 would answer.
+            "metrics": {"port": free_port()},
             **copy.deepcopy(spec),
         },
     }

@@ -21,6 +21,7 @@ from kubernetes import client
 from sim.node_agent import ASCEND_910_ANNOTATION, NPU_RESOURCE, NodeAgent, wait_for
 
 from k8s.cluster import REPO, ControlPlane
+from k8s.operator_harness import install_crd
 
 CRD_PATH = REPO / "manifests" / "crd" / "shufflenettrainingjobs.yaml"
 EXAMPLES = REPO / "manifests" / "examples"
@@ -311,24 +312,11 @@ def _examples() -> list[dict[str, Any]]:
     return docs
 
 
-@pytest.mark.skipif(not CRD_PATH.exists(), reason=f"{CRD_PATH.relative_to(REPO)} not written yet")
 def test_api_server_validates_shufflenet_training_jobs(
     k8s_api: client.ApiClient, namespace: str
 ) -> None:
     crd = yaml.safe_load(CRD_PATH.read_text())
-    ext = client.ApiextensionsV1Api(k8s_api)
-    name = crd["metadata"]["name"]
-    try:
-        ext.create_custom_resource_definition(crd)
-    except client.ApiException as e:
-        if e.status != 409:
-            raise
-
-    def established() -> bool:
-        conds = ext.read_custom_resource_definition(name).status.conditions or []
-        return any(c.type == "Established" and c.status == "True" for c in conds)
-
-    wait_for(established, timeout=60, what=f"CRD {name} established")
+    install_crd(k8s_api, crd)
     group = crd["spec"]["group"]
     plural = crd["spec"]["names"]["plural"]
     version = next(v["name"] for v in crd["spec"]["versions"] if v.get("served", True))

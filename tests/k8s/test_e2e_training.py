@@ -35,6 +35,11 @@ def running_nodes(core_v1: client.CoreV1Api, tmp_path: Path) -> Iterator[NodeAge
         yield agent
 
 
+def container_logs(tmp_path: Path, pod: str) -> str:
+    """What the containers of every pod named `pod` (all attempts) wrote."""
+    return "".join(p.read_text() for p in sorted((tmp_path / "containers").glob(f"{pod}-*.log")))
+
+
 def tiny_job(name: str, checkpoints: Path, *, epochs: int, **devices: int) -> dict:
     """A CPU job of a few seconds an epoch on 2 cores: x0.5 at 32 px on synthetic data, 6
     steps an epoch, checkpoints on a hostPath volume."""
@@ -63,13 +68,8 @@ def tiny_job(name: str, checkpoints: Path, *, epochs: int, **devices: int) -> di
 
 
 def test_cpu_job_trains_survives_a_killed_rank_and_succeeds(
-    running_nodes: NodeAgent,
-    operator: OperatorProcess,
-    k8s_api: client.ApiClient,
-    namespace: str,
-    tmp_path: Path,
+    running_nodes: NodeAgent, operator: OperatorProcess, jobs: Jobs, tmp_path: Path
 ) -> None:
-    jobs = Jobs(k8s_api, namespace)
     checkpoints = tmp_path / "checkpoints"
     jobs.create(tiny_job("e2e", checkpoints, epochs=3, count=2))
     jobs.wait_phase("e2e", "Running", timeout=120)
@@ -107,27 +107,19 @@ def test_cpu_job_trains_survives_a_killed_rank_and_succeeds(
     newest = max(saved, key=lambda p: p.stat().st_mtime)
     state = torch.load(newest, map_location="cpu", weights_only=True)
     assert state["epoch"] == 3
-    logs = "".join(p.read_text() for p in (tmp_path / "containers").glob("e2e-rank-0-*.log"))
+    logs = container_logs(tmp_path, "e2e-rank-0")
     assert "=> --resume auto: found" in logs, logs[-3000:]
 
 
 def test_pods_of_two_devices_each_run_a_four_rank_job(
-    running_nodes: NodeAgent,
-    operator: OperatorProcess,
-    k8s_api: client.ApiClient,
-    namespace: str,
-    tmp_path: Path,
+    running_nodes: NodeAgent, operator: OperatorProcess, jobs: Jobs, tmp_path: Path
 ) -> None:
-    jobs = Jobs(k8s_api, namespace)
     checkpoints = tmp_path / "checkpoints"
     jobs.create(tiny_job("pairs", checkpoints, epochs=1, count=4, perPod=2))
     status = jobs.wait_phase("pairs", "Succeeded", timeout=400)
     assert status["restarts"] == 0 and status["ranks"]["succeeded"] == 4
     # Each pod's launcher started its two ranks of the one 4-rank job.
-    logs = {
-        name: "".join(p.read_text() for p in (tmp_path / "containers").glob(f"{name}-*.log"))
-        for name in ("pairs-node-0", "pairs-node-1")
-    }
+    logs = {name: container_logs(tmp_path, name) for name in ("pairs-node-0", "pairs-node-1")}
     assert "starting ranks 0..1 of 4" in logs["pairs-node-0"], logs["pairs-node-0"][-2000:]
     assert "starting ranks 2..3 of 4" in logs["pairs-node-1"], logs["pairs-node-1"][-2000:]
     (result,) = checkpoints.glob("training_4p_job_*")

@@ -14,9 +14,10 @@ import sys
 import time
 
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 from sim.node_agent import ASCEND_910_ANNOTATION, NPU_RESOURCE, NodeAgent, wait_for
 
-from k8s.operator_harness import Jobs, OperatorProcess, free_port, job_manifest
+from k8s.operator_harness import RESYNC_S, Jobs, OperatorProcess, free_port, job_manifest
 from k8s.volcano import podgroup_api
 from shufflenet_contract import ranktable
 from shufflenet_operator import render
@@ -24,6 +25,15 @@ from shufflenet_trainer.config import parse_config
 from shufflenet_trainer.metrics import MetricsExporter
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
+def _reconcile_count(exposition: str) -> float:
+    """shufflenet_operator_reconcile_seconds_count from the operator's /metrics."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == "shufflenet_operator_reconcile_seconds_count":
+                return sample.value
+    raise AssertionError("shufflenet_operator_reconcile_seconds_count not exported")
 
 
 def _table(core: client.CoreV1Api, ns: str, job: str) -> tuple[dict, str]:
@@ -216,7 +226,7 @@ def test_operator_restart_mid_job_duplicates_nothing(
     operator.start()
     # The new operator lists the job and its pods: give it a few reconciles' time.
     wait_for(
-        lambda: "shufflenet_operator_reconcile_seconds_count 0.0" not in operator.metrics(),
+        lambda: _reconcile_count(operator.metrics()) >= 1,
         what="a reconcile by the new operator",
     )
     assert [(p.metadata.name, p.metadata.uid) for p in jobs.pods("steady")] == before
@@ -255,6 +265,9 @@ def test_deleting_the_job_removes_every_child(
     # finalizer); the operator must not re-create anything meanwhile. The collector notices
     # a new CRD's objects only at its next discovery resync (30 s in 1.20), hence the wait.
     wait_for(children_gone, timeout=120, interval=0.5, what="children garbage-collected")
+    # ...and it stays so past the operator's next resync.
+    time.sleep(RESYNC_S + 2)
+    assert children_gone()
 
 
 def test_suspend_resume_and_ttl_after_finished(
@@ -280,14 +293,7 @@ def test_suspend_resume_and_ttl_after_finished(
         node_agent.finish(pod, exit_code=0)
     jobs.wait_phase("pause", "Succeeded")
 
-    def job_gone() -> bool:
-        try:
-            jobs.get("pause")
-        except client.ApiException as e:
-            return e.status == 404
-        return False
-
-    wait_for(job_gone, timeout=30, what="job deleted after ttlSecondsAfterFinished")
+    wait_for(lambda: jobs.gone("pause"), timeout=30, what="job deleted after the TTL")
 
 
 def test_whole_node_pods_get_one_rank_table_entry_per_node(

@@ -11,6 +11,8 @@ from typing import Any
 from kubernetes import client
 from sim.node_agent import wait_for
 
+from k8s.operator_harness import install_crd
+
 NAME = "podgroups.scheduling.volcano.sh"
 
 
@@ -66,13 +68,7 @@ def podgroup_crd() -> dict[str, Any]:
 @contextmanager
 def podgroup_api(api: client.ApiClient) -> Iterator[None]:
     ext = client.ApiextensionsV1Api(api)
-    ext.create_custom_resource_definition(podgroup_crd())
-
-    def established() -> bool:
-        conds = ext.read_custom_resource_definition(NAME).status.conditions
-        return any(c.type == "Established" and c.status == "True" for c in conds or [])
-
-    wait_for(established, timeout=60, what="PodGroup CRD established")
+    install_crd(api, podgroup_crd())
     try:
         yield
     finally:

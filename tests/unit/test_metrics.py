@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -239,4 +238,3 @@ def test_hook_overhead_is_microseconds(exporter: metrics.MetricsExporter) -> Non
         exporter.on_step(ev)
     per_step = (time.perf_counter() - t0) / 2000
     assert per_step < 1e-3
-    assert math.isfinite(per_step)

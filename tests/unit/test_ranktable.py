@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -144,23 +145,29 @@ def test_build_whole_node_pods_from_annotations() -> None:
          "devices": [{"device_id": "0", "device_ip": "127.100.0.1"},
                      {"device_id": "1", "device_ip": "127.100.0.2"}]},
     ]  # fmt: skip
-    pods = [
-        ranktable.pod_devices_from_annotation(
-            rank, json.dumps(note), pod_uid=f"uid-{rank}", whole_node=True
-        )
-        for rank, note in ((1, notes[0]), (0, notes[1]))
+    annotated = [
+        ranktable.AnnotatedPod(rank, f"uid-{rank}", f"j-rank-{rank}", json.dumps(note))
+        for rank, note in ((0, notes[1]), (1, notes[0]))
     ]
-    table = build_rank_table(pods)
+    table = build_rank_table(ranktable.pods_from_annotations(annotated, 2))
     assert [s["server_id"] for s in table["server_list"]] == ["127.0.1.1", "127.0.1.2"]
     ids = [d["rank_id"] for s in table["server_list"] for d in s["device"]]
     assert ids == ["0", "1", "2", "3"]
     validate_rank_table(table, 3, 4)
-    per_device = ranktable.pod_devices_from_annotation(
-        0, json.dumps(notes[1]), pod_uid="uid-0", whole_node=False
+    # The same two pods on one node: neither holds the whole node, pod UIDs key them.
+    one_node = [dataclasses.replace(p, annotation=json.dumps(notes[1])) for p in annotated]
+    entries = ranktable.pods_from_annotations(one_node, 2)
+    assert [e.server_id for e in entries] == ["uid-0", "uid-1"]
+    # One-device pods are always keyed by pod UID.
+    single = {**notes[1], "devices": notes[1]["devices"][:1]}
+    (per_device,) = ranktable.pods_from_annotations(
+        [ranktable.AnnotatedPod(0, "uid-0", "j-rank-0", json.dumps(single))], 1
     )
     assert per_device.server_id == "uid-0"
     with pytest.raises(RankTableError, match=ranktable.ANNOTATION):
-        ranktable.pod_devices_from_annotation(0, "{}", pod_uid="u", whole_node=False)
+        ranktable.pods_from_annotations([ranktable.AnnotatedPod(0, "u", "p", "{}")], 1)
+    with pytest.raises(RankTableError, match=r"got 2 devices, spec\.devices\.perPod is 1"):
+        ranktable.pods_from_annotations(annotated[:1], 1)
 
 
 def test_build_refuses_inconsistent_pods() -> None:

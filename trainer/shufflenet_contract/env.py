@@ -16,6 +16,8 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .crd import DEVICE_TYPES
+
 RANK = "RANK"
 WORLD_SIZE = "WORLD_SIZE"
 LOCAL_RANK = "LOCAL_RANK"
@@ -33,7 +35,6 @@ POD_IP = "POD_IP"
 METRICS_PORT = "METRICS_PORT"
 HCCL_CONNECT_TIMEOUT = "HCCL_CONNECT_TIMEOUT"
 
-DEVICE_TYPES = ("npu", "gpu", "cpu")
 DEFAULT_MASTER_PORT = 29500
 # HCCL accepts a connect timeout in this range (seconds).
 HCCL_TIMEOUT_RANGE = (120, 7200)

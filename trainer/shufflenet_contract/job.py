@@ -32,9 +32,10 @@ class ManifestError(ValueError):
 def validate_job(obj: Any) -> dict[str, Any]:
     """A defaulted copy of a ShuffleNetTrainingJob manifest, or ManifestError naming the field.
 
-    Beyond the CRD schema it checks what the schema cannot say: apiVersion/kind, the name, and
-    that the global batch divides over the ranks (the trainer would refuse it anyway, but a
-    cluster should not start pods to find out).
+    Beyond the CRD schema it checks what the schema cannot say: apiVersion/kind, the name,
+    that perPod divides the devices, the chips an Ascend pod may hold, at most MAX_PODS pods,
+    and that the global batch divides over the ranks (the trainer would refuse it anyway, but
+    a cluster should not start pods to find out).
     """
     if not isinstance(obj, dict):
         raise ManifestError("(root): a manifest must be a YAML mapping")

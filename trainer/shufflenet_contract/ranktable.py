@@ -61,9 +61,9 @@ class Device:
 
 @dataclass(frozen=True)
 class PodDevices:
-    """One rank pod's allocation: its first rank, the server entry it forms, its chips."""
+    """One rank pod's allocation: its index, the server entry it forms, its chips."""
 
-    rank: int  # the pod's rank (RANK env); its chips get rank * devices_per_pod + k
+    rank: int  # the pod's index (node rank); its chips get rank * devices_per_pod + k
     server_id: str  # the pod UID (part of a node) or the node's host IP (whole node)
     devices: Sequence[Device] = field(default_factory=tuple)
 
@@ -76,8 +76,8 @@ def initializing_table() -> dict[str, str]:
 def build_rank_table(pods: Iterable[PodDevices]) -> dict[str, Any]:
     """The completed table of a job whose pods each hold the same number of chips.
 
-    Each pod is one `server_list` entry (see ARCHITECTURE.md: per-device pods are separate
-    entries keyed by pod UID), ordered by rank; rank_id = pod rank x chips per pod + index.
+    Each pod is one `server_list` entry (`pods_from_annotations` keys them), ordered by
+    rank; rank_id = pod rank x chips per pod + index.
     """
     ordered = sorted(pods, key=lambda p: p.rank)
     if not ordered:
@@ -111,17 +111,52 @@ def build_rank_table(pods: Iterable[PodDevices]) -> dict[str, Any]:
     }
 
 
-def pod_devices_from_annotation(
-    rank: int, annotation: str, *, pod_uid: str, whole_node: bool
-) -> PodDevices:
-    """A pod's entry from the device plugin's annotation (JSON with `host_ip` and `devices`)."""
+@dataclass(frozen=True)
+class AnnotatedPod:
+    """A rank pod as the table needs it: its index, UID, name and device-plugin annotation."""
+
+    rank: int  # the pod's index (its rank, or its node rank with several devices a pod)
+    uid: str
+    name: str
+    annotation: str  # JSON with `host_ip` and `devices`
+
+
+def _devices_of(pod: AnnotatedPod) -> tuple[str, tuple[Device, ...]]:
     try:
-        data = json.loads(annotation)
+        data = json.loads(pod.annotation)
         devices = [Device(str(d["device_id"]), str(d["device_ip"])) for d in data["devices"]]
         host_ip = str(data.get("host_ip", ""))
+        # Local rank k binds the k-th visible chip, and the runtime lists them by index.
+        devices.sort(key=lambda d: int(d.device_id))
     except (ValueError, KeyError, TypeError) as exc:
         raise RankTableError(ANNOTATION, f"not the device plugin's format ({exc})") from None
-    return PodDevices(rank, host_ip if whole_node else pod_uid, tuple(devices))
+    return host_ip, tuple(devices)
+
+
+def pods_from_annotations(pods: Sequence[AnnotatedPod], devices_per_pod: int) -> list[PodDevices]:
+    """The server entries of a job's pods, as Huawei's ascend-operator keys them.
+
+    One-device pods: one entry each, keyed by pod UID. Pods of several devices: keyed by
+    their node's host IP, as for a whole node, unless two of them share a node (then
+    neither holds the whole node, and the pod UID keeps the entries apart). Every pod must
+    hold `devices_per_pod` chips.
+    """
+    entries = []
+    for pod in pods:
+        host_ip, devices = _devices_of(pod)
+        if len(devices) != devices_per_pod:
+            raise RankTableError(
+                ANNOTATION,
+                f"pod {pod.name} got {len(devices)} devices, spec.devices.perPod is "
+                f"{devices_per_pod}",
+            )
+        entries.append(PodDevices(pod.rank, host_ip, devices))
+    hosts = [e.server_id for e in entries]
+    if devices_per_pod == 1 or len(set(hosts)) < len(hosts):
+        entries = [
+            PodDevices(e.rank, pod.uid, e.devices) for e, pod in zip(entries, pods, strict=True)
+        ]
+    return entries
 
 
 def _str(value: Any, where: str) -> str:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 # The checkpoint before the latest: what --resume auto falls back to when the latest is
@@ -57,13 +57,6 @@ def copy_atomic(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pat
     return Path(dst)
 
 
-def _first_line(exc: BaseException, limit: int = 120) -> str:
-    text = str(exc).strip().splitlines()
-    head = text[0] if text else ""
-    head = head if len(head) <= limit else head[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {head}" if head else type(exc).__name__
-
-
 def _read(path: Path, flag: str) -> Any:
     if not path.is_file():
         raise ConfigError(f"{flag} {path}: no such file; pass the path of an existing checkpoint")
@@ -71,7 +64,7 @@ def _read(path: Path, flag: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ConfigError(
-            f"{flag} {path} is not a readable checkpoint ({_first_line(exc)}); pass a "
+            f"{flag} {path} is not a readable checkpoint ({first_line(exc, limit=120)}); pass a "
             f"{CHECKPOINT_NAME} written by shufflenet-train or a torchvision state_dict"
         ) from None
 
@@ -193,7 +186,7 @@ def find_resumable(
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            notes.append(f"{path} is unreadable ({_first_line(exc)})")
+            notes.append(f"{path} is unreadable ({first_line(exc, limit=120)})")
             continue
         if not isinstance(obj, dict) or not {"state_dict", "arch", "optimizer", "epoch"} <= set(
             obj

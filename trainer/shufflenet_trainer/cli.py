@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import EXIT_DIST, TrainerError
+from .errors import EXIT_DIST, TrainerError, first_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,10 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if world_size == 1 or not is_peer_failure(exc):
             raise
         sys.stdout.flush()
-        first = (str(exc).strip().splitlines() or [""])[0]
         print(
-            f"error: lost a peer rank or timed out waiting for one ({type(exc).__name__}: "
-            f"{first}); retryable: the job restarts from its last checkpoint",
+            f"error: lost a peer rank or timed out waiting for one ({first_line(exc)}); "
+            "retryable: the job restarts from its last checkpoint",
             file=sys.stderr,
             flush=True,
         )

@@ -33,7 +33,7 @@ from torch import Tensor
 from shufflenet_contract import ranktable
 from shufflenet_contract.env import EnvError, RankEnv, read_rank_env
 
-from .errors import EXIT_DIST, ConfigError, DistributedError
+from .errors import EXIT_DIST, ConfigError, DistributedError, first_line
 
 BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
 
@@ -44,11 +44,6 @@ def rank_environment(environ: Mapping[str, str] | None = None) -> RankEnv:
         return read_rank_env(os.environ if environ is None else environ)
     except EnvError as exc:
         raise ConfigError(f"rank environment: {exc}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 # Words in the errors torch raises when a peer's connection drops or a collective times out
@@ -295,7 +290,7 @@ def setup(env: RankEnv, device: torch.device, timeout: float) -> DistContext:
     except Exception as exc:
         raise DistributedError(
             f"{label}could not join the process group at {env.master_addr}:{env.master_port} "
-            f"within {timeout:g}s ({_first_line(exc)}): is rank 0 running and reachable?"
+            f"within {timeout:g}s ({first_line(exc)}): is rank 0 running and reachable?"
         ) from None
     watchdog = Watchdog(timeout, label=label)
     return DistContext(

@@ -36,11 +36,10 @@ from . import device as dev
 from . import distributed as distributed
 from .config import TrainConfig
 from .data import build_loaders, normalize_on_device
-from .errors import EXIT_SIGTERM, ConfigError
+from .errors import EXIT_SIGTERM, ConfigError, first_line
 from .models import build_model
 from .optim import LrSchedule, build_optimizer, make_schedule, set_lr
 from .plotting import plot_curves
-from .progress import Progress
 from .results import CURVES_NAME, RunLog, create_result_dir, rank_log_name
 
 WARMUP_STEPS = 10
@@ -112,11 +111,6 @@ def fps_at_all(images: int, since_images: int, since: float | None, now: float) 
     return (images - since_images) / max(now - since, 1e-9)
 
 
-def reduce_sums(sums: Tensor, ctx: distributed.DistContext) -> Tensor:
-    """Sum metric counters over ranks. Single process: the identity."""
-    return ctx.all_reduce_sum(sums)
-
-
 def freeze_batchnorm(model: nn.Module) -> None:
     """Put BatchNorm layers in eval mode: they normalise with, and keep, their running
     statistics; their scale and shift still train."""
@@ -169,14 +163,14 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         precision: dev.Precision,
         device: torch.device,
-        schedule: LrSchedule | None,
+        schedule: LrSchedule,
         log: RunLog,
         hooks: Hooks,
-        ctx: distributed.DistContext | None = None,
-        stop: distributed.StopFlag | None = None,
+        ctx: distributed.DistContext,
+        stop: distributed.StopFlag,
     ) -> None:
         self.cfg = cfg
-        self.ctx = ctx or distributed.DistContext()
+        self.ctx = ctx
         self.stop = stop
         self.model = model
         self.optimizer = optimizer
@@ -202,7 +196,6 @@ class Trainer:
     ) -> EpochStats:
         """Train steps `start_step`..`steps`-1 of `epoch` (the loader starts at `start_step`)."""
         cfg, ws = self.cfg, self.cfg.world_size
-        assert self.schedule is not None
         self.model.train()
         if cfg.freeze_bn:
             freeze_batchnorm(self.model)
@@ -227,7 +220,6 @@ class Trainer:
         it = iter(loader)
         done = start_step
         stopped = False
-        vote = self.stop is not None or self.ctx.enabled
         for step in range(start_step, steps):
             t0 = time.perf_counter()
             try:
@@ -262,12 +254,11 @@ class Trainer:
                 event = StepEvent(epoch, step, global_step, n * ws, seconds, wait, lr)
                 Hooks._call(self.hooks.on_step, event)
             self.ctx.pet()
-            if vote:
-                stopped = self.ctx.stop_vote(self.stop is not None and self.stop.requested)
+            stopped = self.ctx.stop_vote(self.stop.requested)
 
             if done % cfg.print_freq == 0 or done == steps or stopped:
                 # .tolist() syncs the device, so the interval's wall time is real work.
-                sums = reduce_sums(epoch_sums - last_sums, self.ctx).tolist()
+                sums = self.ctx.all_reduce_sum(epoch_sums - last_sums).tolist()
                 last_sums = epoch_sums.clone()
                 now = time.perf_counter()
                 interval = max(now - t_interval, 1e-9)
@@ -308,17 +299,20 @@ class Trainer:
                 f"epoch {epoch} had no training batch: lower -b/--batch-size "
                 f"({cfg.batch_size}) or add data"
             )
-        sums = reduce_sums(epoch_sums, self.ctx).tolist()
+        sums = self.ctx.all_reduce_sum(epoch_sums).tolist()
+        warmed_up = fps_start is not None
         if fps_start is None:  # the loader ended before the warm-up steps were over
             fps_start, fps_images = t_epoch, 0
             first = 1
         else:
-            first = (skip + 1) if skip else 1
+            first = skip + 1
         fps = fps_at_all(images_total, fps_images, fps_start, t_done)
         assert fps is not None
         ran = done - start_step
         first += start_step
-        if ran > WARMUP_STEPS:
+        if not warmed_up and ran > 1:
+            note = f"only {ran} steps: steps {first}-{done}, nothing excluded"
+        elif ran > WARMUP_STEPS:
             note = f"steps {first}-{done} of {done}, first {WARMUP_STEPS} excluded"
         elif ran > 1:
             note = f"only {ran} steps: steps {first}-{done}, first step excluded"
@@ -360,7 +354,7 @@ class Trainer:
             n = y.shape[0]
             _accumulate(sums, loss, topk_correct(output, y), n)
             self.ctx.pet()
-        s = reduce_sums(sums, self.ctx).tolist()
+        s = self.ctx.all_reduce_sum(sums).tolist()
         n = max(s[3], 1.0)
         return EvalStats(
             loss=s[0] / n,
@@ -423,7 +417,7 @@ def _steps(length: int, cap: int | None) -> int:
     return length if cap is None else min(length, cap)
 
 
-def run(cfg: TrainConfig, *, hooks: Hooks | None = None, progress: Progress | None = None) -> int:
+def run(cfg: TrainConfig, *, hooks: Hooks | None = None) -> int:
     """Run training (or evaluation with -e) as configured; returns the exit code (0, or
     EXIT_SIGTERM after a stop request and its checkpoint).
 
@@ -432,7 +426,7 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None, progress: Progress | No
     WORLD_SIZE... in the environment) the rank joins its peers first.
     """
     hooks = hooks or Hooks()
-    log = RunLog(progress)
+    log = RunLog()
     device = dev.select_device(cfg.device, cfg.device_id)
     precision = dev.Precision(cfg.amp, device, cfg.loss_scale)
     env = distributed.rank_environment()
@@ -495,7 +489,7 @@ def _run(
         except RuntimeError as exc:
             raise ConfigError(
                 f"--resume {resume_path} does not fit this model/data "
-                f"({loaders.num_classes} classes): {str(exc).splitlines()[0]}; resume with "
+                f"({loaders.num_classes} classes): {first_line(exc, with_type=False)}; resume with "
                 "the data and flags of the original run"
             ) from None
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
@@ -616,119 +610,116 @@ def _run(
         ctx=ctx,
         stop=stop,
     )
-    try:
-        log.info(
-            f"=> {cfg.arch} on {device} (amp {cfg.amp}, world size {cfg.world_size}); "
-            f"data {'synthetic' if cfg.dummy else cfg.data}: {loaders.train_size} train / "
-            f"{loaders.val_size} val images, {loaders.num_classes} classes, "
-            f"decode {loaders.stats.decode_path}"
-        )
-        if pretrained_note:
-            log.info(f"=> pretrained: {pretrained_note}")
-        if resume_state is not None:
-            at = f", step {resume_step + 1}" if resume_step else ""
-            log.info(f"=> resumed from {resume_path} at epoch {start_epoch}{at}")
-        if folder is not None:
-            log.info(f"=> results in {folder}")
-        Hooks._call(
-            hooks.on_start,
-            {
-                "folder": str(folder) if folder is not None else None,
-                "device": str(device),
-                "epochs": cfg.epochs,
-                "start_epoch": start_epoch,
-                "steps_per_epoch": steps,
-            },
-        )
+    log.info(
+        f"=> {cfg.arch} on {device} (amp {cfg.amp}, world size {cfg.world_size}); "
+        f"data {'synthetic' if cfg.dummy else cfg.data}: {loaders.train_size} train / "
+        f"{loaders.val_size} val images, {loaders.num_classes} classes, "
+        f"decode {loaders.stats.decode_path}"
+    )
+    if pretrained_note:
+        log.info(f"=> pretrained: {pretrained_note}")
+    if resume_state is not None:
+        at = f", step {resume_step + 1}" if resume_step else ""
+        log.info(f"=> resumed from {resume_path} at epoch {start_epoch}{at}")
+    if folder is not None:
+        log.info(f"=> results in {folder}")
+    Hooks._call(
+        hooks.on_start,
+        {
+            "folder": str(folder) if folder is not None else None,
+            "device": str(device),
+            "epochs": cfg.epochs,
+            "start_epoch": start_epoch,
+            "steps_per_epoch": steps,
+        },
+    )
 
-        if cfg.evaluate:
-            return _evaluate_only(trainer, loaders, cfg, log, hooks)
-        log.info(
-            f"=> {cfg.epochs - start_epoch} epochs x {steps} steps, global batch "
-            f"{cfg.batch_size} ({cfg.per_process_batch} per process), lr {cfg.lr:g} "
-            f"{cfg.lr_schedule} with {cfg.warmup_epochs:g} warm-up epochs, {cfg.optimizer}"
+    if cfg.evaluate:
+        return _evaluate_only(trainer, loaders, cfg, log, hooks)
+    log.info(
+        f"=> {cfg.epochs - start_epoch} epochs x {steps} steps, global batch "
+        f"{cfg.batch_size} ({cfg.per_process_batch} per process), lr {cfg.lr:g} "
+        f"{cfg.lr_schedule} with {cfg.warmup_epochs:g} warm-up epochs, {cfg.optimizer}"
+    )
+    for epoch in range(start_epoch, cfg.epochs):
+        first_step = resume_step if epoch == start_epoch else 0
+        loaders.set_epoch(epoch, first_step)
+        if first_step == 0:
+            # Mid-epoch, the RNG state restored from the checkpoint is the one to go on with.
+            _seed_epoch(cfg.seed, epoch)
+        stats = trainer.train_one_epoch(
+            loaders.train,
+            epoch=epoch,
+            steps=steps,
+            global_step=global_step,
+            start_step=first_step,
         )
-        for epoch in range(start_epoch, cfg.epochs):
-            first_step = resume_step if epoch == start_epoch else 0
-            loaders.set_epoch(epoch, first_step)
-            if first_step == 0:
-                # Mid-epoch, the RNG state restored from the checkpoint is the one to go on with.
-                _seed_epoch(cfg.seed, epoch)
-            stats = trainer.train_one_epoch(
-                loaders.train,
-                epoch=epoch,
-                steps=steps,
-                global_step=global_step,
-                start_step=first_step,
-            )
-            global_step += stats.ran
-            if stats.stopped:
-                ctx.average_buffers(model)
-                seconds = save(epoch, stats.steps, False)
-                log.info(
-                    f"=> stopped by SIGTERM after step {stats.steps} of {steps} of epoch {epoch}"
-                    + (f"; checkpoint saved in {seconds:.1f}s" if folder is not None else "")
-                )
-                ctx.barrier()  # every rank exits once rank 0's checkpoint is on disk
-                return EXIT_SIGTERM
-            log.info(
-                f"Epoch {epoch}: FPS@all {stats.images_per_sec:.3f}, TIME@all "
-                f"{stats.seconds:.3f} ({stats.fps_note}); loss {stats.loss:.4f} "
-                f"top1 {stats.top1:.2f} data-wait {100 * stats.data_wait_share:.1f}%"
-            )
+        global_step += stats.ran
+        if stats.stopped:
             ctx.average_buffers(model)
-            val: EvalStats | None = None
-            if (epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs:
-                val = trainer.validate(loaders.val, max_steps=cfg.max_steps_per_epoch)
-                log.info(val.summary())
-            is_best = val is not None and (
-                val.top1 > best_top1 or not any(r.get("val_top1") is not None for r in history)
+            seconds = save(epoch, stats.steps, False)
+            log.info(
+                f"=> stopped by SIGTERM after step {stats.steps} of {steps} of epoch {epoch}"
+                + (f"; checkpoint saved in {seconds:.1f}s" if folder is not None else "")
             )
-            if is_best:
-                assert val is not None
-                best_top1 = val.top1
-            mem = dev.memory_stats(device)
-            record: dict[str, Any] = {
-                "kind": "epoch",
-                "epoch": epoch,
-                "step": stats.steps,
-                "global_step": global_step,
-                "loss": stats.loss,
-                "lr": stats.lr,
-                "top1": stats.top1,
-                "top5": stats.top5,
-                "images_per_sec": stats.images_per_sec,
-                "fps_steps": list(stats.fps_steps),
-                "data_wait_share": stats.data_wait_share,
-                "epoch_seconds": stats.seconds,
-                "images": stats.images,
-                "val_loss": val.loss if val else None,
-                "val_top1": val.top1 if val else None,
-                "val_top5": val.top5 if val else None,
-                "best_top1": best_top1,
-                "loss_scale": precision.current_scale(),
-                "max_memory_bytes": mem["max_allocated_bytes"] if mem else None,
-                "skipped_files": loaders.stats.skipped_files,
-            }
-            if first_step:
-                record["resumed_at_step"] = first_step
-            history.append(record)
-            if folder is not None:
-                record["checkpoint_seconds"] = save(epoch + 1, 0, is_best)
-                plot_curves(history, folder / CURVES_NAME)
-            log.record(record)
-            Hooks._call(hooks.on_epoch, record)
-            # A stop requested during validation or the checkpoint: the epoch is saved, so
-            # leave now rather than after another epoch (unless this was the last one).
-            if ctx.stop_vote_now(stop.requested) and epoch + 1 < cfg.epochs:
-                log.info(f"=> stopped by SIGTERM after epoch {epoch}; checkpoint saved")
-                ctx.barrier()
-                return EXIT_SIGTERM
-        ctx.barrier()  # the job is done when rank 0's last checkpoint is on disk
-        log.info(f"=> done: best val top-1 {best_top1:.3f}")
-        return 0
-    finally:
-        log.close()
+            ctx.barrier()  # every rank exits once rank 0's checkpoint is on disk
+            return EXIT_SIGTERM
+        log.info(
+            f"Epoch {epoch}: FPS@all {stats.images_per_sec:.3f}, TIME@all "
+            f"{stats.seconds:.3f} ({stats.fps_note}); loss {stats.loss:.4f} "
+            f"top1 {stats.top1:.2f} data-wait {100 * stats.data_wait_share:.1f}%"
+        )
+        ctx.average_buffers(model)
+        val: EvalStats | None = None
+        if (epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs:
+            val = trainer.validate(loaders.val, max_steps=cfg.max_steps_per_epoch)
+            log.info(val.summary())
+        is_best = val is not None and (
+            val.top1 > best_top1 or not any(r.get("val_top1") is not None for r in history)
+        )
+        if is_best:
+            assert val is not None
+            best_top1 = val.top1
+        mem = dev.memory_stats(device)
+        record: dict[str, Any] = {
+            "kind": "epoch",
+            "epoch": epoch,
+            "step": stats.steps,
+            "global_step": global_step,
+            "loss": stats.loss,
+            "lr": stats.lr,
+            "top1": stats.top1,
+            "top5": stats.top5,
+            "images_per_sec": stats.images_per_sec,
+            "fps_steps": list(stats.fps_steps),
+            "data_wait_share": stats.data_wait_share,
+            "epoch_seconds": stats.seconds,
+            "images": stats.images,
+            "val_loss": val.loss if val else None,
+            "val_top1": val.top1 if val else None,
+            "val_top5": val.top5 if val else None,
+            "best_top1": best_top1,
+            "loss_scale": precision.current_scale(),
+            "max_memory_bytes": mem["max_allocated_bytes"] if mem else None,
+            "skipped_files": loaders.stats.skipped_files,
+        }
+        if first_step:
+            record["resumed_at_step"] = first_step
+        history.append(record)
+        if folder is not None:
+            record["checkpoint_seconds"] = save(epoch + 1, 0, is_best)
+            plot_curves(history, folder / CURVES_NAME)
+        log.record(record)
+        Hooks._call(hooks.on_epoch, record)
+        # A stop requested during validation or the checkpoint: the epoch is saved, so
+        # leave now rather than after another epoch (unless this was the last one).
+        if ctx.stop_vote_now(stop.requested) and epoch + 1 < cfg.epochs:
+            log.info(f"=> stopped by SIGTERM after epoch {epoch}; checkpoint saved")
+            ctx.barrier()
+            return EXIT_SIGTERM
+    ctx.barrier()  # the job is done when rank 0's last checkpoint is on disk
+    log.info(f"=> done: best val top-1 {best_top1:.3f}")
+    return 0
 
 
 def _evaluate_only(

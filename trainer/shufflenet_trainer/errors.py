@@ -4,13 +4,27 @@ The operator reads the exit code to decide whether a failed rank is worth a rest
 configuration and data errors are permanent, anything >= 128 is retryable.
 """
 
-EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_DATA = 3
 # A peer rank was lost, or waiting on one timed out (set-up, collective, rank table, watchdog).
 # The same code torch's NCCL watchdog exits with when it aborts a hung collective (SIGABRT).
 EXIT_DIST = 134
 EXIT_SIGTERM = 143
+
+
+def first_line(exc: BaseException, limit: int | None = None, *, with_type: bool = True) -> str:
+    """The first line of an exception's message for a one-line error, cut to `limit` chars.
+
+    With `with_type`, prefixed by the exception's type name ("OSError: ..."; the bare name
+    when the message is empty).
+    """
+    lines = str(exc).strip().splitlines()
+    head = lines[0] if lines else ""
+    if limit is not None and len(head) > limit:
+        head = head[: limit - 3] + "..."
+    if not with_type:
+        return head
+    return f"{type(exc).__name__}: {head}" if head else type(exc).__name__
 
 
 class TrainerError(Exception):

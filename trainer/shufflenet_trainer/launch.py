@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from shufflenet_contract.env import RankEnv, rank_env
+from shufflenet_contract.job import TRAINER_DEVICE
 
 from .config import TrainConfig
 from .errors import EXIT_DIST, ConfigError
@@ -32,7 +33,8 @@ from .errors import EXIT_DIST, ConfigError
 # How long ranks asked to stop may take to save a checkpoint before they are killed.
 STOP_GRACE_SECONDS = 60.0
 POLL_SECONDS = 0.2
-TRAINER_DEVICE_TYPE = {"cpu": "cpu", "cuda": "gpu", "npu": "npu"}
+# The trainer's --device word -> the job's device type (the inverse of the contract's map).
+TRAINER_DEVICE_TYPE = {trainer: job_type for job_type, trainer in TRAINER_DEVICE.items()}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -216,7 +218,7 @@ def node_of(env: RankEnv, nproc: int) -> Node:
     return Node(env.rank, env.world_size, env.master_addr, env.master_port)
 
 
-def launch_nproc(cfg: TrainConfig, argv: Sequence[str], node: Node | None = None) -> int:
+def launch_nproc(cfg: TrainConfig, argv: Sequence[str], node: Node) -> int:
     """`shufflenet-train --nproc N [--device-list ...]`: N ranks of one job on this host.
 
     Rank 0 prints to this terminal; the other ranks write their logs into rank 0's result
@@ -226,7 +228,6 @@ def launch_nproc(cfg: TrainConfig, argv: Sequence[str], node: Node | None = None
     if any(a == "--device-id" or a.startswith("--device-id=") for a in argv):
         raise ConfigError("--device-id would put every rank on one device: use --device-list")
     n = cfg.nproc
-    node = node or Node(world_size=n)
     devices = list(cfg.device_list or range(n))
     if node.local:
         port = int(os.environ.get("MASTER_PORT") or free_port())

@@ -38,7 +38,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from . import distributed
 from .config import TrainConfig
-from .engine import Hooks, StepEvent
+from .engine import WARMUP_STEPS, Hooks, StepEvent
 from .errors import ConfigError
 
 DEFAULT_PORT = 9400
@@ -173,8 +173,9 @@ class MetricsExporter:
         )
         self.images_per_second = Gauge(
             "shufflenet_train_images_per_second",
-            "FPS@all: global images/s of the current epoch so far, the first 10 steps of "
-            "each epoch excluded (the CLI's FPS@all; the last epoch's value during warm-up).",
+            "FPS@all: global images/s of the current epoch so far, the first "
+            f"{WARMUP_STEPS} steps of each epoch excluded (the CLI's FPS@all; the last "
+            "epoch's value during warm-up).",
             LABELS,
             registry=r,
         )

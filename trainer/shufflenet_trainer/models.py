@@ -123,7 +123,6 @@ class ShuffleNetV2(nn.Module):
         if len(stages_out_channels) != 5:
             raise ValueError("expected stages_out_channels as list of 5 positive ints")
         _check_mode(shuffle)
-        self._stage_out_channels = stages_out_channels
 
         input_channels = 3
         output_channels = stages_out_channels[0]

@@ -34,7 +34,8 @@ import yaml
 from shufflenet_contract import crd, ranktable
 from shufflenet_contract import job as jobs
 
-from .errors import EXIT_SIGTERM, ConfigError
+from .atomic import atomic_write
+from .errors import EXIT_CONFIG, EXIT_DATA, EXIT_DIST, EXIT_SIGTERM, ConfigError
 from .launch import Rank, cpu_threads, free_port, spawn, supervise
 from .progress import Progress
 
@@ -43,9 +44,9 @@ DEVICE_WORDS = {"npu": "Ascend NPU", "gpu": "CUDA GPU"}
 VISIBLE_DEVICES = {"npu": "ASCEND_RT_VISIBLE_DEVICES", "gpu": "CUDA_VISIBLE_DEVICES"}
 LOG_TAIL_LINES = 15
 EXIT_MEANING = {
-    2: "bad configuration",
-    3: "bad data",
-    134: "lost a peer rank or timed out",
+    EXIT_CONFIG: "bad configuration",
+    EXIT_DATA: "bad data",
+    EXIT_DIST: "lost a peer rank or timed out",
     EXIT_SIGTERM: "stopped by SIGTERM after saving a checkpoint",
 }
 
@@ -209,9 +210,8 @@ def write_rank_table(plan: Plan, table: dict[str, Any]) -> None:
     """Replace the table atomically, as a ConfigMap update swaps the mounted file."""
     assert plan.rank_table is not None
     plan.rank_table.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan.rank_table.with_name(f".{plan.rank_table.name}.tmp")
-    tmp.write_text(ranktable.dump(table), encoding="utf-8")
-    os.replace(tmp, plan.rank_table)
+    with atomic_write(plan.rank_table) as tmp:
+        tmp.write_text(ranktable.dump(table), encoding="utf-8")
 
 
 def local_rank_table(plan: Plan) -> dict[str, Any]:

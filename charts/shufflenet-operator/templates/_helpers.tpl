@@ -31,7 +31,7 @@ release: {{ . | quote }}
 {{- .Values.monitoring.namespace | default .Release.Namespace -}}
 {{- end -}}
 
-{{/* The operator's pod labels: the operator PodMonitor selects these (monitoring.operator.podLabels). */}}
+{{/* The operator's pod labels. The operator PodMonitor selects by monitoring.operator.podLabels (a subset of these by default, without the release: it can watch an operator another release installed). */}}
 {{- define "shufflenet.operatorSelectorLabels" -}}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}

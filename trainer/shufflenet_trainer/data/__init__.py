@@ -66,13 +66,12 @@ class Loaders:
     train_size: int
     val_size: int
     stats: DataStats
-    train_sampler: ShardedBatchSampler | None = None
+    train_sampler: ShardedBatchSampler
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Reshuffle (and re-draw augmentation) deterministically for ``epoch``; skip the
         first ``start_batch`` batches when resuming inside the epoch."""
-        if self.train_sampler is not None:
-            self.train_sampler.set_epoch(epoch, start_batch)
+        self.train_sampler.set_epoch(epoch, start_batch)
 
 
 def build_loaders(
@@ -157,7 +156,7 @@ def build_loaders(
         dev = torch.device(device)
         gkw = {"workers": workers, "device": dev, "channels_last": channels_last, "skips": skips}
         train = GpuBatchLoader(RawDataset(train_ds), train_sampler, **gkw)
-        val = GpuBatchLoader(RawDataset(val_ds), val_sampler, val_resize=val_resize, **gkw)
+        val = GpuBatchLoader(RawDataset(val_ds), val_sampler, **gkw)
     else:
         train = BatchLoader(train_ds, train_sampler, workers=workers, pin_memory=pin, skips=skips)
         val = BatchLoader(val_ds, val_sampler, workers=workers, pin_memory=pin, skips=skips)

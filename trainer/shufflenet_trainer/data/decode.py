@@ -1,4 +1,5 @@
-"""Host decoding with Pillow: one uint8 HWC array per sample, little work per image.
+"""Host decoding (Pillow, torchvision's and simplejpeg's libjpeg-turbo) and JPEG header
+parsing: one uint8 HWC array per sample, little work per image. The Pillow path:
 
 - JPEG: ``Image.draft`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale in the DCT domain when
   the crop is much larger than the output, so most of the pixels are never produced.
@@ -153,18 +154,17 @@ def jpeg_info(data: bytes) -> tuple[int, int, int] | None:
     return None if h is None else (h[0], h[1], h[2])
 
 
-def jpeg_complete(data: bytes, tail: int = 4096) -> bool:
+def jpeg_complete(
+    data: bytes, tail: int = 4096, *, headers: tuple[int, int, int, int] | None = None
+) -> bool:
     """True when the end-of-image marker follows the first scan (not a truncated file).
 
     Thumbnails in APP segments carry their own end marker, hence the comparison with the
-    scan offset; up to ``tail`` bytes of padding after the marker are accepted.
+    scan offset; up to ``tail`` bytes of padding after the marker are accepted. ``headers``:
+    ``_jpeg_headers(data)`` when the caller has it already (saves a second walk).
     """
-    h = _jpeg_headers(data)
-    return h is not None and _ends_after_scan(data, h[3], tail)
-
-
-def _ends_after_scan(data: bytes, scan_offset: int, tail: int = 4096) -> bool:
-    return data.rfind(b"\xff\xd9", max(scan_offset, len(data) - tail)) != -1
+    h = _jpeg_headers(data) if headers is None else headers
+    return h is not None and data.rfind(b"\xff\xd9", max(h[3], len(data) - tail)) != -1
 
 
 def gpu_jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -175,7 +175,7 @@ def gpu_jpeg_size(data: bytes) -> tuple[int, int] | None:
     without an error, so those, and non-JPEG files, take the host path instead.
     """
     h = _jpeg_headers(data)
-    if h is None or h[2] not in (1, 3) or not _ends_after_scan(data, h[3]):
+    if h is None or h[2] not in (1, 3) or not jpeg_complete(data, headers=h):
         return None
     return h[0], h[1]
 

@@ -123,14 +123,15 @@ class GpuBatchLoader:
         device: torch.device,
         channels_last: bool,
         skips: SkipLog,
-        val_resize: int = 0,
     ) -> None:
         self.dataset = dataset
         self.sampler = sampler
         self.device = device
         self.channels_last = channels_last
         self.skips = skips
-        self.val_resize = val_resize
+        # Validation resizes the shorter side as the host path does (0: a train loader).
+        host = dataset.host
+        self.val_resize = host.resize if isinstance(host, ValFolderDataset) else 0
         self.loader = batch_loader(dataset, sampler, workers)
 
     def __len__(self) -> int:
