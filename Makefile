@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 # the operator runs it: scikit-learn's handwritten digits as an ImageFolder dataset, 15
 # epochs of ShuffleNetV2 x0.5 (about a minute on 2 cores, val top-1 about 92%).
 demo: venv
-	$(PY) -m shufflenet_trainer.demo_data data/digits
+	$(PY) -m shufflenet_trainer.data.prep.demo_data data/digits
 	$(VENV)/bin/snjob run-local manifests/examples/cpu-digits-2rank.yaml --data data/digits \
 		--output-dir $(RESULT_ROOT)
 

@@ -24,10 +24,10 @@ import torch
 from bench_train_step import images_per_second, make_step
 from prometheus_client import generate_latest
 
-from shufflenet_trainer import models
-from shufflenet_trainer.config import parse_config
-from shufflenet_trainer.engine import Hooks, StepEvent
-from shufflenet_trainer.metrics import MetricsExporter
+from shufflenet_trainer.metrics.exporter import MetricsExporter
+from shufflenet_trainer.model import shufflenetv2 as models
+from shufflenet_trainer.train.config import parse_config
+from shufflenet_trainer.train.loop import Hooks, StepEvent
 
 SCRAPE_INTERVAL = 15.0  # seconds; kube-prometheus-stack's default is 30 s, the chart's 15 s
 

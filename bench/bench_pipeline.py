@@ -22,9 +22,13 @@ from pathlib import Path
 
 import torch
 
-from shufflenet_trainer.data import build_loaders
+from shufflenet_trainer.data.build import build_loaders
 from shufflenet_trainer.data.decode import simplejpeg_available
-from shufflenet_trainer.data.photos import write_photo_jpegs
+
+# The photo fixtures live with the tests (as `helpers`), not in the runtime package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from helpers.photos import write_photo_jpegs
 
 TARGETS = (2200, 14000)  # images/s: one fast accelerator, and an 8-NPU node
 

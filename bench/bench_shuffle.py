@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-from shufflenet_trainer import ops
-from shufflenet_trainer.device import synchronize
+from shufflenet_trainer.model import ops
+from shufflenet_trainer.train.device import synchronize
 
 
 def best_ms(variants: dict[str, Callable[[], object]], device: torch.device, repeat: int) -> dict:

@@ -24,8 +24,8 @@ import torch
 import torchvision
 from torch import nn
 
-from shufflenet_trainer import models
-from shufflenet_trainer.device import synchronize
+from shufflenet_trainer.model import shufflenetv2 as models
+from shufflenet_trainer.train.device import synchronize
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Our models by --models name: the shuffle op each uses.

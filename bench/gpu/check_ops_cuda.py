@@ -11,7 +11,8 @@ import sys
 
 import torch
 
-from shufflenet_trainer import models, ops
+from shufflenet_trainer.model import ops
+from shufflenet_trainer.model import shufflenetv2 as models
 
 
 def poison_allocator(device: torch.device) -> None:

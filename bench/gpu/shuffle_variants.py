@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from shufflenet_trainer import ops, ops_npu
+from shufflenet_trainer.model import ops, ops_npu
 
 try:
     import triton

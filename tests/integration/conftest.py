@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from shufflenet_trainer.demo_data import write_digits_imagefolder
+from shufflenet_trainer.data.prep.demo_data import write_digits_imagefolder
 
 
 @pytest.fixture(scope="session")

@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from shufflenet_contract.env import rank_env
-from shufflenet_trainer.config import parse_config
-from shufflenet_trainer.engine import Hooks, StepEvent, run
 from shufflenet_trainer.errors import EXIT_DIST, EXIT_SIGTERM
-from shufflenet_trainer.launch import free_port
-from shufflenet_trainer.results import read_jsonl
+from shufflenet_trainer.jobs.launch import free_port
+from shufflenet_trainer.train.config import parse_config
+from shufflenet_trainer.train.loop import Hooks, StepEvent, run
+from shufflenet_trainer.train.results import read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,7 @@ def test_one_two_and_four_ranks_reach_the_same_weights(digits32: Path, tmp_path:
         if n > 1:
             assert {f"rank{k}.log" for k in range(1, n)} <= {p.name for p in run_dir.iterdir()}
     torch.manual_seed(0)
-    from shufflenet_trainer.models import build_model
+    from shufflenet_trainer.model.shufflenetv2 import build_model
 
     init = build_model("shufflenet_v2_x0_5", num_classes=10).state_dict()
     moved = max((states[1][k].float() - init[k].float()).abs().max().item() for k in init)

@@ -21,7 +21,7 @@ import yaml
 
 from shufflenet_contract import job as jobs
 from shufflenet_contract import ranktable
-from shufflenet_trainer import runlocal
+from shufflenet_trainer.jobs import runlocal
 from shufflenet_trainer.snjob import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,7 +138,7 @@ def test_dry_run_env_is_the_operators(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_supervise_stops_the_job_on_the_first_failure() -> None:
-    from shufflenet_trainer.launch import Rank, spawn, supervise
+    from shufflenet_trainer.jobs.launch import Rank, spawn, supervise
 
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
     failer = [sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(3)"]

@@ -20,10 +20,10 @@ import pytest
 import torch
 import torchvision
 
-from shufflenet_trainer import checkpoint as ckpt
 from shufflenet_trainer.cli import main
-from shufflenet_trainer.demo_data import write_digits_imagefolder
-from shufflenet_trainer.results import create_result_dir, read_jsonl
+from shufflenet_trainer.data.prep.demo_data import write_digits_imagefolder
+from shufflenet_trainer.train import checkpoint as ckpt
+from shufflenet_trainer.train.results import create_result_dir, read_jsonl
 
 ARCH = "shufflenet_v2_x0_5"
 SMALL = ["-a", ARCH, "--image-size", "32", "--val-resize", "32", "-j", "0"]
@@ -146,8 +146,8 @@ def test_evaluate_pretrained_torchvision_state_dict(trained: Path, digits: Path)
 INTERRUPT = textwrap.dedent(
     """
     import sys
-    from shufflenet_trainer.config import parse_config
-    from shufflenet_trainer.engine import Hooks, run
+    from shufflenet_trainer.train.config import parse_config
+    from shufflenet_trainer.train.loop import Hooks, run
 
     class Killed(Exception):
         pass

@@ -21,8 +21,8 @@ from k8s.operator_harness import RESYNC_S, Jobs, OperatorProcess, free_port, job
 from k8s.volcano import podgroup_api
 from shufflenet_contract import ranktable
 from shufflenet_operator import render
-from shufflenet_trainer.config import parse_config
-from shufflenet_trainer.metrics import MetricsExporter
+from shufflenet_trainer.metrics.exporter import MetricsExporter
+from shufflenet_trainer.train.config import parse_config
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 

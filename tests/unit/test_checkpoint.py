@@ -9,9 +9,9 @@ import pytest
 import torch
 import torchvision
 
-from shufflenet_trainer import checkpoint as ckpt
 from shufflenet_trainer.errors import ConfigError
-from shufflenet_trainer.models import build_model
+from shufflenet_trainer.model.shufflenetv2 import build_model
+from shufflenet_trainer.train import checkpoint as ckpt
 
 
 def _state(arch: str = "shufflenet_v2_x0_5", epoch: int = 1) -> dict:

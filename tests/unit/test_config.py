@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from shufflenet_trainer.config import ARCH_NAMES, TrainConfig, build_parser, parse_config
 from shufflenet_trainer.errors import ConfigError
+from shufflenet_trainer.train.config import ARCH_NAMES, TrainConfig, build_parser, parse_config
 
 
 def parse(*args: str, **kw: object) -> TrainConfig:
@@ -65,7 +65,7 @@ def test_unknown_arch_names_the_choices() -> None:
 
 
 def test_arch_names_match_the_model_registry() -> None:
-    from shufflenet_trainer.models import ARCHS
+    from shufflenet_trainer.model.shufflenetv2 import ARCHS
 
     assert tuple(ARCH_NAMES) == tuple(ARCHS)
 
@@ -116,7 +116,7 @@ def test_apex_needs_an_accelerator() -> None:
 
 def test_apex_missing_is_config_error() -> None:
     # Precision checks importability before touching the device, so this runs without a GPU.
-    from shufflenet_trainer.device import Precision
+    from shufflenet_trainer.train.device import Precision
 
     if importlib.util.find_spec("apex") is not None:
         pytest.skip("apex is installed here")
@@ -125,7 +125,7 @@ def test_apex_missing_is_config_error() -> None:
 
 
 def test_absent_devices_are_config_errors() -> None:
-    from shufflenet_trainer.device import select_device
+    from shufflenet_trainer.train.device import select_device
 
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="--device cuda"):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from shufflenet_contract import crd, env, job, schema
-from shufflenet_trainer import config
+from shufflenet_trainer.train import config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
+from helpers.photos import imagenet_like, package_photos, write_photo_jpegs
 from PIL import Image
 
-from shufflenet_trainer.data import build_loaders
+from shufflenet_trainer.data.build import build_loaders
 from shufflenet_trainer.data.decode import (
     decode_train,
     decode_train_tv,
     decode_val,
     simplejpeg_available,
 )
-from shufflenet_trainer.data.photos import imagenet_like, package_photos, write_photo_jpegs
 from shufflenet_trainer.data.transforms import Crop, TrainParams
 
 # Measured on 40 photos (Pillow 13): resampling only the kept box reproduces

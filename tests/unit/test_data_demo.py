@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from shufflenet_trainer import demo_data
-from shufflenet_trainer.demo_data import MARKER, write_digits_imagefolder
+from shufflenet_trainer.data.prep import demo_data
+from shufflenet_trainer.data.prep.demo_data import MARKER, write_digits_imagefolder
 from shufflenet_trainer.errors import DataError
 
 

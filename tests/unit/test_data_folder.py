@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shufflenet_trainer.data import build_loaders
+from shufflenet_trainer.data.build import build_loaders
 from shufflenet_trainer.errors import EXIT_DATA, ConfigError, DataError
 
 

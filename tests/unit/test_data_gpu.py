@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.photos import write_photo_jpegs
 from PIL import Image
 
-from shufflenet_trainer.data import build_loaders, normalize_on_device
-from shufflenet_trainer.data.photos import write_photo_jpegs
+from shufflenet_trainer.data.build import build_loaders, normalize_on_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

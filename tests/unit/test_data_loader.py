@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from shufflenet_trainer.data import build_loaders, normalize_on_device
+from shufflenet_trainer.data.build import build_loaders, normalize_on_device
 from shufflenet_trainer.data.loader import ShardedBatchSampler
 from shufflenet_trainer.errors import DataError
 

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from helpers.photos import imagenet_like, package_photos, write_photo_jpegs
 from PIL import Image
 
 import shufflenet_trainer.data.decode as decode_mod
-from shufflenet_trainer.data import build_loaders
+from shufflenet_trainer.data.build import build_loaders
 from shufflenet_trainer.data.decode import (
     decode_jpeg,
     decode_train_sj,
@@ -22,7 +23,6 @@ from shufflenet_trainer.data.decode import (
     decode_val,
     decode_val_sj,
 )
-from shufflenet_trainer.data.photos import imagenet_like, package_photos, write_photo_jpegs
 from shufflenet_trainer.data.transforms import Crop, TrainParams, train_params
 from shufflenet_trainer.errors import ConfigError
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from shufflenet_trainer import checkpoint as ckpt
-from shufflenet_trainer.config import parse_config
-from shufflenet_trainer.distributed import Watchdog, is_peer_failure
 from shufflenet_trainer.errors import ConfigError, DistributedError
-from shufflenet_trainer.launch import exit_status, strip_launcher_flags
+from shufflenet_trainer.jobs.launch import exit_status, strip_launcher_flags
+from shufflenet_trainer.train import checkpoint as ckpt
+from shufflenet_trainer.train.config import parse_config
+from shufflenet_trainer.train.distributed import Watchdog, is_peer_failure
 
 ARCH = "shufflenet_v2_x0_5"
 
@@ -128,7 +128,7 @@ def test_device_index_from_the_environment() -> None:
 def test_launcher_in_a_pod_of_several_devices_starts_the_pods_ranks() -> None:
     from shufflenet_contract.env import rank_env, read_rank_env
     from shufflenet_trainer.errors import ConfigError
-    from shufflenet_trainer.launch import Node, node_of
+    from shufflenet_trainer.jobs.launch import Node, node_of
 
     assert node_of(read_rank_env({}), 4) == Node(0, 4)
     pod = rank_env(

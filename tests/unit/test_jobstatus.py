@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shufflenet_trainer.jobstatus import describe
+from shufflenet_trainer.jobs.status import describe
 
 JOB: dict[str, Any] = {
     "metadata": {"name": "sn", "namespace": "team"},

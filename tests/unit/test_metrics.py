@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shufflenet_trainer import metrics
 from shufflenet_trainer.cli import main
-from shufflenet_trainer.config import parse_config
-from shufflenet_trainer.engine import Hooks, StepEvent, fps_at_all
 from shufflenet_trainer.errors import ConfigError
+from shufflenet_trainer.metrics import exporter as metrics
+from shufflenet_trainer.train.config import parse_config
+from shufflenet_trainer.train.loop import Hooks, StepEvent, fps_at_all
 
 # The shared metric names (ARCHITECTURE.md), plus the two this exporter adds for the ETA and
 # the missing-rank alert. The counter is exposed with `_total`, as the text parser strips it.

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torchvision
 
-from shufflenet_trainer import models
 from shufflenet_trainer.errors import ConfigError
+from shufflenet_trainer.model import shufflenetv2 as models
 
 
 @pytest.mark.parametrize("arch", models.ARCHS)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 
 from shufflenet_operator import progress, render
-from shufflenet_trainer.config import parse_config
-from shufflenet_trainer.metrics import MetricsExporter
+from shufflenet_trainer.metrics.exporter import MetricsExporter
+from shufflenet_trainer.train.config import parse_config
 
 
 def exposition(rank: int, **record: float) -> str:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-from shufflenet_trainer import ops, ops_npu
+from shufflenet_trainer.model import ops, ops_npu
 
 FORMATS = [torch.contiguous_format, torch.channels_last]
 

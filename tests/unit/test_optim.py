@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from shufflenet_trainer.errors import ConfigError
-from shufflenet_trainer.optim import (
+from shufflenet_trainer.train.optim import (
     LARS,
     LrSchedule,
     build_optimizer,

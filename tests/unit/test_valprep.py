@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from shufflenet_trainer import snjob
+from shufflenet_trainer.data.prep.valprep import Move, parse_labels, plan_valprep, valprep
 from shufflenet_trainer.errors import ConfigError, DataError
-from shufflenet_trainer.valprep import Move, parse_labels, plan_valprep, valprep
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 N = 9

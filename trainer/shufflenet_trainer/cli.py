@@ -17,9 +17,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     world_size = 1
     try:
-        from .config import parse_config
-        from .device import default_device_type
-        from .distributed import rank_environment
+        from .train.config import parse_config
+        from .train.device import default_device_type
+        from .train.distributed import rank_environment
 
         env = rank_environment()
         world_size = env.world_size
@@ -27,14 +27,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         common = {"default_device": default_device_type(), "env_device_id": device_id}
         cfg = parse_config(argv, world_size=env.world_size, rank=env.rank, **common)
         if cfg.nproc is not None:
-            from .launch import launch_nproc, node_of
+            from .jobs.launch import launch_nproc, node_of
 
             node = node_of(env, cfg.nproc)
             # Checked for the world size the ranks will have (-b must divide by it).
             cfg = parse_config(argv, world_size=node.world_size, **common)
             return launch_nproc(cfg, list(sys.argv[1:] if argv is None else argv), node)
-        from .engine import Hooks, run
-        from .metrics import start_exporter
+        from .metrics.exporter import start_exporter
+        from .train.loop import Hooks, run
 
         hooks = Hooks()
         # Bound before training starts: a taken port is a configuration error (exit 2), not
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
-        from .distributed import is_peer_failure
+        from .train.distributed import is_peer_failure
 
         if world_size == 1 or not is_peer_failure(exc):
             raise

@@ -15,7 +15,7 @@ from .errors import TrainerError
 
 
 def _valprep(args: argparse.Namespace) -> int:
-    from .valprep import describe, valprep
+    from .data.prep.valprep import describe, valprep
 
     report = valprep(args.val_dir, args.labels, dry_run=args.dry_run, link=args.link)
     print(describe(report, args.link))
@@ -47,7 +47,7 @@ def add_valprep(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_local(args: argparse.Namespace) -> int:
-    from .runlocal import run_local
+    from .jobs.runlocal import run_local
 
     return run_local(
         args.manifest,
@@ -135,7 +135,7 @@ def add_render(sub: argparse._SubParsersAction) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .jobstatus import job_status
+    from .jobs.status import job_status
 
     print(job_status(args.name, args.namespace, args.kubectl))
     return 0

@@ -27,8 +27,8 @@ from typing import IO, Any
 from shufflenet_contract.env import RankEnv, rank_env
 from shufflenet_contract.job import TRAINER_DEVICE
 
-from .config import TrainConfig
-from .errors import EXIT_DIST, ConfigError
+from ..errors import EXIT_DIST, ConfigError
+from ..train.config import TrainConfig
 
 # How long ranks asked to stop may take to save a checkpoint before they are killed.
 STOP_GRACE_SECONDS = 60.0

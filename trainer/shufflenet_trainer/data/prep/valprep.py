@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data.folder import is_image_file
-from .errors import ConfigError, DataError
+from ...errors import ConfigError, DataError
+from ..folder import is_image_file
 
 WNID = re.compile(r"^n\d{8}$")
 VAL_NAME = "ILSVRC2012_val_{:08d}"

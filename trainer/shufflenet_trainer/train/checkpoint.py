@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import atomic_write
-from .errors import ConfigError, first_line
+from ..atomic import atomic_write
+from ..errors import ConfigError, first_line
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 # The checkpoint before the latest: what --resume auto falls back to when the latest is

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # pytorch/examples' step schedule: x0.1 every 30 epochs.
 STEP_EPOCHS = 30

@@ -34,10 +34,10 @@ import yaml
 from shufflenet_contract import crd, ranktable
 from shufflenet_contract import job as jobs
 
-from .atomic import atomic_write
-from .errors import EXIT_CONFIG, EXIT_DATA, EXIT_DIST, EXIT_SIGTERM, ConfigError
+from ..atomic import atomic_write
+from ..console import Progress
+from ..errors import EXIT_CONFIG, EXIT_DATA, EXIT_DIST, EXIT_SIGTERM, ConfigError
 from .launch import Rank, cpu_threads, free_port, spawn, supervise
-from .progress import Progress
 
 DEVICE_WORDS = {"npu": "Ascend NPU", "gpu": "CUDA GPU"}
 # Each rank's device as the only visible one, like the device plugin does for a pod.

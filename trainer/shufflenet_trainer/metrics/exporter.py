@@ -36,10 +36,10 @@ from prometheus_client import (
 from prometheus_client.exposition import start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
-from . import distributed
-from .config import TrainConfig
-from .engine import WARMUP_STEPS, Hooks, StepEvent
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..train import distributed
+from ..train.config import TrainConfig
+from ..train.loop import WARMUP_STEPS, Hooks, StepEvent
 
 DEFAULT_PORT = 9400
 DEFAULT_ADDR = "0.0.0.0"

@@ -31,13 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..data.build import build_loaders, normalize_on_device
+from ..errors import EXIT_SIGTERM, ConfigError, first_line
+from ..model.shufflenetv2 import build_model
 from . import checkpoint as ckpt
 from . import device as dev
-from . import distributed as distributed
+from . import distributed
 from .config import TrainConfig
-from .data import build_loaders, normalize_on_device
-from .errors import EXIT_SIGTERM, ConfigError, first_line
-from .models import build_model
 from .optim import LrSchedule, build_optimizer, make_schedule, set_lr
 from .plotting import plot_curves
 from .results import CURVES_NAME, RunLog, create_result_dir, rank_log_name

@@ -17,7 +17,7 @@ the forward, so higher-order gradients and ``torch.compile(fullgraph=True)`` bot
 and ``channel_shuffle(x, groups)`` the general single-tensor shuffle.
 
 Kernels: the generic one below serves CPU and CUDA tensors. On Ascend, the index-based
-kernels of :mod:`shufflenet_trainer.ops_npu` are registered when torch_npu is installed.
+kernels of :mod:`shufflenet_trainer.model.ops_npu` are registered when torch_npu is installed.
 """
 
 from __future__ import annotations

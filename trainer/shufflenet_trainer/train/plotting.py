@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:

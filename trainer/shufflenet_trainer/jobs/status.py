@@ -16,7 +16,7 @@ from typing import Any
 
 from shufflenet_contract import crd
 
-from .errors import ConfigError, TrainerError
+from ..errors import ConfigError, TrainerError
 
 EVENTS_SHOWN = 10
 

@@ -33,7 +33,7 @@ from torch import Tensor
 from shufflenet_contract import ranktable
 from shufflenet_contract.env import EnvError, RankEnv, read_rank_env
 
-from .errors import EXIT_DIST, ConfigError, DistributedError, first_line
+from ..errors import EXIT_DIST, ConfigError, DistributedError, first_line
 
 BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from . import ops
-from .errors import ConfigError
 
 __all__ = [
     "ARCHS",

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-# Kept in sync with `shufflenet_trainer.models.ARCHS`; duplicated so that flag parsing needs
-# no torch import. A test checks the two agree.
+# Kept in sync with `shufflenet_trainer.model.shufflenetv2.ARCHS`; duplicated so that flag
+# parsing needs no torch import. A test checks the two agree.
 ARCH_NAMES: tuple[str, ...] = (
     "shufflenet_v2_x0_5",
     "shufflenet_v2_x1_0",

@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from .progress import Progress
+from ..console import Progress
 
 CONFIG_NAME = "config.json"
 LOG_NAME = "train.log"

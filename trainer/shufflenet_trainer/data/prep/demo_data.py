@@ -1,6 +1,6 @@
 """Write scikit-learn's handwritten digits as an ImageFolder dataset (real data, offline).
 
-``python -m shufflenet_trainer.demo_data OUT_DIR [--size 64] [--val-fraction 0.2]``
+``python -m shufflenet_trainer.data.prep.demo_data OUT_DIR [--size 64] [--val-fraction 0.2]``
 
 1797 real 8x8 scans of 10 digits, upscaled to ``--size`` pixels, RGB PNG, split per class
 with a fixed seed. A marker file records the parameters: a second call with the same ones
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import ConfigError, DataError, TrainerError
+from ...errors import ConfigError, DataError, TrainerError
 
 MARKER = ".shufflenet-demo-data.json"
 FORMAT_VERSION = 1
@@ -120,7 +120,7 @@ def _replace(tmp: Path, out: Path, want: dict[str, object]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m shufflenet_trainer.demo_data",
+        prog="python -m shufflenet_trainer.data.prep.demo_data",
         description="Write scikit-learn's handwritten digits as an ImageFolder dataset.",
     )
     ap.add_argument("out_dir", help="output folder (gets train/ and val/)")

@@ -1,0 +1,1 @@
+"""Preparing data folders: the ImageNet validation split (valprep), the digits demo set."""

@@ -1,0 +1,1 @@
+"""The Prometheus exporter of a training run (metric names shared with the operator)."""

@@ -1,0 +1,1 @@
+"""The ShuffleNetV2 network and its channel-shuffle op (fused, reference, Ascend NPU)."""

@@ -1,0 +1,1 @@
+"""One training run: flags, devices, the loop, checkpoints and the result folder."""
