@@ -27,8 +27,9 @@ demo: venv
 test: venv lint test-deps
 	$(PY) -m pytest -q -ra tests
 
+# The unit tier: needs nothing but the venv (no cluster binaries, prometheus or npm tools).
 test-fast: venv
-	$(PY) -m pytest -q -ra -m "not slow" tests
+	$(PY) -m pytest -q -ra tests/unit
 
 # Tools the monitoring tests run for real (they fail, not skip, without them): Debian's
 # prometheus and promtool; TypeScript and Grafana's published schema (npm, into the ignored

@@ -1,5 +1,18 @@
+from pathlib import Path
+
 import pytest
 import torch
+
+TESTS = Path(__file__).parent
+TIERS = ("unit", "integration", "k8s")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Each test carries its tier's marker from its folder, so that `-m` selects tiers.
+    for item in items:
+        tier = item.path.relative_to(TESTS).parts[0]
+        if tier in TIERS:
+            item.add_marker(tier)
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from metrics_tools import CHART, ROOT, by_kind, helm, helm_template
+from integration.metrics_tools import CHART, ROOT, by_kind, helm, helm_template
 
 from shufflenet_contract import crd
 from shufflenet_operator import main as operator_main

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from grafana_ts import dashboard_module
-from metrics_tools import DASHBOARD, GRAFANA_DIR, tsc
+from integration.grafana_ts import dashboard_module
+from integration.metrics_tools import DASHBOARD, GRAFANA_DIR, tsc
 
 TSCONFIG = {
     "compilerOptions": {

@@ -7,7 +7,7 @@ import re
 import subprocess
 
 import yaml
-from metrics_tools import CHART, DASHBOARD, RULES, by_kind, helm, helm_template
+from integration.metrics_tools import CHART, DASHBOARD, RULES, by_kind, helm, helm_template
 
 # The operator's objects are tested in test_chart_operator.py (which also checks that the
 # plain copies under manifests/ are in sync); here only the monitoring ones.

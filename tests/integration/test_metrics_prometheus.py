@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import metrics_tools
 import pytest
 import yaml
-from metrics_tools import RULES, Prometheus, dashboard_targets, tool
+from integration import metrics_tools
+from integration.metrics_tools import RULES, Prometheus, dashboard_targets, tool
 
 NAMESPACE = "metrics-e2e"
 JOB = "e2e-job"

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from metrics_tools import RULES, RULES_TEST, tool
+from integration.metrics_tools import RULES, RULES_TEST, tool
 
 ALERTS = {
     "ShuffleNetThroughputLow",

@@ -22,13 +22,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from shufflenet_contract.env import RankEnv, rank_env
 from shufflenet_contract.job import TRAINER_DEVICE
 
 from ..errors import EXIT_DIST, ConfigError
-from ..train.config import TrainConfig
+
+if TYPE_CHECKING:  # jobs/ runs without the trainer's training stack: only the type here
+    from ..train.config import TrainConfig
 
 # How long ranks asked to stop may take to save a checkpoint before they are killed.
 STOP_GRACE_SECONDS = 60.0
