@@ -37,19 +37,17 @@ class Options:
     workers: int = 2
 
 
-OPTIONS = Options()
-_controller: Controller | None = None
-
-
-def controller() -> Controller:
-    if _controller is None:
-        raise RuntimeError("the operator has not started")
-    return _controller
+def options_of(memo: kopf.Memo) -> Options:
+    """The options `shufflenet-operator` put in kopf's memo (the defaults under `kopf run`)."""
+    options = memo.get("options")
+    return options if isinstance(options, Options) else Options()
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
-    global _controller
+def startup(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
+    options = options_of(memo)
     # kopf's own bookkeeping (unused by event handlers, but kept under our group's prefix
     # rather than kopf.zalando.org should a change handler ever be added).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crd.GROUP)
@@ -60,37 +58,41 @@ def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -
     # meaningful ones (condition transitions) itself.
     settings.posting.level = logging.WARNING
     # Watches are re-established this often (a stale connection is noticed within it).
-    settings.watching.server_timeout = OPTIONS.watch_timeout_seconds
-    settings.watching.client_timeout = OPTIONS.watch_timeout_seconds + 10
+    settings.watching.server_timeout = options.watch_timeout_seconds
+    settings.watching.client_timeout = options.watch_timeout_seconds + 10
     settings.watching.connect_timeout = 10
-    if OPTIONS.metrics_port:
-        metrics.serve(OPTIONS.metrics_port, OPTIONS.metrics_addr)
-    _controller = Controller(
+    if options.metrics_port:
+        metrics.serve(options.metrics_port, options.metrics_addr)
+    controller = Controller(
         Kube(load_api_client()),
         policy.Settings(
-            restart_backoff_seconds=OPTIONS.restart_backoff_seconds,
-            max_backoff_seconds=OPTIONS.max_backoff_seconds,
+            restart_backoff_seconds=options.restart_backoff_seconds,
+            max_backoff_seconds=options.max_backoff_seconds,
         ),
-        resync_seconds=OPTIONS.resync_seconds,
-        progress_seconds=OPTIONS.progress_seconds,
-        workers=OPTIONS.workers,
+        resync_seconds=options.resync_seconds,
+        progress_seconds=options.progress_seconds,
+        workers=options.workers,
     )
-    _controller.start()
-    logger.info("shufflenet-operator started (namespaces: %s)", OPTIONS.namespaces or "all")
+    controller.start()
+    # Startup handlers get the operator's memo; each object's handlers get a shallow copy of
+    # it made when the object is first seen, which is after startup: they all see this one.
+    memo.controller = controller
+    logger.info("shufflenet-operator started (namespaces: %s)", options.namespaces or "all")
 
 
 @kopf.on.cleanup()
-def cleanup(**_: Any) -> None:
-    if _controller is not None:
-        _controller.stop()
+def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    controller = memo.get("controller")
+    if controller is not None:
+        controller.stop()
 
 
 @kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL)
-async def job_event(namespace: str, name: str, **_: Any) -> None:
+async def job_event(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     # Also on DELETED: the reconcile then finds the job gone and drops its metrics.
-    controller().enqueue(namespace, name)
+    memo.controller.enqueue(namespace, name)
 
 
 @kopf.on.event("v1", "pods", labels={render.JOB_LABEL: kopf.PRESENT})
-async def pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
-    controller().enqueue(namespace, labels[render.JOB_LABEL])
+async def pod_event(namespace: str, labels: dict[str, str], memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.enqueue(namespace, labels[render.JOB_LABEL])

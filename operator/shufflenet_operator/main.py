@@ -76,9 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    options = vars(args)
-    handlers.OPTIONS = handlers.Options(
-        **{f.name: options[f.name] for f in dataclasses.fields(handlers.Options)}
+    given = vars(args)
+    options = handlers.Options(
+        **{f.name: given[f.name] for f in dataclasses.fields(handlers.Options)}
     )
     kopf.configure(verbose=args.verbose, quiet=args.quiet)
     if not args.verbose:
@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         namespaces=args.namespaces,
         clusterwide=not args.namespaces,
         liveness_endpoint=args.liveness or None,
+        # The handlers' shared state lives in kopf's memo, not in module globals.
+        memo=kopf.Memo(options=options),
     )
     return 0
 

@@ -11,13 +11,13 @@ status: `restarts` (the current attempt; pods carry it as a label), the `Created
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from shufflenet_contract import exitcodes, ranktable
 from shufflenet_contract import job as jobs
-from shufflenet_contract import ranktable
 
 from . import render
 from . import status as st
@@ -63,8 +63,8 @@ class Plan:
         )
 
 
-class _Ctx:
-    """The job being planned and the status being built."""
+class Draft:
+    """The plan being built for one job, and the status it will write."""
 
     def __init__(self, obj: Mapping[str, Any], now: datetime) -> None:
         self.obj = obj
@@ -102,7 +102,39 @@ class _Ctx:
         return self.plan
 
 
-def _delete(ctx: _Ctx, pods: Sequence[Mapping[str, Any]]) -> None:
+@dataclass
+class Observed:
+    """A valid job and what exists of it, as the steps of `plan` read it."""
+
+    job: Mapping[str, Any]
+    pods: Sequence[Mapping[str, Any]]  # all pods the job owns
+    service: Mapping[str, Any] | None
+    configmap: Mapping[str, Any] | None
+    has_podgroup: bool
+    foreign_pods: int
+    settings: Settings
+    # Filled by partition_pods: this attempt's pods by pod index, and all others.
+    current: dict[int, Mapping[str, Any]] = field(default_factory=dict)
+    stale: list[Mapping[str, Any]] = field(default_factory=list)
+
+    @property
+    def world(self) -> int:
+        return jobs.world_size(self.job)
+
+    @property
+    def pod_total(self) -> int:
+        return jobs.pod_count(self.job)
+
+    @property
+    def npu(self) -> bool:
+        return jobs.device_type(self.job) == "npu"
+
+    @property
+    def run_policy(self) -> Mapping[str, Any]:
+        return self.job["spec"]["runPolicy"]
+
+
+def _delete(ctx: Draft, pods: Sequence[Mapping[str, Any]]) -> None:
     for pod in pods:
         if st.is_deleting(pod):
             continue
@@ -110,7 +142,7 @@ def _delete(ctx: _Ctx, pods: Sequence[Mapping[str, Any]]) -> None:
         ctx.plan.delete_pods.append((str(meta.get("name")), str(meta.get("uid"))))
 
 
-def _cleanup(ctx: _Ctx, pods: Sequence[Mapping[str, Any]], policy: str) -> None:
+def _cleanup(ctx: Draft, pods: Sequence[Mapping[str, Any]], policy: str) -> None:
     """spec.runPolicy.cleanPodPolicy once the job has finished."""
     if policy == "All":
         _delete(ctx, pods)
@@ -119,7 +151,7 @@ def _cleanup(ctx: _Ctx, pods: Sequence[Mapping[str, Any]], policy: str) -> None:
 
 
 def _finished(
-    ctx: _Ctx, current: Mapping[int, Mapping[str, Any]], run_policy: Mapping[str, Any]
+    ctx: Draft, current: Mapping[int, Mapping[str, Any]], run_policy: Mapping[str, Any]
 ) -> Plan:
     """A finished job (Succeeded or Failed): cleanPodPolicy now, ttlSecondsAfterFinished
     when it comes."""
@@ -141,7 +173,7 @@ def _version_of(configmap: Mapping[str, Any] | None) -> int:
 
 
 def _rank_table(
-    ctx: _Ctx,
+    ctx: Draft,
     job: Mapping[str, Any],
     current: Mapping[int, Mapping[str, Any]],
     configmap: Mapping[str, Any] | None,
@@ -200,7 +232,7 @@ def _rank_table(
 
 
 def _rank_table_reset(
-    ctx: _Ctx, job: Mapping[str, Any], configmap: Mapping[str, Any] | None
+    ctx: Draft, job: Mapping[str, Any], configmap: Mapping[str, Any] | None
 ) -> None:
     if jobs.device_type(job) == "npu" and configmap is not None:
         _rank_table(ctx, job, {}, configmap)
@@ -209,7 +241,7 @@ def _rank_table_reset(
 def rejected(obj: Mapping[str, Any], message: str, now: datetime) -> Plan:
     """The job fails: the API server refused one of its children (e.g. a podTemplate that
     makes an invalid pod). Retrying would be refused the same way."""
-    ctx = _Ctx(obj, now)
+    ctx = Draft(obj, now)
     if ctx.status.get("phase") != FAILED:
         ctx.fail("InvalidSpec", message)
     return ctx.done()
@@ -234,181 +266,256 @@ def plan(
     `foreign_pods` counts pods with the job's label owned by something else: those of a
     deleted job of the same name, which the garbage collector has yet to remove and whose
     names the new pods need. `progress` is what rank 0's metrics said, when just scraped.
+
+    The decision runs through STEPS in order; the first that returns a plan decides.
     """
-    ctx = _Ctx(obj, now)
-    status = ctx.status
+    draft = Draft(obj, now)
+    status = draft.status
     try:
         job = jobs.validate_job({k: obj.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
     except jobs.ManifestError as exc:
         # The schema cannot say everything (the batch must divide over the ranks...): such
         # a job fails for good, with the field in the message; no pod is ever created.
         if status.get("phase") != FAILED:
-            ctx.fail("InvalidSpec", str(exc))
-        return ctx.done()
-
-    world = jobs.world_size(job)
-    pod_total = jobs.pod_count(job)
-    npu = jobs.device_type(job) == "npu"
-    run_policy = job["spec"]["runPolicy"]
-    restarts = int(status.get("restarts") or 0)
-    status["restarts"] = restarts
+            draft.fail("InvalidSpec", str(exc))
+        return draft.done()
+    status["restarts"] = int(status.get("restarts") or 0)
     if progress:
         status["progress"] = dict(progress)
+    seen = Observed(job, pods, service, configmap, has_podgroup, foreign_pods, settings)
+    for step in STEPS:
+        decided = step(draft, seen)
+        if decided is not None:
+            return decided
+    raise AssertionError("the last step always decides")
 
-    current: dict[int, Mapping[str, Any]] = {}
-    stale: list[Mapping[str, Any]] = []
-    for pod in pods:
-        rank = st.pod_rank(pod)
-        if rank is None or rank >= pod_total or st.pod_restart(pod) != restarts or rank in current:
-            stale.append(pod)
+
+def partition_pods(draft: Draft, seen: Observed) -> Plan | None:
+    """This attempt's pods by index; any other pod (an earlier attempt's, an index out of
+    range, a duplicate) is stale and deleted."""
+    restarts = draft.status["restarts"]
+    for pod in seen.pods:
+        index = st.pod_rank(pod)
+        if (
+            index is None
+            or index >= seen.pod_total
+            or st.pod_restart(pod) != restarts
+            or index in seen.current
+        ):
+            seen.stale.append(pod)
         else:
-            current[rank] = pod
-    status["ranks"] = st.rank_counts(current.values(), world, jobs.devices_per_pod(job))
-    _delete(ctx, stale)
+            seen.current[index] = pod
+    draft.status["ranks"] = st.rank_counts(
+        seen.current.values(), seen.world, jobs.devices_per_pod(seen.job)
+    )
+    _delete(draft, seen.stale)
+    return None
 
-    if status.get("phase") in TERMINAL:
-        return _finished(ctx, current, run_policy)
 
-    # Children that must exist while the job is alive (re-created if someone deletes them).
-    if service is None:
-        ctx.plan.create.append(render.render_service(job))
-    if render.gang(job) and not has_podgroup:
+def finished(draft: Draft, seen: Observed) -> Plan | None:
+    """A job that has ended stays ended: only clean-up and its TTL are left."""
+    if draft.status.get("phase") in TERMINAL:
+        return _finished(draft, seen.current, seen.run_policy)
+    return None
+
+
+def ensure_children(draft: Draft, seen: Observed) -> Plan | None:
+    """Children that must exist while the job is alive (re-created if someone deletes them)."""
+    job = seen.job
+    if seen.service is None:
+        draft.plan.create.append(render.render_service(job))
+    if render.gang(job) and not seen.has_podgroup:
         # Before any pod: a pod naming a missing group is not scheduled by Volcano.
-        ctx.plan.create.append(render.render_podgroup(job))
-    if npu and configmap is None:
-        created_cm = render.render_configmap(job)
-        ctx.plan.create.append(created_cm)
-        configmap = created_cm
+        draft.plan.create.append(render.render_podgroup(job))
+    if seen.npu and seen.configmap is None:
+        seen.configmap = render.render_configmap(job)
+        draft.plan.create.append(seen.configmap)
+    return None
 
-    if run_policy["suspend"]:
-        _delete(ctx, list(current.values()))
-        ctx.clear(st.CREATED, "Suspended", "spec.runPolicy.suspend is true: rank pods deleted")
-        ctx.clear(st.RUNNING, "Suspended", "spec.runPolicy.suspend is true")
-        status["phase"] = SUSPENDED
-        status.pop("startTime", None)
-        _rank_table_reset(ctx, job, configmap)
-        return ctx.done()
 
-    started = st.parse_time(status.get("startTime"))
-    deadline = run_policy.get("activeDeadlineSeconds")
-    if deadline and started is not None:
-        left = (started + timedelta(seconds=deadline) - now).total_seconds()
-        if left <= 0:
-            ctx.fail(
-                "DeadlineExceeded",
-                f"spec.runPolicy.activeDeadlineSeconds: the job ran longer than {deadline}s",
-            )
-            return _finished(ctx, current, run_policy)
-        ctx.plan.requeue(left)
+def suspended(draft: Draft, seen: Observed) -> Plan | None:
+    """spec.runPolicy.suspend: no pods, no start time (the deadline restarts on resume)."""
+    if not seen.run_policy["suspend"]:
+        return None
+    _delete(draft, list(seen.current.values()))
+    draft.clear(st.CREATED, "Suspended", "spec.runPolicy.suspend is true: rank pods deleted")
+    draft.clear(st.RUNNING, "Suspended", "spec.runPolicy.suspend is true")
+    draft.status["phase"] = SUSPENDED
+    draft.status.pop("startTime", None)
+    _rank_table_reset(draft, seen.job, seen.configmap)
+    return draft.done()
 
-    created = ctx.is_true(st.CREATED)
+
+def deadline(draft: Draft, seen: Observed) -> Plan | None:
+    """spec.runPolicy.activeDeadlineSeconds, counted from startTime."""
+    started = st.parse_time(draft.status.get("startTime"))
+    seconds = seen.run_policy.get("activeDeadlineSeconds")
+    if not seconds or started is None:
+        return None
+    left = (started + timedelta(seconds=seconds) - draft.now).total_seconds()
+    if left > 0:
+        draft.plan.requeue(left)
+        return None
+    draft.fail(
+        "DeadlineExceeded",
+        f"spec.runPolicy.activeDeadlineSeconds: the job ran longer than {seconds}s",
+    )
+    return _finished(draft, seen.current, seen.run_policy)
+
+
+def _failures(draft: Draft, seen: Observed) -> list[st.Failure]:
+    created = draft.is_true(st.CREATED)
     failures: list[st.Failure] = []
-    for rank in range(pod_total):
-        pod = current.get(rank)
+    for index in range(seen.pod_total):
+        pod = seen.current.get(index)
         if pod is None:
-            if created:
-                name = jobs.pod_name(job, rank)
+            if created:  # all pods of this attempt were created: a missing one was deleted
+                name = jobs.pod_name(seen.job, index)
                 failures.append(
-                    st.Failure(rank, "PodDeleted", f"rank {rank} pod {name} disappeared", True)
+                    st.Failure(index, "PodDeleted", f"rank {index} pod {name} disappeared", True)
                 )
             continue
-        failure = st.pod_failure(pod, rank)
+        failure = st.pod_failure(pod, index)
         if failure is not None:
             failures.append(failure)
+    return failures
 
+
+def failures_and_backoff(draft: Draft, seen: Observed) -> Plan | None:
+    """A permanent failure fails the job; a retryable one restarts every pod, after a
+    doubling delay, up to spec.runPolicy.backoffLimit times."""
+    failures = _failures(draft, seen)
+    if not failures:
+        return None
+    status, run_policy = draft.status, seen.run_policy
     permanent = [f for f in failures if not f.retryable]
     if permanent:
-        ctx.fail(permanent[0].reason, permanent[0].message)
-        return _finished(ctx, current, run_policy)
-    if failures:
-        # Name the rank that died, not one that merely lost it (the trainer's exit 134).
-        first = min(failures, key=lambda f: f.exit_code == st.EXIT_LOST_PEER)
-        limit = run_policy["backoffLimit"]
-        if restarts >= limit:
-            ctx.fail(
-                "BackoffLimitExceeded",
-                f"{first.message}; the job was restarted {restarts} times "
-                f"(spec.runPolicy.backoffLimit {limit})",
-            )
-            return _finished(ctx, current, run_policy)
-        # The status is written before the pods are deleted: if the operator dies in
-        # between, the pods' restart label is already stale and they are deleted next time.
-        restarts += 1
-        status["restarts"] = restarts
-        delay = backoff_delay(restarts, settings)
-        ctx.cond(
-            st.RESTARTING,
-            True,
-            first.reason,
-            f"{first.message}: restarting all {world} ranks from the last checkpoint "
-            f"(restart {restarts} of {limit}, in {delay:g}s)",
+        draft.fail(permanent[0].reason, permanent[0].message)
+        return _finished(draft, seen.current, run_policy)
+    # Name the rank that died, not one that merely lost it (the trainer's lost-peer exit).
+    first = min(failures, key=lambda f: f.exit_code == exitcodes.EXIT_DIST)
+    restarts, limit = status["restarts"], run_policy["backoffLimit"]
+    if restarts >= limit:
+        draft.fail(
+            "BackoffLimitExceeded",
+            f"{first.message}; the job was restarted {restarts} times "
+            f"(spec.runPolicy.backoffLimit {limit})",
         )
-        ctx.cond(st.CREATED, False, "Restarting", f"restart {restarts}: rank pods deleted")
-        ctx.clear(st.RUNNING, "Restarting", first.message)
-        ctx.clear(st.SCHEDULED, "Restarting", first.message)
+        return _finished(draft, seen.current, run_policy)
+    # The status is written before the pods are deleted: if the operator dies in
+    # between, the pods' restart label is already stale and they are deleted next time.
+    restarts += 1
+    status["restarts"] = restarts
+    delay = backoff_delay(restarts, seen.settings)
+    draft.cond(
+        st.RESTARTING,
+        True,
+        first.reason,
+        f"{first.message}: restarting all {seen.world} ranks from the last checkpoint "
+        f"(restart {restarts} of {limit}, in {delay:g}s)",
+    )
+    draft.cond(st.CREATED, False, "Restarting", f"restart {restarts}: rank pods deleted")
+    draft.clear(st.RUNNING, "Restarting", first.message)
+    draft.clear(st.SCHEDULED, "Restarting", first.message)
+    status["phase"] = RESTARTING
+    _delete(draft, list(seen.current.values()))
+    _rank_table_reset(draft, seen.job, seen.configmap)
+    draft.plan.restarted = True
+    draft.plan.requeue(delay)
+    return draft.done()
+
+
+def succeeded(draft: Draft, seen: Observed) -> Plan | None:
+    """Every pod of this attempt exited 0."""
+    pods = seen.current.values()
+    if len(seen.current) != seen.pod_total or any(st.pod_phase(p) != "Succeeded" for p in pods):
+        return None
+    message = f"all {seen.world} ranks exited 0"
+    draft.cond(st.SUCCEEDED, True, "AllRanksSucceeded", message)
+    draft.clear(st.RUNNING, "Completed", message)
+    draft.clear(st.RESTARTING, "Completed", message)
+    draft.status["phase"] = SUCCEEDED
+    draft.status.setdefault("completionTime", st.format_time(draft.now))
+    return _finished(draft, seen.current, seen.run_policy)
+
+
+def _backoff_left(draft: Draft, seen: Observed) -> float:
+    """Seconds still to wait before this restart's pods may be created."""
+    restarts = draft.status["restarts"]
+    if not restarts or not draft.is_true(st.RESTARTING):
+        return 0.0
+    restarting = st.get_condition(draft.status["conditions"], st.RESTARTING) or {}
+    since = st.parse_time(restarting.get("lastTransitionTime"))
+    left = backoff_delay(restarts, seen.settings)
+    if since is not None:
+        left -= (draft.now - since).total_seconds()
+    return left
+
+
+def create_pods(draft: Draft, seen: Observed) -> Plan | None:
+    """The pods of this attempt, once the backoff has passed and the old pods are gone."""
+    if draft.is_true(st.CREATED):
+        return None
+    status, restarts = draft.status, draft.status["restarts"]
+    left = _backoff_left(draft, seen)
+    if left > 0:
         status["phase"] = RESTARTING
-        _delete(ctx, list(current.values()))
-        _rank_table_reset(ctx, job, configmap)
-        ctx.plan.restarted = True
-        ctx.plan.requeue(delay)
-        return ctx.done()
+        draft.plan.requeue(left)
+        return draft.done()
+    if seen.stale or seen.foreign_pods:
+        # Pods of the previous attempt (or of a deleted namesake) hold the names (and
+        # devices) the new ones need.
+        status["phase"] = RESTARTING if restarts else CREATING
+        draft.plan.requeue(1.0)
+        return draft.done()
+    for index in range(seen.pod_total):
+        if index not in seen.current:
+            draft.plan.create.append(render.render_pod(seen.job, index, restarts))
+    again = f" (restart {restarts})" if restarts else ""
+    draft.cond(st.CREATED, True, "PodsCreated", f"{seen.pod_total} rank pods created{again}")
+    if restarts:
+        draft.clear(st.RESTARTING, "Restarted", f"rank pods of restart {restarts} created")
+    status.setdefault("startTime", st.format_time(draft.now))
+    status["phase"] = CREATING
+    if seen.npu:
+        _rank_table(draft, seen.job, seen.current, seen.configmap)
+    return draft.done()
 
-    if len(current) == pod_total and all(st.pod_phase(p) == "Succeeded" for p in current.values()):
-        message = f"all {world} ranks exited 0"
-        ctx.cond(st.SUCCEEDED, True, "AllRanksSucceeded", message)
-        ctx.clear(st.RUNNING, "Completed", message)
-        ctx.clear(st.RESTARTING, "Completed", message)
-        status["phase"] = SUCCEEDED
-        status.setdefault("completionTime", st.format_time(now))
-        return _finished(ctx, current, run_policy)
 
-    if not created:
-        if restarts and ctx.is_true(st.RESTARTING):
-            since = st.parse_time(
-                (st.get_condition(status["conditions"], st.RESTARTING) or {}).get(
-                    "lastTransitionTime"
-                )
-            )
-            left = backoff_delay(restarts, settings)
-            if since is not None:
-                left -= (now - since).total_seconds()
-            if left > 0:
-                status["phase"] = RESTARTING
-                ctx.plan.requeue(left)
-                return ctx.done()
-        if stale or foreign_pods:
-            # Pods of the previous attempt (or of a deleted namesake) hold the names (and
-            # devices) the new ones need.
-            status["phase"] = RESTARTING if restarts else CREATING
-            ctx.plan.requeue(1.0)
-            return ctx.done()
-        for rank in range(pod_total):
-            if rank not in current:
-                ctx.plan.create.append(render.render_pod(job, rank, restarts))
-        again = f" (restart {restarts})" if restarts else ""
-        ctx.cond(st.CREATED, True, "PodsCreated", f"{pod_total} rank pods created{again}")
-        if restarts:
-            ctx.clear(st.RESTARTING, "Restarted", f"rank pods of restart {restarts} created")
-        status.setdefault("startTime", st.format_time(now))
-        status["phase"] = CREATING
-        if npu:
-            _rank_table(ctx, job, current, configmap)
-        return ctx.done()
-
+def steady(draft: Draft, seen: Observed) -> Plan:
+    """All pods exist and none failed: report scheduling, the rank table, running."""
+    status, world = draft.status, seen.world
     counts = status["ranks"]
     scheduled = counts["scheduled"]
     if scheduled == world:
-        ctx.cond(st.SCHEDULED, True, "AllRanksScheduled", f"{world} of {world} rank pods scheduled")
+        draft.cond(
+            st.SCHEDULED, True, "AllRanksScheduled", f"{world} of {world} rank pods scheduled"
+        )
     else:
         message = f"{scheduled} of {world} rank pods scheduled"
-        ctx.cond(st.SCHEDULED, False, "WaitingForScheduler", message)
-    if npu:
-        _rank_table(ctx, job, current, configmap)
+        draft.cond(st.SCHEDULED, False, "WaitingForScheduler", message)
+    if seen.npu:
+        _rank_table(draft, seen.job, seen.current, seen.configmap)
     active = counts["running"] + counts["succeeded"]
     if active == world and counts["running"] > 0:
-        ctx.cond(st.RUNNING, True, "AllRanksRunning", f"{counts['running']} ranks running")
+        draft.cond(st.RUNNING, True, "AllRanksRunning", f"{counts['running']} ranks running")
         status["phase"] = RUNNING
     else:
-        ctx.clear(st.RUNNING, "Waiting", f"{counts['running']} of {world} ranks running")
+        draft.clear(st.RUNNING, "Waiting", f"{counts['running']} of {world} ranks running")
         status["phase"] = PENDING
-    return ctx.done()
+    return draft.done()
+
+
+# One reconcile's decision, step by step (Kubeflow's ReconcileJobs, Volcano's job states):
+# each step either decides the plan or passes the job on to the next.
+STEPS: tuple[Callable[[Draft, Observed], Plan | None], ...] = (
+    partition_pods,
+    finished,
+    ensure_children,
+    suspended,
+    deadline,
+    failures_and_backoff,
+    succeeded,
+    create_pods,
+    steady,
+)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from shufflenet_contract import exitcodes
+
 from . import render
 
 # Condition types, in the order `kubectl describe` shows them.
@@ -23,11 +25,6 @@ RESTARTING = "Restarting"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 CONDITION_TYPES = (CREATED, SCHEDULED, RANKTABLE_READY, RUNNING, RESTARTING, SUCCEEDED, FAILED)
-
-# Exit codes the trainer documents as permanent: retrying cannot fix the input.
-PERMANENT_EXIT_REASONS = {2: "InvalidConfiguration", 3: "InvalidData"}
-# The trainer's exit code when a peer rank was lost or timed out (retryable).
-EXIT_LOST_PEER = 134
 
 
 def format_time(t: datetime) -> str:
@@ -109,11 +106,11 @@ def pod_failure(pod: Mapping[str, Any], rank: int) -> Failure | None:
         reason = str(status.get("reason") or "PodFailed")
         detail = status.get("message") or "failed without an exit code"
         return Failure(rank, reason, f"rank {rank} pod {name}: {reason}: {detail}", True)
-    if code in PERMANENT_EXIT_REASONS:
-        reason = PERMANENT_EXIT_REASONS[code]
+    if code in exitcodes.PERMANENT_REASONS:
+        reason = exitcodes.PERMANENT_REASONS[code]
         message = f"rank {rank} pod {name} exited {code} ({reason})"
         return Failure(rank, reason, message, False, code)
-    if code >= 128:
+    if exitcodes.is_retryable(code):
         return Failure(rank, "RetryableExit", f"rank {rank} pod {name} exited {code}", True, code)
     # 1..127 other than 2 and 3: an error in the program; restarting would repeat it.
     return Failure(rank, "Error", f"rank {rank} pod {name} exited {code}", False, code)

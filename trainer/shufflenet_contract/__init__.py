@@ -7,6 +7,7 @@
   source of truth for the YAML under manifests/crd/ and for local validation).
 - `schema`: a small structural-schema validator and defaulter for manifests.
 - `job`: a validated job -> each rank's env and trainer command line.
+- `exitcodes`: the trainer's exit codes, and which of them the operator retries.
 
 Only the standard library (and PyYAML for rendering) is used here.
 """

@@ -1,15 +1,23 @@
 """Errors that end a run with a documented exit code.
 
 The operator reads the exit code to decide whether a failed rank is worth a restart:
-configuration and data errors are permanent, anything >= 128 is retryable.
+configuration and data errors are permanent, anything >= 128 is retryable. The codes are
+the contract's (`shufflenet_contract.exitcodes`), which the operator reads too.
 """
 
-EXIT_CONFIG = 2
-EXIT_DATA = 3
-# A peer rank was lost, or waiting on one timed out (set-up, collective, rank table, watchdog).
-# The same code torch's NCCL watchdog exits with when it aborts a hung collective (SIGABRT).
-EXIT_DIST = 134
-EXIT_SIGTERM = 143
+from shufflenet_contract.exitcodes import EXIT_CONFIG, EXIT_DATA, EXIT_DIST, EXIT_SIGTERM
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_DATA",
+    "EXIT_DIST",
+    "EXIT_SIGTERM",
+    "ConfigError",
+    "DataError",
+    "DistributedError",
+    "TrainerError",
+    "first_line",
+]
 
 
 def first_line(exc: BaseException, limit: int | None = None, *, with_type: bool = True) -> str:

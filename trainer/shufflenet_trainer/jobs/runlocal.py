@@ -31,24 +31,18 @@ from typing import Any, TextIO
 
 import yaml
 
-from shufflenet_contract import crd, ranktable
+from shufflenet_contract import crd, exitcodes, ranktable
 from shufflenet_contract import job as jobs
 
 from ..atomic import atomic_write
 from ..console import Progress
-from ..errors import EXIT_CONFIG, EXIT_DATA, EXIT_DIST, EXIT_SIGTERM, ConfigError
+from ..errors import ConfigError
 from .launch import Rank, cpu_threads, free_port, spawn, supervise
 
 DEVICE_WORDS = {"npu": "Ascend NPU", "gpu": "CUDA GPU"}
 # Each rank's device as the only visible one, like the device plugin does for a pod.
 VISIBLE_DEVICES = {"npu": "ASCEND_RT_VISIBLE_DEVICES", "gpu": "CUDA_VISIBLE_DEVICES"}
 LOG_TAIL_LINES = 15
-EXIT_MEANING = {
-    EXIT_CONFIG: "bad configuration",
-    EXIT_DATA: "bad data",
-    EXIT_DIST: "lost a peer rank or timed out",
-    EXIT_SIGTERM: "stopped by SIGTERM after saving a checkpoint",
-}
 
 
 def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -351,7 +345,8 @@ def run_plan(plan: Plan, *, backoff_limit: int, grace: float) -> int:
         if outcome.code == 0:
             print(f"=> job {plan.name} succeeded in {_fmt_seconds(time.monotonic() - t_start)}")
             return 0
-        meaning = EXIT_MEANING.get(outcome.code, "retryable" if outcome.code >= 128 else "")
+        retryable = exitcodes.is_retryable(outcome.code)
+        meaning = exitcodes.MEANINGS.get(outcome.code, "retryable" if retryable else "")
         who = f"rank {outcome.failed_rank}" if outcome.failed_rank is not None else "the job"
         print(
             f"=> {who} exited with {outcome.code}" + (f" ({meaning})" if meaning else ""),
@@ -361,7 +356,7 @@ def run_plan(plan: Plan, *, backoff_limit: int, grace: float) -> int:
         if outcome.failed_rank is not None:
             path = log_paths[outcome.failed_rank]
             print(f"--- last lines of {path}:\n{_tail(path)}\n---", file=sys.stderr, flush=True)
-        retryable = outcome.code >= 128 and not outcome.interrupted
+        retryable = retryable and not outcome.interrupted
         if not retryable or restarts >= backoff_limit:
             if retryable:
                 print(f"=> backoffLimit {backoff_limit} reached: job failed", file=sys.stderr)
