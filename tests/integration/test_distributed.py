@@ -23,8 +23,9 @@ from shufflenet_contract.env import rank_env
 from shufflenet_trainer.errors import EXIT_DIST, EXIT_SIGTERM
 from shufflenet_trainer.jobs.launch import free_port
 from shufflenet_trainer.train.config import parse_config
-from shufflenet_trainer.train.loop import Hooks, StepEvent, run
+from shufflenet_trainer.train.loop import Hooks, StepEvent
 from shufflenet_trainer.train.results import read_jsonl
+from shufflenet_trainer.train.run import run
 
 pytestmark = pytest.mark.slow
 

@@ -147,7 +147,8 @@ INTERRUPT = textwrap.dedent(
     """
     import sys
     from shufflenet_trainer.train.config import parse_config
-    from shufflenet_trainer.train.loop import Hooks, run
+    from shufflenet_trainer.train.loop import Hooks
+    from shufflenet_trainer.train.run import run
 
     class Killed(Exception):
         pass

@@ -13,7 +13,8 @@ from shufflenet_trainer.cli import main
 from shufflenet_trainer.errors import ConfigError
 from shufflenet_trainer.metrics import exporter as metrics
 from shufflenet_trainer.train.config import parse_config
-from shufflenet_trainer.train.loop import Hooks, StepEvent, fps_at_all
+from shufflenet_trainer.train.loop import Hooks, StepEvent
+from shufflenet_trainer.train.meters import fps_at_all
 
 # The shared metric names (ARCHITECTURE.md), plus the two this exporter adds for the ETA and
 # the missing-rank alert. The counter is exposed with `_total`, as the text parser strips it.

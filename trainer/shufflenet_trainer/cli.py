@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = parse_config(argv, world_size=node.world_size, **common)
             return launch_nproc(cfg, list(sys.argv[1:] if argv is None else argv), node)
         from .metrics.exporter import start_exporter
-        from .train.loop import Hooks, run
+        from .train.loop import Hooks
+        from .train.run import run
 
         hooks = Hooks()
         # Bound before training starts: a taken port is a configuration error (exit 2), not

@@ -39,7 +39,8 @@ from prometheus_client.process_collector import ProcessCollector
 from ..errors import ConfigError
 from ..train import distributed
 from ..train.config import TrainConfig
-from ..train.loop import WARMUP_STEPS, Hooks, StepEvent
+from ..train.loop import Hooks, StepEvent
+from ..train.meters import WARMUP_STEPS
 
 DEFAULT_PORT = 9400
 DEFAULT_ADDR = "0.0.0.0"
