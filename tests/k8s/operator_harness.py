@@ -6,9 +6,7 @@ restart backoff so that tests are quick; it can be killed and started again mid-
 
 from __future__ import annotations
 
-import copy
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,20 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from helpers import jobs
 from kubernetes import client
 from sim.node_agent import wait_for
 
 from k8s.cluster import REPO, ControlPlane
 from shufflenet_contract import crd
 from shufflenet_operator import render
+from shufflenet_trainer.jobs.launch import free_port
 
 CRD_PATH = REPO / "manifests" / "crd" / "shufflenettrainingjobs.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def install_crd(api: client.ApiClient, body: dict[str, Any] | None = None) -> None:
@@ -161,25 +155,20 @@ class OperatorProcess:
 
 def job_manifest(name: str, *, device: str = "npu", count: int = 8, **spec: Any) -> dict[str, Any]:
     """A small job the test cluster can schedule (default scheduler, synthetic data)."""
-    return {
-        "apiVersion": crd.API_VERSION,
-        "kind": crd.KIND,
-        "metadata": {"name": name},
-        "spec": {
-            "image": "shufflenet/trainer:test",
-            "devices": {"type": device, "count": count},
-            "model": {"arch": "shufflenet_v2_x0_5"},
-            "training": {"epochs": 1, "batchSize": 8 * count},
-            "data": {"dummy": True},
-            "runPolicy": {"backoffLimit": 2},
-            # No Volcano here: the default scheduler, and no PodGroup unless a test asks.
-            "scheduling": {"schedulerName": "default-scheduler", "gang": False},
-            # A port nothing listens on: the operator scrapes rank 0's pod IP (loopback here)
-            # at this port, and a trainer elsewhere on the machine on 9400 would answer.
-            "metrics": {"port": free_port()},
-            **copy.deepcopy(spec),
-        },
+    small = {
+        "image": "shufflenet/trainer:test",
+        "devices": {"type": device, "count": count},
+        "model": {"arch": "shufflenet_v2_x0_5"},
+        "training": {"epochs": 1, "batchSize": 8 * count},
+        "data": {"dummy": True},
+        "runPolicy": {"backoffLimit": 2},
+        # No Volcano here: the default scheduler, and no PodGroup unless a test asks.
+        "scheduling": {"schedulerName": "default-scheduler", "gang": False},
+        # A port nothing listens on: the operator scrapes rank 0's pod IP (loopback here)
+        # at this port, and a trainer elsewhere on the machine on 9400 would answer.
+        "metrics": {"port": free_port()},
     }
+    return jobs.job_manifest(name, **{**small, **spec})
 
 
 class Jobs:

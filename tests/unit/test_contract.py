@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers.jobs import job_manifest
 
 from shufflenet_contract import crd, env, job, schema
 from shufflenet_trainer.train import config
@@ -146,12 +147,7 @@ def test_render_command_writes_the_file(tmp_path: Path) -> None:
 
 
 def minimal() -> dict[str, Any]:
-    return {
-        "apiVersion": crd.API_VERSION,
-        "kind": crd.KIND,
-        "metadata": {"name": "tiny"},
-        "spec": {"image": "img", "devices": {"type": "cpu"}},
-    }
+    return job_manifest("tiny", image="img", devices={"type": "cpu"})
 
 
 def test_examples_are_valid() -> None:

@@ -8,8 +8,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from helpers.jobs import job_manifest
 
-from shufflenet_contract import crd, ranktable
+from shufflenet_contract import ranktable
 from shufflenet_operator import policy, render
 from shufflenet_operator import status as st
 
@@ -21,17 +22,8 @@ class Cluster:
     """Just enough of an API server to apply plans: children by name, a status."""
 
     def __init__(self, **spec: Any) -> None:
-        self.job: dict[str, Any] = {
-            "apiVersion": crd.API_VERSION,
-            "kind": crd.KIND,
-            "metadata": {"name": "sn", "namespace": "ns", "uid": "job-uid"},
-            "spec": {
-                "image": "trainer:1",
-                "devices": {"type": "npu", "count": 4},
-                "training": {"batchSize": 64},
-                **spec,
-            },
-        }
+        small = {"devices": {"type": "npu", "count": 4}, "training": {"batchSize": 64}}
+        self.job = job_manifest(metadata={"namespace": "ns", "uid": "job-uid"}, **{**small, **spec})
         self.pods: dict[str, dict[str, Any]] = {}
         self.service: dict[str, Any] | None = None
         self.configmap: dict[str, Any] | None = None

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+from helpers.jobs import job_manifest
 
 from shufflenet_contract import crd, env, ranktable
 from shufflenet_contract import job as jobs
@@ -13,17 +14,11 @@ from shufflenet_operator import render
 
 
 def make_job(devices: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
-    obj = {
-        "apiVersion": crd.API_VERSION,
-        "kind": crd.KIND,
-        "metadata": {"name": "sn", "namespace": "ns", "uid": "job-uid"},
-        "spec": {
-            "image": "trainer:1",
-            "devices": devices or {"type": "npu", "count": 8},
-            "training": {"batchSize": 64},
-            **spec,
-        },
-    }
+    obj = job_manifest(
+        metadata={"namespace": "ns", "uid": "job-uid"},
+        devices=devices,
+        **{"training": {"batchSize": 64}, **spec},
+    )
     return jobs.validate_job(obj)
 
 

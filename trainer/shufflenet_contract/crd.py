@@ -9,7 +9,7 @@ everywhere, `x-kubernetes-preserve-unknown-fields` only for embedded Kubernetes 
 defaults, enums and minimums; no CEL rules. Optional sub-objects default to `{}` so that
 their own defaults apply when they are left out, as the API server does.
 
-Enumerations mirror the trainer's flags (shufflenet_trainer.train.config); a test keeps them equal.
+The trainer's flags (shufflenet_trainer.train.config) take their choices from the enumerations here.
 """
 
 from __future__ import annotations

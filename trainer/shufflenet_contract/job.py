@@ -23,6 +23,10 @@ ASCEND_CHIPS_PER_POD = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16)
 
 # shufflenet-train's --device per devices.type.
 TRAINER_DEVICE = {"npu": "npu", "gpu": "cuda", "cpu": "cpu"}
+# Each run of the trainer writes its result folder `training_<N>p_job_<time>` under its
+# --output-dir; --resume auto and snjob run-local find them by this prefix.
+RESULT_DIR_PREFIX = "training_"
+RESULT_DIR_GLOB = RESULT_DIR_PREFIX + "*"
 
 
 class ManifestError(ValueError):

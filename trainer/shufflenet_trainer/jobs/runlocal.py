@@ -111,7 +111,7 @@ def local_data_path(job: dict[str, Any], override: str | None) -> str | None:
 
 
 @dataclass
-class Plan:
+class LocalJob:
     """Everything needed to start the job's ranks here."""
 
     name: str
@@ -134,7 +134,7 @@ def make_plan(
     output_dir: str,
     metrics_port: int | None,
     now: datetime | None = None,
-) -> Plan:
+) -> LocalJob:
     name = job["metadata"]["name"]
     ranks = jobs.world_size(job)
     dtype = jobs.device_type(job)
@@ -186,7 +186,7 @@ def make_plan(
         else:
             env[VISIBLE_DEVICES[dtype]] = str(k)
         envs.append(env)
-    return Plan(
+    return LocalJob(
         name=name,
         ranks=ranks,
         device_type=dtype,
@@ -200,7 +200,7 @@ def make_plan(
     )
 
 
-def write_rank_table(plan: Plan, table: dict[str, Any]) -> None:
+def write_rank_table(plan: LocalJob, table: dict[str, Any]) -> None:
     """Replace the table atomically, as a ConfigMap update swaps the mounted file."""
     assert plan.rank_table is not None
     plan.rank_table.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +208,7 @@ def write_rank_table(plan: Plan, table: dict[str, Any]) -> None:
         tmp.write_text(ranktable.dump(table), encoding="utf-8")
 
 
-def local_rank_table(plan: Plan) -> dict[str, Any]:
+def local_rank_table(plan: LocalJob) -> dict[str, Any]:
     """The table the operator would build for one-NPU pods on one node: each pod its own
     server entry; chip k of the node with a loopback stand-in for its RoCE address."""
     pods = [
@@ -232,10 +232,10 @@ def _fmt_seconds(s: float) -> str:
 class JobProgress:
     """One bar for the job, fed by rank 0's train.jsonl (records at each print step)."""
 
-    def __init__(self, plan: Plan, stream: TextIO | None = None) -> None:
+    def __init__(self, plan: LocalJob, stream: TextIO | None = None) -> None:
         self.plan = plan
         self.progress = Progress(stream)
-        self.before = set(plan.root.glob("training_*"))
+        self.before = set(plan.root.glob(jobs.RESULT_DIR_GLOB))
         self.folder: Path | None = None
         self._pos = 0
         self._partial = ""
@@ -246,7 +246,7 @@ class JobProgress:
 
     def tick(self) -> None:
         if self.folder is None:
-            new = sorted(set(self.plan.root.glob("training_*")) - self.before)
+            new = sorted(set(self.plan.root.glob(jobs.RESULT_DIR_GLOB)) - self.before)
             if not new:
                 return
             self.folder = new[-1]
@@ -299,7 +299,7 @@ def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
     return "\n".join(lines[-n:])
 
 
-def run_plan(plan: Plan, *, backoff_limit: int, grace: float) -> int:
+def run_plan(plan: LocalJob, *, backoff_limit: int, grace: float) -> int:
     """Start and supervise the ranks, restarting on retryable failures; the job's exit code."""
     logs = plan.root / "logs"
     logs.mkdir(parents=True, exist_ok=True)

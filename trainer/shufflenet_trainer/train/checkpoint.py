@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from shufflenet_contract.job import RESULT_DIR_GLOB
+
 from ..atomic import atomic_write
 from ..errors import ConfigError, first_line
 
@@ -168,7 +170,7 @@ def checkpoint_candidates(output_dir: str | os.PathLike[str]) -> list[Path]:
     found = [
         p
         for name in (CHECKPOINT_NAME, PREVIOUS_NAME)
-        for p in root.glob(f"training_*/{name}")
+        for p in root.glob(f"{RESULT_DIR_GLOB}/{name}")
         if p.is_file()
     ]
     return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)

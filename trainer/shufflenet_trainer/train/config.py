@@ -18,20 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shufflenet_contract import crd
+
 from ..errors import ConfigError
 
-# Kept in sync with `shufflenet_trainer.model.shufflenetv2.ARCHS`; duplicated so that flag
-# parsing needs no torch import. A test checks the two agree.
-ARCH_NAMES: tuple[str, ...] = (
-    "shufflenet_v2_x0_5",
-    "shufflenet_v2_x1_0",
-    "shufflenet_v2_x1_5",
-    "shufflenet_v2_x2_0",
-)
+# The choices a job manifest allows are the flags' choices: one list, in the contract (torch-free,
+# so flag parsing needs no torch import). A test checks the model registry has every arch.
+ARCH_NAMES: tuple[str, ...] = tuple(crd.ARCHS)
 DEVICES = ("cpu", "cuda", "npu")
-AMP_MODES = ("off", "fp16", "bf16", "apex-O1", "apex-O2")
-SCHEDULES = ("cosine", "linear", "step")
-OPTIMIZERS = ("sgd", "lars")
+AMP_MODES: tuple[str, ...] = tuple(crd.AMP_MODES)
+SCHEDULES: tuple[str, ...] = tuple(crd.SCHEDULES)
+OPTIMIZERS: tuple[str, ...] = tuple(crd.OPTIMIZERS)
 SHUFFLES = ("fused", "reference")
 
 # The recipe's reference point: lr 0.5 at a global batch of 1024, scaled linearly.
@@ -158,7 +155,12 @@ def _device_list(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser; its help text is the flag reference."""
+    """The argparse parser; its help text is the flag reference.
+
+    Defaults are TrainConfig's (`d`), except where None means "resolved in parse_config"
+    (--lr, --device, --amp, --warmup-epochs...).
+    """
+    d = TrainConfig(data=None)
     p = _Parser(
         prog="shufflenet-train",
         description="Train ShuffleNetV2 on an ImageFolder dataset (ImageNet layout: "
@@ -167,12 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("data", nargs="?", default=None, help="dataset root (optional with --dummy)")
-    p.add_argument("-a", "--arch", default="shufflenet_v2_x1_0", help=f"one of {ARCH_NAMES}")
-    p.add_argument("-j", "--workers", type=int, default=4, help="data loading processes")
-    p.add_argument("--epochs", type=int, default=240, help="total epochs")
-    p.add_argument("--start-epoch", type=int, default=0, help="first epoch (resume overrides)")
+    p.add_argument("-a", "--arch", default=d.arch, help=f"one of {ARCH_NAMES}")
+    p.add_argument("-j", "--workers", type=int, default=d.workers, help="data loading processes")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="total epochs")
     p.add_argument(
-        "-b", "--batch-size", type=int, default=1024, help="GLOBAL batch, split over ranks"
+        "--start-epoch", type=int, default=d.start_epoch, help="first epoch (resume overrides)"
+    )
+    p.add_argument(
+        "-b", "--batch-size", type=int, default=d.batch_size, help="GLOBAL batch, split over ranks"
     )
     p.add_argument(
         "--lr",
@@ -182,11 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="peak learning rate (default: 0.5 x batch/1024)",
     )
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument(
-        "--wd", "--weight-decay", dest="weight_decay", type=float, default=4e-5, help="weight decay"
+        "--wd",
+        "--weight-decay",
+        dest="weight_decay",
+        type=float,
+        default=d.weight_decay,
+        help="weight decay",
     )
-    p.add_argument("-p", "--print-freq", type=int, default=10, help="log every N steps")
+    p.add_argument("-p", "--print-freq", type=int, default=d.print_freq, help="log every N steps")
     p.add_argument(
         "--resume",
         default=None,
@@ -200,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="local weights: a torchvision state_dict or a shufflenet-train checkpoint",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed (runs are reproducible by default)")
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="seed (runs are reproducible by default)"
+    )
     p.add_argument("--dummy", action="store_true", help="synthetic data, no dataset needed")
     p.add_argument(
         "--device", choices=DEVICES, default=None, help="default: cuda if available, else cpu"
@@ -223,12 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fp16/apex loss scale: a number or 'dynamic' (default: dynamic)",
     )
-    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     p.add_argument(
         "--bn-weight-decay",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=d.bn_weight_decay,
         help="apply weight decay to BatchNorm parameters and biases (recipe: off)",
     )
     p.add_argument(
@@ -238,16 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="linear lr warm-up (fractions allowed; must be < --epochs). Default: 5, or a "
         "tenth of --epochs for runs shorter than 50 epochs",
     )
-    p.add_argument("--lr-schedule", choices=SCHEDULES, default="cosine")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-    p.add_argument("--lars-eta", type=float, default=0.001, help="LARS trust coefficient")
+    p.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--lars-eta", type=float, default=d.lars_eta, help="LARS trust coefficient")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--image-size", type=int, default=224, help="train/val crop size")
-    p.add_argument("--val-resize", type=int, default=256, help="val short side before crop")
-    p.add_argument("--eval-freq", type=int, default=1, help="validate every N epochs")
-    p.add_argument("--output-dir", default="result", help="root of the result folders")
-    p.add_argument("--shuffle", choices=SHUFFLES, default="fused", help="channel shuffle op")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="train/val crop size")
+    p.add_argument(
+        "--val-resize", type=int, default=d.val_resize, help="val short side before crop"
+    )
+    p.add_argument("--eval-freq", type=int, default=d.eval_freq, help="validate every N epochs")
+    p.add_argument("--output-dir", default=d.output_dir, help="root of the result folders")
+    p.add_argument("--shuffle", choices=SHUFFLES, default=d.shuffle, help="channel shuffle op")
     p.add_argument(
         "--strict-data", action="store_true", help="fail on an unreadable image instead of skip"
     )
@@ -266,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dist-timeout",
         type=float,
-        default=DEFAULT_DIST_TIMEOUT,
+        default=d.dist_timeout,
         metavar="SECONDS",
         help="a rank that waits longer than this on its peers (set-up, collective, rank "
         "table, no step done) ends with exit 134 instead of hanging",
@@ -418,49 +431,19 @@ def parse_config(
     if warmup is None:
         warmup = min(DEFAULT_WARMUP_EPOCHS, ns.epochs / 10)
     lr = ns.lr if ns.lr is not None else REFERENCE_LR * ns.batch_size / REFERENCE_BATCH
+    # Every other field has a flag of the same name (argparse's dest).
+    resolved = {
+        "lr": lr,
+        "device": device,
+        "device_id": ns.device_id if ns.device_id is not None else (env_device_id or 0),
+        "amp": amp,
+        "loss_scale": loss_scale,
+        "warmup_epochs": warmup,
+        "world_size": world_size,
+        "rank": rank,
+    }
+    given, fields = vars(ns), dataclasses.fields(TrainConfig)
     cfg = TrainConfig(
-        data=ns.data,
-        arch=ns.arch,
-        workers=ns.workers,
-        epochs=ns.epochs,
-        start_epoch=ns.start_epoch,
-        batch_size=ns.batch_size,
-        lr=lr,
-        momentum=ns.momentum,
-        weight_decay=ns.weight_decay,
-        print_freq=ns.print_freq,
-        resume=ns.resume,
-        evaluate=ns.evaluate,
-        pretrained=ns.pretrained,
-        seed=ns.seed,
-        dummy=ns.dummy,
-        device=device,
-        device_id=ns.device_id if ns.device_id is not None else (env_device_id or 0),
-        amp=amp,
-        loss_scale=loss_scale,
-        label_smoothing=ns.label_smoothing,
-        nesterov=ns.nesterov,
-        bn_weight_decay=ns.bn_weight_decay,
-        warmup_epochs=warmup,
-        lr_schedule=ns.lr_schedule,
-        optimizer=ns.optimizer,
-        lars_eta=ns.lars_eta,
-        channels_last=ns.channels_last,
-        compile=ns.compile,
-        image_size=ns.image_size,
-        val_resize=ns.val_resize,
-        eval_freq=ns.eval_freq,
-        output_dir=ns.output_dir,
-        shuffle=ns.shuffle,
-        strict_data=ns.strict_data,
-        max_steps_per_epoch=ns.max_steps_per_epoch,
-        metrics_port=ns.metrics_port,
-        metrics_addr=ns.metrics_addr,
-        freeze_bn=ns.freeze_bn,
-        dist_timeout=ns.dist_timeout,
-        nproc=ns.nproc,
-        device_list=ns.device_list,
-        world_size=world_size,
-        rank=rank,
+        **{f.name: resolved[f.name] if f.name in resolved else given[f.name] for f in fields}
     )
     return validate(cfg)

@@ -28,6 +28,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from shufflenet_contract.job import RESULT_DIR_PREFIX
+
 from ..console import Progress
 
 CONFIG_NAME = "config.json"
@@ -42,7 +44,7 @@ def rank_log_name(rank: int) -> str:
 
 
 def result_dir_name(world_size: int, now: datetime) -> str:
-    return f"training_{world_size}p_job_{now:%Y%m%d%H%M%S}"
+    return f"{RESULT_DIR_PREFIX}{world_size}p_job_{now:%Y%m%d%H%M%S}"
 
 
 def create_result_dir(
