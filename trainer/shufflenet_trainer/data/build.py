@@ -35,7 +35,6 @@ from .loader import (
 )
 from .synthetic import SyntheticDataset
 
-HOST_NHWC = True
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -121,8 +120,8 @@ def build_loaders(
         if dummy_classes < 1 or dummy_size < 1:
             raise ConfigError("dummy data needs at least 1 class and 1 sample: raise the sizes")
         val_n = max(1, dummy_size // 10)
-        train_ds = SyntheticDataset(dummy_size, dummy_classes, image_size, seed, 0, HOST_NHWC)
-        val_ds = SyntheticDataset(val_n, dummy_classes, image_size, seed, dummy_size, HOST_NHWC)
+        train_ds = SyntheticDataset(dummy_size, dummy_classes, image_size, seed, 0)
+        val_ds = SyntheticDataset(val_n, dummy_classes, image_size, seed, dummy_size)
         class_names = [f"class{i:04d}" for i in range(dummy_classes)]
         train_n = dummy_size
     else:
@@ -131,12 +130,8 @@ def build_loaders(
         class_names, train_samples, val_samples = scan_imagefolder(data_dir)
         # The GPU path decodes on the host only what nvJPEG is not given, with tv-jpeg.
         train_decode, val_decode = _HOST_DECODERS.get(path, (decode_train_tv, decode_val))
-        train_ds = TrainFolderDataset(
-            train_samples, image_size, seed, HOST_NHWC, strict, train_decode
-        )
-        val_ds = ValFolderDataset(
-            val_samples, val_resize, image_size, HOST_NHWC, strict, val_decode
-        )
+        train_ds = TrainFolderDataset(train_samples, image_size, seed, strict, train_decode)
+        val_ds = ValFolderDataset(val_samples, val_resize, image_size, strict, val_decode)
         train_n, val_n = len(train_samples), len(val_samples)
 
     train_sampler = ShardedBatchSampler(

@@ -35,11 +35,11 @@ BatchKey = tuple[int, list[int]]
 
 @dataclass
 class Batch:
-    """What a worker returns: images NHWC (channels_last) or NCHW, uint8."""
+    """What a worker returns: uint8 images in NHWC, the layout decoders produce (each image
+    is copied once, without a transpose; the loader hands NCHW views of them to training)."""
 
     images: torch.Tensor
     labels: torch.Tensor
-    nhwc: bool
     skipped: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
 
@@ -48,20 +48,14 @@ class Batch:
         return Batch(
             self.images.pin_memory(),
             self.labels.pin_memory(),
-            self.nhwc,
             self.skipped,
             self.error,
         )
 
 
-def _alloc(n: int, size: int, nhwc: bool) -> tuple[torch.Tensor, np.ndarray]:
-    shape = (n, size, size, 3) if nhwc else (n, 3, size, size)
-    t = torch.empty(shape, dtype=torch.uint8)
+def _alloc(n: int, size: int) -> tuple[torch.Tensor, np.ndarray]:
+    t = torch.empty((n, size, size, 3), dtype=torch.uint8)
     return t, t.numpy()
-
-
-def _put(buf: np.ndarray, k: int, hwc: np.ndarray, nhwc: bool) -> None:
-    buf[k] = hwc if nhwc else hwc.transpose(2, 0, 1)
 
 
 def _reason(exc: BaseException) -> str:
@@ -80,7 +74,6 @@ class _FolderBatches(Dataset):
 
     samples: list[tuple[str, int]]
     size: int
-    nhwc: bool
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -90,7 +83,7 @@ class _FolderBatches(Dataset):
 
     def __getitem__(self, key: BatchKey) -> Batch:  # type: ignore[override]
         epoch, indices = key
-        images, buf = _alloc(len(indices), self.size, self.nhwc)
+        images, buf = _alloc(len(indices), self.size)
         labels = torch.empty(len(indices), dtype=torch.int64)
         skipped: list[tuple[str, str]] = []
         k = 0
@@ -98,15 +91,15 @@ class _FolderBatches(Dataset):
             arr, label, skip, err = self.sample(epoch, index)
             skipped.extend(skip)
             if err is not None:
-                return Batch(images, labels, self.nhwc, skipped, err)
+                return Batch(images, labels, skipped, err)
             if arr is None:
                 continue
-            _put(buf, k, arr, self.nhwc)
+            buf[k] = arr
             labels[k] = label
             k += 1
         if k < len(indices):
             images, labels = images[:k], labels[:k]
-        return Batch(images, labels, self.nhwc, skipped)
+        return Batch(images, labels, skipped)
 
 
 class TrainFolderDataset(_FolderBatches):
@@ -118,14 +111,12 @@ class TrainFolderDataset(_FolderBatches):
         samples: list[tuple[str, int]],
         size: int,
         seed: int,
-        nhwc: bool,
         strict: bool,
         decode: Callable[[str, int, Callable[[int, int], TrainParams]], np.ndarray],
     ) -> None:
         self.samples = samples
         self.size = size
         self.seed = seed
-        self.nhwc = nhwc
         self.strict = strict
         self.decode = decode
 
@@ -165,14 +156,12 @@ class ValFolderDataset(_FolderBatches):
         samples: list[tuple[str, int]],
         resize: int,
         size: int,
-        nhwc: bool,
         strict: bool,
         decode: Callable[[str, int, int], np.ndarray],
     ) -> None:
         self.samples = samples
         self.resize = resize
         self.size = size
-        self.nhwc = nhwc
         self.strict = strict
         self.decode = decode
 
@@ -335,4 +324,4 @@ class BatchLoader:
                 raise DataError(b.error)
             if len(b.labels) == 0:
                 continue
-            yield (b.images.permute(0, 3, 1, 2) if b.nhwc else b.images), b.labels
+            yield b.images.permute(0, 3, 1, 2), b.labels
