@@ -51,12 +51,13 @@ $(GRAFANA_DEPS): tests/grafana/package.json tests/grafana/package-lock.json
 	touch $@
 
 # Plain manifests rendered from their sources (checked in sync by the tests): the operator
-# and monitoring from the Helm chart, the CRD (plain and the chart's copy) from
-# trainer/shufflenet_contract/crd.py.
+# and monitoring from the Helm chart, the CRD (plain and the chart's copy) and its field
+# reference docs/job-spec.md from trainer/shufflenet_contract/crd.py.
 manifests: venv
 	scripts/render-manifests.sh manifests
 	$(VENV)/bin/snjob render crd -o manifests/crd/shufflenettrainingjobs.yaml
 	$(VENV)/bin/snjob render crd -o charts/shufflenet-operator/crds/shufflenettrainingjobs.yaml
+	$(VENV)/bin/snjob render job-spec -o docs/job-spec.md
 
 # A real Kubernetes v1.20.2 control plane on loopback (etcd, apiserver, controller manager,
 # scheduler), built once from Debian's source package and cached outside the repository

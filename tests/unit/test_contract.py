@@ -12,7 +12,7 @@ import pytest
 import yaml
 from helpers.jobs import job_manifest
 
-from shufflenet_contract import crd, env, job, schema
+from shufflenet_contract import crd, env, job, jobspec, schema
 from shufflenet_trainer.train import config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,6 +103,31 @@ def test_bad_env_is_a_configuration_error_of_the_trainer() -> None:
 def test_committed_crd_yaml_equals_the_rendering() -> None:
     committed = (ROOT / "manifests" / "crd" / "shufflenettrainingjobs.yaml").read_text()
     assert committed == crd.render_yaml(), "run `make manifests` and commit the result"
+
+
+def test_committed_job_spec_reference_equals_the_rendering() -> None:
+    committed = (ROOT / "docs" / "job-spec.md").read_text()
+    assert committed == jobspec.render_markdown(), "run `make manifests` and commit the result"
+
+
+def test_every_field_the_user_sets_or_reads_is_described() -> None:
+    # docs/job-spec.md and `kubectl explain` show these descriptions. The status's counters
+    # and condition fields are described by their parent.
+    described_by_parent = ("status.conditions[].", "status.ranks.", "status.rankTable.")
+    missing = [
+        path
+        for root, schema in (("spec", crd.SPEC), ("status", crd.STATUS))
+        for path, sub, _ in jobspec.fields(schema, root)
+        if not sub.get("description") and not path.startswith(described_by_parent)
+    ]
+    assert not missing
+
+
+def test_job_spec_reference_lists_defaults_and_limits() -> None:
+    text = jobspec.render_markdown()
+    row = next(line for line in text.splitlines() if line.startswith("| `spec.devices.count`"))
+    assert "`1`" in row and ">= 1" in row
+    assert "| `spec.image` | string |  | required; not empty |" in text
 
 
 def test_crd_is_structural_and_1_20_compatible() -> None:

@@ -78,7 +78,9 @@ def _embedded(description: str) -> dict[str, Any]:
 SPEC: dict[str, Any] = _obj(
     {
         "image": _str(minLength=1, description="trainer container image"),
-        "imagePullPolicy": _str(enum=["Always", "IfNotPresent", "Never"]),
+        "imagePullPolicy": _str(
+            enum=["Always", "IfNotPresent", "Never"], description="of the rank pods' image"
+        ),
         "devices": _obj(
             {
                 "type": _str(enum=DEVICE_TYPES, description="npu, gpu or cpu"),
@@ -96,14 +98,22 @@ SPEC: dict[str, Any] = _obj(
                 ),
             },
             required=["type"],
+            description="the job's devices: one rank per device",
         ),
         "model": _obj(
-            {"arch": _str(enum=ARCHS, default="shufflenet_v2_x1_0")},
+            {
+                "arch": _str(
+                    enum=ARCHS,
+                    default="shufflenet_v2_x1_0",
+                    description="ShuffleNetV2 width, by torchvision's names",
+                )
+            },
             default={},
+            description="the network",
         ),
         "training": _obj(
             {
-                "epochs": _int(1, default=240),
+                "epochs": _int(1, default=240, description="total epochs"),
                 "batchSize": _int(
                     1, default=1024, description="GLOBAL batch; must divide by devices.count"
                 ),
@@ -112,24 +122,49 @@ SPEC: dict[str, Any] = _obj(
                     minimum=0,
                     description="peak learning rate (default: 0.5 x batchSize/1024)",
                 ),
-                "optimizer": _str(enum=OPTIMIZERS, default="sgd"),
-                "larsEta": _num(exclusiveMinimum=True, minimum=0),
-                "lrSchedule": _str(enum=SCHEDULES, default="cosine"),
-                "warmupEpochs": _num(minimum=0),
-                "momentum": _num(minimum=0, maximum=1, exclusiveMaximum=True),
-                "weightDecay": _num(minimum=0),
-                "labelSmoothing": _num(minimum=0, maximum=1, exclusiveMaximum=True),
+                "optimizer": _str(
+                    enum=OPTIMIZERS, default="sgd", description="lars for very large batches"
+                ),
+                "larsEta": _num(
+                    exclusiveMinimum=True,
+                    minimum=0,
+                    description="LARS trust coefficient (default: 0.001)",
+                ),
+                "lrSchedule": _str(
+                    enum=SCHEDULES,
+                    default="cosine",
+                    description="per step: cosine, linear to 0, or x0.1 every 30 epochs",
+                ),
+                "warmupEpochs": _num(
+                    minimum=0,
+                    description="linear lr warm-up, < epochs (default: 5, or a tenth of "
+                    "epochs below 50)",
+                ),
+                "momentum": _num(
+                    minimum=0, maximum=1, exclusiveMaximum=True, description="(default: 0.9)"
+                ),
+                "weightDecay": _num(
+                    minimum=0,
+                    description="not on BatchNorm parameters and biases (default: 4e-5)",
+                ),
+                "labelSmoothing": _num(
+                    minimum=0, maximum=1, exclusiveMaximum=True, description="(default: 0.1)"
+                ),
                 "amp": _str(
                     enum=AMP_MODES,
                     description="mixed precision (default: fp16 on npu, bf16 on gpu, off on cpu)",
                 ),
-                "imageSize": _int(32, default=224),
-                "valResize": _int(32, default=256),
+                "imageSize": _int(32, default=224, description="train and val crop size, pixels"),
+                "valResize": _int(
+                    32, default=256, description="val images' short side before the crop"
+                ),
                 "workers": _int(0, default=4, description="data loading processes per rank"),
-                "printFreq": _int(1, default=10),
-                "evalFreq": _int(1, default=1),
-                "seed": _int(0, default=0),
-                "channelsLast": _bool(default=False),
+                "printFreq": _int(1, default=10, description="log every N steps"),
+                "evalFreq": _int(
+                    1, default=1, description="validate every N epochs (and after the last)"
+                ),
+                "seed": _int(0, default=0, description="runs are reproducible"),
+                "channelsLast": _bool(default=False, description="NHWC memory format"),
                 "distTimeoutSeconds": _int(
                     10,
                     default=1800,
@@ -143,6 +178,7 @@ SPEC: dict[str, Any] = _obj(
                 },
             },
             default={},
+            description="shufflenet-train's flags, by camelCase name",
         ),
         "data": _obj(
             {
@@ -153,43 +189,81 @@ SPEC: dict[str, Any] = _obj(
                 "dummy": _bool(default=False, description="synthetic data, no volume needed"),
             },
             default={},
+            description="an ImageFolder root with train/<class>/ and val/<class>/",
         ),
         "checkpoint": _obj(
             {
                 "volume": _embedded("volume source for checkpoints and results"),
-                "path": _str(minLength=1, default="/checkpoints"),
+                "path": _str(
+                    minLength=1,
+                    default="/checkpoints",
+                    description="mount path; result folders (--output-dir) go here",
+                ),
             },
             default={},
+            description="where runs write results and checkpoints; restarts resume from here",
         ),
         "runPolicy": _obj(
             {
                 "backoffLimit": _int(0, default=3, description="whole-job restarts"),
-                "cleanPodPolicy": _str(enum=["Running", "All", "None"], default="Running"),
-                "ttlSecondsAfterFinished": _int(0, default=86400),
-                "activeDeadlineSeconds": _int(1, nullable=True),
-                "suspend": _bool(default=False),
+                "cleanPodPolicy": _str(
+                    enum=["Running", "All", "None"],
+                    default="Running",
+                    description="pods deleted when the job ends: those still running, all, none",
+                ),
+                "ttlSecondsAfterFinished": _int(
+                    0, default=86400, description="the job is deleted this long after it ends"
+                ),
+                "activeDeadlineSeconds": _int(
+                    1, nullable=True, description="the job fails after running this long"
+                ),
+                "suspend": _bool(
+                    default=False, description="true: the rank pods are deleted until false"
+                ),
             },
             default={},
+            description="restarts, clean-up and limits of the whole job",
         ),
         "scheduling": _obj(
             {
-                "gang": _bool(default=True),
-                "schedulerName": _str(minLength=1, default="volcano"),
-                "queue": _str(minLength=1, default="default"),
-                "priorityClassName": _str(nullable=True),
+                "gang": _bool(
+                    default=True,
+                    description="a Volcano PodGroup: all rank pods are scheduled, or none",
+                ),
+                "schedulerName": _str(
+                    minLength=1, default="volcano", description="of the rank pods"
+                ),
+                "queue": _str(
+                    minLength=1, default="default", description="the PodGroup's Volcano queue"
+                ),
+                "priorityClassName": _str(
+                    nullable=True, description="of the rank pods and the PodGroup"
+                ),
                 "nodeSelector": {
                     "type": "object",
                     "additionalProperties": _str(),
+                    "description": "of the rank pods",
                 },
-                "tolerations": {"type": "array", "items": _embedded("a pod toleration")},
+                "tolerations": {
+                    "type": "array",
+                    "items": _embedded("a pod toleration"),
+                    "description": "of the rank pods",
+                },
             },
             default={},
+            description="how the rank pods are placed",
         ),
         "metrics": _obj(
             {
-                "port": _int(1, 65535, default=9400),
+                "port": _int(
+                    1,
+                    65535,
+                    default=9400,
+                    description="each rank's /metrics port (a pod of perPod P: port .. port+P-1)",
+                ),
             },
             default={},
+            description="the trainers' Prometheus endpoints",
         ),
         "podTemplate": _embedded("overrides merged into each rank pod"),
     },
@@ -209,8 +283,13 @@ _CONDITION = _obj(
 
 STATUS: dict[str, Any] = _obj(
     {
-        "phase": _str(enum=PHASES),
-        "conditions": {"type": "array", "items": _CONDITION},
+        "phase": _str(enum=PHASES, description="the job's state"),
+        "conditions": {
+            "type": "array",
+            "items": _CONDITION,
+            "description": "Created, Scheduled, RankTableReady, Running, Restarting, Succeeded, "
+            "Failed: status, reason, message, lastTransitionTime",
+        },
         "ranks": _obj(
             {
                 "total": _int(0),
@@ -218,21 +297,29 @@ STATUS: dict[str, Any] = _obj(
                 "running": _int(0),
                 "succeeded": _int(0),
                 "failed": _int(0),
-            }
+            },
+            description="ranks (not pods) by their pod's state",
         ),
-        "rankTable": _obj({"status": _str(), "version": _int(0)}),
-        "restarts": _int(0),
+        "rankTable": _obj(
+            {"status": _str(), "version": _int(0)},
+            description="npu: the rank-table ConfigMap's status (initializing, completed) "
+            "and version",
+        ),
+        "restarts": _int(0, description="whole-job restarts so far"),
         "progress": _obj(
             {
                 "epoch": _num(
                     minimum=0, description="epochs done, with the current one's fraction"
                 ),
-                "imagesPerSecond": _num(),
-                "top1": _num(),
-            }
+                "imagesPerSecond": _num(description="FPS@all: the whole job's images/s"),
+                "top1": _num(description="the last validation's top-1, percent"),
+            },
+            description="scraped from rank 0's metrics endpoint while the job runs",
         ),
-        "startTime": _str(format="date-time"),
-        "completionTime": _str(format="date-time"),
+        "startTime": _str(
+            format="date-time", description="when rank pods were first created (suspend resets it)"
+        ),
+        "completionTime": _str(format="date-time", description="when the job ended"),
     }
 )
 

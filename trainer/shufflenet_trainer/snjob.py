@@ -113,8 +113,9 @@ def add_run_local(sub: argparse._SubParsersAction) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     from shufflenet_contract.crd import render_yaml
+    from shufflenet_contract.jobspec import render_markdown
 
-    text = render_yaml()
+    text = render_yaml() if args.what == "crd" else render_markdown()
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:
@@ -126,10 +127,11 @@ def _render(args: argparse.Namespace) -> int:
 def add_render(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "render",
-        help="write generated manifests (the CRD) from their Python source",
-        description="Render the ShuffleNetTrainingJob CRD from shufflenet_contract.crd.",
+        help="write generated files (the CRD, its reference) from their Python source",
+        description="Render the ShuffleNetTrainingJob CRD (crd) or its field reference, "
+        "docs/job-spec.md (job-spec), from shufflenet_contract.crd.",
     )
-    p.add_argument("what", choices=["crd"], help="what to render")
+    p.add_argument("what", choices=["crd", "job-spec"], help="what to render")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=_render)
 
