@@ -126,7 +126,7 @@ class LocalJob:
     note: str = ""  # what is run differently from the manifest, for the user
 
 
-def make_plan(
+def make_local_job(
     job: dict[str, Any],
     *,
     cpu: bool,
@@ -135,29 +135,14 @@ def make_plan(
     metrics_port: int | None,
     now: datetime | None = None,
 ) -> LocalJob:
+    """The validated `job` as processes on this machine: one command, one env per rank."""
     name = job["metadata"]["name"]
     ranks = jobs.world_size(job)
     dtype = jobs.device_type(job)
-    on_cpu = False
-    note = ""
-    if dtype != "cpu":
-        have = device_count(dtype)
-        if have < ranks and not cpu:
-            raise ConfigError(
-                f"spec.devices: the job wants {ranks} x {dtype} but this machine has {have} "
-                f"{DEVICE_WORDS[dtype]}(s): pass --cpu to run its {ranks} ranks on CPU with gloo"
-            )
-        on_cpu = cpu
-        if cpu:
-            note = (
-                f"this machine has {have} {DEVICE_WORDS[dtype]}(s); running the {ranks} ranks "
-                "on CPU with gloo (--cpu), in the CPU's default precision"
-            )
+    on_cpu, note = _where_ranks_run(dtype, ranks, cpu)
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     root = Path(output_dir) / f"{name}-{stamp}"
     rank_table = root / "ranktable" / ranktable.FILE_KEY if dtype == "npu" and on_cpu else None
-    port = free_port()
-    base_port = job["spec"]["metrics"]["port"] if metrics_port is None else metrics_port
     command = [
         sys.executable,
         "-m",
@@ -169,6 +154,37 @@ def make_plan(
             device="cpu" if on_cpu else None,
         ),
     ]
+    base_port = job["spec"]["metrics"]["port"] if metrics_port is None else metrics_port
+    envs = _rank_envs(job, on_cpu, rank_table, base_port)
+    epochs = int(job["spec"]["training"]["epochs"])
+    return LocalJob(name, ranks, dtype, on_cpu, command, envs, root, rank_table, epochs, note)
+
+
+def _where_ranks_run(dtype: str, ranks: int, cpu: bool) -> tuple[bool, str]:
+    """(whether an npu/gpu job runs on CPU instead, what to tell the user about it)."""
+    if dtype == "cpu":
+        return False, ""
+    have = device_count(dtype)
+    if have < ranks and not cpu:
+        raise ConfigError(
+            f"spec.devices: the job wants {ranks} x {dtype} but this machine has {have} "
+            f"{DEVICE_WORDS[dtype]}(s): pass --cpu to run its {ranks} ranks on CPU with gloo"
+        )
+    if not cpu:
+        return False, ""
+    return True, (
+        f"this machine has {have} {DEVICE_WORDS[dtype]}(s); running the {ranks} ranks "
+        "on CPU with gloo (--cpu), in the CPU's default precision"
+    )
+
+
+def _rank_envs(
+    job: dict[str, Any], on_cpu: bool, rank_table: Path | None, base_port: int
+) -> list[dict[str, str]]:
+    """Each rank's environment: the operator's pod env with loopback addresses, and the
+    rank's device as its only visible one (as the device plugin does for a pod)."""
+    ranks, dtype = jobs.world_size(job), jobs.device_type(job)
+    port = free_port()
     envs = []
     for k in range(ranks):
         env = jobs.pod_env(
@@ -186,38 +202,27 @@ def make_plan(
         else:
             env[VISIBLE_DEVICES[dtype]] = str(k)
         envs.append(env)
-    return LocalJob(
-        name=name,
-        ranks=ranks,
-        device_type=dtype,
-        on_cpu=on_cpu,
-        command=command,
-        envs=envs,
-        root=root,
-        rank_table=rank_table,
-        epochs=int(job["spec"]["training"]["epochs"]),
-        note=note,
-    )
+    return envs
 
 
-def write_rank_table(plan: LocalJob, table: dict[str, Any]) -> None:
+def write_rank_table(local: LocalJob, table: dict[str, Any]) -> None:
     """Replace the table atomically, as a ConfigMap update swaps the mounted file."""
-    assert plan.rank_table is not None
-    plan.rank_table.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(plan.rank_table) as tmp:
+    assert local.rank_table is not None
+    local.rank_table.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(local.rank_table) as tmp:
         tmp.write_text(ranktable.dump(table), encoding="utf-8")
 
 
-def local_rank_table(plan: LocalJob) -> dict[str, Any]:
+def local_rank_table(local: LocalJob) -> dict[str, Any]:
     """The table the operator would build for one-NPU pods on one node: each pod its own
     server entry; chip k of the node with a loopback stand-in for its RoCE address."""
     pods = [
         ranktable.PodDevices(
             rank=k,
-            server_id=f"{plan.name}-rank-{k}",  # a pod UID on a cluster
+            server_id=f"{local.name}-rank-{k}",  # a pod UID on a cluster
             devices=(ranktable.Device(str(k % 8), f"127.100.{k // 8}.{k % 8 + 1}"),),
         )
-        for k in range(plan.ranks)
+        for k in range(local.ranks)
     ]
     return ranktable.build_rank_table(pods)
 
@@ -232,10 +237,10 @@ def _fmt_seconds(s: float) -> str:
 class JobProgress:
     """One bar for the job, fed by rank 0's train.jsonl (records at each print step)."""
 
-    def __init__(self, plan: LocalJob, stream: TextIO | None = None) -> None:
-        self.plan = plan
+    def __init__(self, local: LocalJob, stream: TextIO | None = None) -> None:
+        self.local = local
         self.progress = Progress(stream)
-        self.before = set(plan.root.glob(jobs.RESULT_DIR_GLOB))
+        self.before = set(local.root.glob(jobs.RESULT_DIR_GLOB))
         self.folder: Path | None = None
         self._pos = 0
         self._partial = ""
@@ -246,7 +251,7 @@ class JobProgress:
 
     def tick(self) -> None:
         if self.folder is None:
-            new = sorted(set(self.plan.root.glob(jobs.RESULT_DIR_GLOB)) - self.before)
+            new = sorted(set(self.local.root.glob(jobs.RESULT_DIR_GLOB)) - self.before)
             if not new:
                 return
             self.folder = new[-1]
@@ -265,7 +270,7 @@ class JobProgress:
                 self._show(json.loads(line))
 
     def _show(self, rec: dict[str, Any]) -> None:
-        epochs = self.plan.epochs
+        epochs = self.local.epochs
         if rec.get("kind") == "step":
             steps = int(rec["steps"])
             done = int(rec["epoch"]) * steps + int(rec["step"])
@@ -281,7 +286,7 @@ class JobProgress:
             )
             if self.progress.tty:
                 self.progress.step_line(text, text)
-                self.progress.advance(self.plan.name, done, epochs * steps)
+                self.progress.advance(self.local.name, done, epochs * steps)
         elif rec.get("kind") == "epoch":
             val = rec.get("val_top1")
             self.progress.line(
@@ -299,42 +304,42 @@ def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
     return "\n".join(lines[-n:])
 
 
-def run_plan(plan: LocalJob, *, backoff_limit: int, grace: float) -> int:
+def run_local_job(local: LocalJob, *, backoff_limit: int, grace: float) -> int:
     """Start and supervise the ranks, restarting on retryable failures; the job's exit code."""
-    logs = plan.root / "logs"
+    logs = local.root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    log_paths = [logs / f"{plan.name}-rank-{k}.log" for k in range(plan.ranks)]
-    device = "cpu (gloo)" if plan.on_cpu or plan.device_type == "cpu" else plan.device_type
+    log_paths = [logs / f"{local.name}-rank-{k}.log" for k in range(local.ranks)]
+    device = "cpu (gloo)" if local.on_cpu or local.device_type == "cpu" else local.device_type
     print(
-        f"=> job {plan.name}: {plan.ranks} rank(s) on {device}; job folder {plan.root}\n"
-        f"=> rank logs: {logs}/{plan.name}-rank-<k>.log",
+        f"=> job {local.name}: {local.ranks} rank(s) on {device}; job folder {local.root}\n"
+        f"=> rank logs: {logs}/{local.name}-rank-<k>.log",
         flush=True,
     )
     restarts = 0
     t_start = time.monotonic()
     while True:
-        if plan.rank_table is not None:
-            write_rank_table(plan, ranktable.initializing_table())
+        if local.rank_table is not None:
+            write_rank_table(local, ranktable.initializing_table())
         files = [open(p, "a", encoding="utf-8") for p in log_paths]  # noqa: SIM115
         try:
             for f in files:
                 f.write(f"=== attempt {restarts + 1}: {datetime.now():%Y-%m-%d %H:%M:%S} ===\n")
                 f.flush()
-            progress = JobProgress(plan)
+            progress = JobProgress(local)
             # A fresh rendezvous port per attempt: the last attempt's may still be held (as
             # new pods get new addresses on a cluster).
             port = str(free_port()) if restarts else None
-            envs = [{**env, "MASTER_PORT": port} if port else env for env in plan.envs]
+            envs = [{**env, "MASTER_PORT": port} if port else env for env in local.envs]
             ranks = [
                 Rank(
                     k,
-                    spawn(plan.command, {**os.environ, **env}, stdout=f, stderr=subprocess.STDOUT),
+                    spawn(local.command, {**os.environ, **env}, stdout=f, stderr=subprocess.STDOUT),
                 )
                 for k, (env, f) in enumerate(zip(envs, files, strict=True))
             ]
-            if plan.rank_table is not None:
+            if local.rank_table is not None:
                 # Every "pod" is up: the operator would now build and publish the table.
-                write_rank_table(plan, local_rank_table(plan))
+                write_rank_table(local, local_rank_table(local))
             outcome = supervise(ranks, grace=grace, on_tick=progress.tick, log=progress.line)
             progress.tick()
         finally:
@@ -343,7 +348,7 @@ def run_plan(plan: LocalJob, *, backoff_limit: int, grace: float) -> int:
         if progress.folder is not None:
             print(f"=> result folder: {progress.folder}", flush=True)
         if outcome.code == 0:
-            print(f"=> job {plan.name} succeeded in {_fmt_seconds(time.monotonic() - t_start)}")
+            print(f"=> job {local.name} succeeded in {_fmt_seconds(time.monotonic() - t_start)}")
             return 0
         retryable = exitcodes.is_retryable(outcome.code)
         meaning = exitcodes.MEANINGS.get(outcome.code, "retryable" if retryable else "")
@@ -387,12 +392,14 @@ def run_local(
         job = jobs.validate_job(obj)
     except jobs.ManifestError as exc:
         raise ConfigError(f"{manifest}: {exc}") from None
-    plan = make_plan(job, cpu=cpu, data=data, output_dir=output_dir, metrics_port=metrics_port)
-    if plan.note:
-        print(f"=> {plan.note}", flush=True)
+    local = make_local_job(
+        job, cpu=cpu, data=data, output_dir=output_dir, metrics_port=metrics_port
+    )
+    if local.note:
+        print(f"=> {local.note}", flush=True)
     if dry_run:
-        print("command: " + " ".join(plan.command))
-        for k, env in enumerate(plan.envs):
+        print("command: " + " ".join(local.command))
+        for k, env in enumerate(local.envs):
             print(f"rank {k}: " + " ".join(f"{key}={value}" for key, value in env.items()))
         return 0
-    return run_plan(plan, backoff_limit=job["spec"]["runPolicy"]["backoffLimit"], grace=grace)
+    return run_local_job(local, backoff_limit=job["spec"]["runPolicy"]["backoffLimit"], grace=grace)
