@@ -190,10 +190,14 @@ def _rank_table(
     complete = table["status"] == ranktable.STATUS_COMPLETED
     version = _version_of(configmap)
     # Compared as text: the table is written from this very text, so an unchanged pod set
-    # writes nothing (and parsing a large table back every reconcile would cost more).
-    if ((configmap or {}).get("data") or {}).get(ranktable.FILE_KEY) != text:
+    # writes nothing (and parsing a large table back every reconcile would cost more). The
+    # attempt too: a whole-node table, keyed by host IPs, reads the same in a new attempt, and
+    # only the attempt key tells its ranks that it is theirs.
+    data = (configmap or {}).get("data") or {}
+    attempt = int(ctx.status.get("restarts") or 0)
+    if data.get(ranktable.FILE_KEY) != text or data.get(ranktable.ATTEMPT_KEY) != str(attempt):
         version += 1
-        ctx.plan.configmap_data = render.configmap_data(text, version)
+        ctx.plan.configmap_data = ranktable.configmap_data(text, version, attempt)
         ctx.plan.ranktable_completed = complete
     ctx.status["rankTable"] = {"status": table["status"], "version": version}
     ctx.cond(st.RANKTABLE_READY, complete, reason, message)
@@ -276,7 +280,7 @@ def plan(
         # Before any pod: a pod naming a missing group is not scheduled by Volcano.
         ctx.plan.create.append(render.render_podgroup(job))
     if npu and configmap is None:
-        created_cm = render.render_configmap(job)
+        created_cm = render.render_configmap(job, restarts)
         ctx.plan.create.append(created_cm)
         configmap = created_cm
 
