@@ -20,7 +20,8 @@
 #
 # Environment:
 #   SHUFFLENET_CACHE   cache root (default: $HOME/.cache/shufflenet-k8s); the image store,
-#                      its run state and the wheelhouses live under $SHUFFLENET_CACHE/images
+#                      its run state, the wheelhouses and the import layouts live under
+#                      $SHUFFLENET_CACHE/images
 #   PYTHON             the host Python whose pip makes the wheelhouse (default: python3)
 #   BUILDAH_RUNTIME    the OCI runtime of the RUN steps (default: runc)
 set -euo pipefail
@@ -97,12 +98,14 @@ host_sources() {
 }
 
 base_image() {
-    local sources=() aptopts=() key tag tmp ctr
+    local sources=() aptopts=() key tag tmp ctr apt_config start
     mapfile -t sources < <(host_sources)
     ((${#sources[@]})) || die "no apt sources on this host (/etc/apt/sources.list*)"
     # A snapshot mirror's Release files are past their Valid-Until date; accept them only
     # where the host's apt does.
-    if apt-config dump | grep -qx 'Acquire::Check-Valid-Until "false";'; then
+    # (apt-config's whole output first: `grep -q` in a pipe would race pipefail.)
+    apt_config="$(apt-config dump)"
+    if grep -qx 'Acquire::Check-Valid-Until "false";' <<<"$apt_config"; then
         aptopts+=(--aptopt='Acquire::Check-Valid-Until "false"')
     fi
     key="$({
@@ -113,6 +116,7 @@ base_image() {
     tag="$PREFIX/base:$key"
     if ! have_image "$tag"; then
         log "base: mmdebstrap $SUITE ($BASE_PACKAGES)"
+        start=$SECONDS
         tmp="$(mktemp -d -p "$WORK")"
         base_rootfs "$tmp/rootfs.tar" "${aptopts[@]}" -- "${sources[@]}"
         ctr="$(buildah from --pull=never scratch)"
@@ -121,7 +125,7 @@ base_image() {
             --env LANG=C.UTF-8 --cmd python3 --label "$INPUTS_LABEL=$key" "$ctr"
         buildah commit --quiet --rm "$ctr" "$tag" >/dev/null
         rm -rf "$tmp"
-        log "base: $tag ($(image_size "$tag"))"
+        log "base: $tag in $((SECONDS - start)) s, $(image_size "$tag")"
     fi
     printf '%s\n' "$tag"
 }
@@ -154,7 +158,7 @@ base_rootfs() {
 # The wheels every image installs, for the images' platform, fetched by the host's pip (its
 # index, certificates and proxy settings): the builds themselves never reach an index.
 wheelhouse() {
-    local reqs key dir minor platforms=(--platform any)
+    local reqs key dir minor start platforms=(--platform any)
     for ((minor = 5; minor <= WHEEL_GLIBC_MINOR; minor++)); do
         platforms+=(--platform "manylinux_2_${minor}_x86_64")
     done
@@ -165,6 +169,7 @@ wheelhouse() {
     dir="$IMAGES/wheels/$key"
     if [[ ! -f "$dir/.complete" ]]; then
         log "wheelhouse: pip download into $dir"
+        start=$SECONDS
         rm -rf "$dir"
         mkdir -p "$dir"
         printf '%s\n' "$reqs" >"$dir/requirements.txt"
@@ -173,6 +178,7 @@ wheelhouse() {
             --abi abi3 --abi none "${platforms[@]}" \
             -c "$REPO/constraints.txt" -r "$dir/requirements.txt" >&2
         touch "$dir/.complete"
+        log "wheelhouse: $(du -sh "$dir" | cut -f1) in $((SECONDS - start)) s"
     fi
     printf '%s\n' "$dir"
 }
@@ -209,13 +215,13 @@ build_image() {
 }
 
 image_size() {
-    buildah images --format '{{.Size}}' "$1" | head -n1
+    buildah images --format '{{.Size}}' "$1" | sed -n 1p
 }
 
 # The pod sandbox: our own pause (images/pause/pause.c), static, in an otherwise empty image.
 pause_image() {
     local key tmp ctr
-    key="$(cat "$REPO/images/pause/pause.c" <(gcc --version | head -n1) | sha)"
+    key="$(cat "$REPO/images/pause/pause.c" <(gcc --version | sed -n 1p) | sha)"
     if [[ "$(image_label "$PAUSE_IMAGE" "$INPUTS_LABEL")" != "$key" ]]; then
         log "pause: building $PAUSE_IMAGE"
         tmp="$(mktemp -d -p "$WORK")"
@@ -257,10 +263,16 @@ containerd_config_digest() {
 
 # import --address SOCKET IMAGE...: into containerd's k8s.io namespace (the one the CRI
 # serves kubelet from), skipping an image containerd already has under that name with the
-# same content. The archive is uncompressed: compressing gigabytes only to unpack them
-# again on the same machine costs minutes of CPU.
+# same content.
+#
+# Each image goes through an OCI layout kept in the cache per repository (trainer-cpu,
+# operator, ...): skopeo writes only the layers the layout lacks, and the tar stream for
+# `ctr import` carries only the blobs containerd lacks (the importer takes the others from
+# its content store). After a code change that is the last layers, not gigabytes. Layers
+# stay uncompressed: compressing gigabytes only to unpack them again on the same machine
+# costs minutes of CPU.
 import_images() {
-    local address="" ref have want tmp start
+    local address="" ref have want start
     while (($#)); do
         case "$1" in
         --address)
@@ -275,8 +287,7 @@ import_images() {
         esac
     done
     [[ -n "$address" && $# -gt 0 ]] || die "usage: $0 import --address SOCKET IMAGE..."
-    need ctr buildah
-    tmp="$(mktemp -d -p "$WORK")"
+    need ctr buildah skopeo
     for ref in "$@"; do
         have_image "$ref" || die "$ref: no such image in $IMAGES/storage"
         want="sha256:$(image_id "$ref")"
@@ -286,14 +297,33 @@ import_images() {
             continue
         fi
         start=$SECONDS
-        buildah push --quiet --format oci --disable-compression "$ref" \
-            "oci-archive:$tmp/image.tar:$ref" >/dev/null
-        log "$ref: exported in $((SECONDS - start)) s ($(du -h "$tmp/image.tar" | cut -f1))"
-        start=$SECONDS
-        ctr --address "$address" -n k8s.io images import "$tmp/image.tar" >&2
-        rm -f "$tmp/image.tar"
+        import_image "$address" "$ref"
         log "$ref: imported in $((SECONDS - start)) s"
     done
+}
+
+import_image() {
+    local address="$1" ref="$2" layout name blob
+    local needed=() present=() send=(oci-layout index.json)
+    name="${ref%:*}"
+    layout="$IMAGES/oci/${name##*/}"
+    mkdir -p "$layout"
+    # One image per layout: the old index goes, its blobs stay for skopeo to reuse.
+    rm -f "$layout/index.json"
+    skopeo copy --quiet --dest-oci-accept-uncompressed-layers "containers-storage:$ref" \
+        "oci:$layout:$ref"
+    mapfile -t needed < <("$PYTHON" "$REPO/scripts/images/inputs.py" blobs "$layout")
+    # Blobs of earlier builds that this image no longer uses.
+    comm -23 <(cd "$layout" && find blobs -type f | sort) <(printf '%s\n' "${needed[@]}") |
+        (cd "$layout" && xargs -r rm -f)
+    mapfile -t present < <(ctr --address "$address" -n k8s.io content ls -q)
+    for blob in "${needed[@]}"; do
+        [[ " ${present[*]} " == *" sha256:${blob##*/} "* ]] || send+=("$blob")
+    done
+    log "$ref: sending $((${#send[@]} - 2)) of ${#needed[@]} blobs" \
+        "($(cd "$layout" && du -shc "${send[@]}" | tail -n1 | cut -f1))"
+    tar -C "$layout" -cf - "${send[@]}" |
+        ctr --address "$address" -n k8s.io images import - >&2
 }
 
 clean() {

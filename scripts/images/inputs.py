@@ -2,17 +2,21 @@
 
     inputs.py requirements ROOT   # the wheelhouse's requirements, one a line
     inputs.py context ROOT        # the files the build context admits, one a line
+    inputs.py blobs LAYOUT        # the blobs an OCI layout's index refers to, one a line
 
 `requirements` reads pyproject.toml (the build backend's requirements, the base dependencies
 and the `trainer` and `operator` extras) and constraints.txt, so the wheelhouse follows the
 same single source of truth as `pip install .[trainer]`. `context` applies .dockerignore the
 way Docker and buildah do (last matching pattern wins; a pattern also matches everything
 below a matched directory), so the build script can key each image by exactly the files
-the builder will see.
+the builder will see. `blobs` lists what an OCI image layout's images need (indexes,
+manifests, configs, layers) as paths under the layout, so the import into containerd can
+drop stale blobs and send only the ones containerd lacks.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -93,11 +97,30 @@ def context(root: Path) -> list[str]:
     return sorted(files)
 
 
+def blobs(layout: Path) -> list[str]:
+    found: set[str] = set()
+    todo = json.loads((layout / "index.json").read_text()).get("manifests", [])
+    while todo:
+        desc = todo.pop()
+        digest = desc["digest"]
+        if digest in found:
+            continue
+        found.add(digest)
+        if desc.get("mediaType", "").endswith(("manifest.v1+json", "index.v1+json")):
+            doc = json.loads((layout / "blobs" / digest.replace(":", "/")).read_text())
+            todo += doc.get("manifests", []) + doc.get("layers", [])
+            todo += [doc["config"]] if "config" in doc else []
+    return sorted("blobs/" + d.replace(":", "/") for d in found)
+
+
+COMMANDS = {"requirements": requirements, "context": context, "blobs": blobs}
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[1] not in ("requirements", "context"):
+    if len(argv) != 3 or argv[1] not in COMMANDS:
         print(__doc__.strip().splitlines()[0], file=sys.stderr)
         return 2
-    lines = (requirements if argv[1] == "requirements" else context)(Path(argv[2]))
+    lines = COMMANDS[argv[1]](Path(argv[2]))
     print("\n".join(lines))
     return 0
 
