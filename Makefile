@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 RESULT_ROOT ?= result
 
 .PHONY: venv demo test test-fast test-deps manifests lint format bench bench-gpu clean \
-	k8s-bins cluster-up cluster-down
+	k8s-bins cluster-up cluster-down images
 
 venv: $(STAMP)
 
@@ -71,6 +71,11 @@ cluster-up:
 
 cluster-down:
 	@scripts/cluster/down.sh
+
+# The operator, CPU trainer and pause images, built offline with buildah from a Debian base
+# and a wheelhouse, cached outside the repository (docs/images.md); prints the references.
+images:
+	@scripts/images/build.sh
 
 lint: venv
 	$(VENV)/bin/ruff check .

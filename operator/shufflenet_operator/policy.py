@@ -134,37 +134,37 @@ class Observed:
         return self.job["spec"]["runPolicy"]
 
 
-def _delete(ctx: Draft, pods: Sequence[Mapping[str, Any]]) -> None:
+def _delete(draft: Draft, pods: Sequence[Mapping[str, Any]]) -> None:
     for pod in pods:
         if st.is_deleting(pod):
             continue
         meta = pod.get("metadata") or {}
-        ctx.plan.delete_pods.append((str(meta.get("name")), str(meta.get("uid"))))
+        draft.plan.delete_pods.append((str(meta.get("name")), str(meta.get("uid"))))
 
 
-def _cleanup(ctx: Draft, pods: Sequence[Mapping[str, Any]], policy: str) -> None:
+def _cleanup(draft: Draft, pods: Sequence[Mapping[str, Any]], policy: str) -> None:
     """spec.runPolicy.cleanPodPolicy once the job has finished."""
     if policy == "All":
-        _delete(ctx, pods)
+        _delete(draft, pods)
     elif policy == "Running":
-        _delete(ctx, [p for p in pods if st.pod_phase(p) in ("Pending", "Running", "Unknown")])
+        _delete(draft, [p for p in pods if st.pod_phase(p) in ("Pending", "Running", "Unknown")])
 
 
 def _finished(
-    ctx: Draft, current: Mapping[int, Mapping[str, Any]], run_policy: Mapping[str, Any]
+    draft: Draft, current: Mapping[int, Mapping[str, Any]], run_policy: Mapping[str, Any]
 ) -> Plan:
     """A finished job (Succeeded or Failed): cleanPodPolicy now, ttlSecondsAfterFinished
     when it comes."""
-    _cleanup(ctx, list(current.values()), run_policy["cleanPodPolicy"])
+    _cleanup(draft, list(current.values()), run_policy["cleanPodPolicy"])
     ttl = run_policy.get("ttlSecondsAfterFinished")
-    finished = st.parse_time(ctx.status.get("completionTime"))
+    finished = st.parse_time(draft.status.get("completionTime"))
     if ttl is not None and finished is not None:
-        left = (finished + timedelta(seconds=ttl) - ctx.now).total_seconds()
+        left = (finished + timedelta(seconds=ttl) - draft.now).total_seconds()
         if left <= 0:
-            ctx.plan.delete_job = True
+            draft.plan.delete_job = True
         else:
-            ctx.plan.requeue(left)
-    return ctx.done()
+            draft.plan.requeue(left)
+    return draft.done()
 
 
 def _version_of(configmap: Mapping[str, Any] | None) -> int:
@@ -173,7 +173,7 @@ def _version_of(configmap: Mapping[str, Any] | None) -> int:
 
 
 def _rank_table(
-    ctx: Draft,
+    draft: Draft,
     job: Mapping[str, Any],
     current: Mapping[int, Mapping[str, Any]],
     configmap: Mapping[str, Any] | None,
@@ -222,29 +222,33 @@ def _rank_table(
     complete = table["status"] == ranktable.STATUS_COMPLETED
     version = _version_of(configmap)
     # Compared as text: the table is written from this very text, so an unchanged pod set
-    # writes nothing (and parsing a large table back every reconcile would cost more).
-    if ((configmap or {}).get("data") or {}).get(ranktable.FILE_KEY) != text:
+    # writes nothing (and parsing a large table back every reconcile would cost more). The
+    # attempt too: a whole-node table, keyed by host IPs, reads the same in a new attempt, and
+    # only the attempt key tells its ranks that it is theirs.
+    data = (configmap or {}).get("data") or {}
+    attempt = int(draft.status.get("restarts") or 0)
+    if data.get(ranktable.FILE_KEY) != text or data.get(ranktable.ATTEMPT_KEY) != str(attempt):
         version += 1
-        ctx.plan.configmap_data = render.configmap_data(text, version)
-        ctx.plan.ranktable_completed = complete
-    ctx.status["rankTable"] = {"status": table["status"], "version": version}
-    ctx.cond(st.RANKTABLE_READY, complete, reason, message)
+        draft.plan.configmap_data = ranktable.configmap_data(text, version, attempt)
+        draft.plan.ranktable_completed = complete
+    draft.status["rankTable"] = {"status": table["status"], "version": version}
+    draft.cond(st.RANKTABLE_READY, complete, reason, message)
 
 
 def _rank_table_reset(
-    ctx: Draft, job: Mapping[str, Any], configmap: Mapping[str, Any] | None
+    draft: Draft, job: Mapping[str, Any], configmap: Mapping[str, Any] | None
 ) -> None:
     if jobs.device_type(job) == "npu" and configmap is not None:
-        _rank_table(ctx, job, {}, configmap)
+        _rank_table(draft, job, {}, configmap)
 
 
 def rejected(obj: Mapping[str, Any], message: str, now: datetime) -> Plan:
     """The job fails: the API server refused one of its children (e.g. a podTemplate that
     makes an invalid pod). Retrying would be refused the same way."""
-    ctx = Draft(obj, now)
-    if ctx.status.get("phase") != FAILED:
-        ctx.fail("InvalidSpec", message)
-    return ctx.done()
+    draft = Draft(obj, now)
+    if draft.status.get("phase") != FAILED:
+        draft.fail("InvalidSpec", message)
+    return draft.done()
 
 
 def plan(
@@ -328,7 +332,7 @@ def ensure_children(draft: Draft, seen: Observed) -> Plan | None:
         # Before any pod: a pod naming a missing group is not scheduled by Volcano.
         draft.plan.create.append(render.render_podgroup(job))
     if seen.npu and seen.configmap is None:
-        seen.configmap = render.render_configmap(job)
+        seen.configmap = render.render_configmap(job, draft.status["restarts"])
         draft.plan.create.append(seen.configmap)
     return None
 

@@ -37,6 +37,8 @@ DATA_VOLUME = "data"
 CHECKPOINT_VOLUME = "checkpoint"
 RANKTABLE_VOLUME = "ranktable"
 SHM_VOLUME = "dshm"
+TMP_VOLUME = "tmp"
+TMP_PATH = "/tmp"
 RANK_TABLE_FILE = f"{ranktable.MOUNT_DIR}/{ranktable.FILE_KEY}"
 
 # Volcano's PodGroup, and the pod annotation naming a pod's group (the key Volcano shares
@@ -137,18 +139,15 @@ def render_podgroup(job: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def configmap_data(table_text: str, version: int) -> dict[str, str]:
-    """The rank-table ConfigMap's data: hccl.json (as ranktable.dump writes it), version."""
-    return {ranktable.FILE_KEY: table_text, ranktable.VERSION_KEY: str(version)}
-
-
-def render_configmap(job: Mapping[str, Any]) -> dict[str, Any]:
+def render_configmap(job: Mapping[str, Any], attempt: int = 0) -> dict[str, Any]:
     """The rank-table ConfigMap as first created: status initializing, version 1."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(job, configmap_name(job), {}),
-        "data": configmap_data(ranktable.dump(ranktable.initializing_table()), 1),
+        "data": ranktable.configmap_data(
+            ranktable.dump(ranktable.initializing_table()), 1, attempt
+        ),
     }
 
 
@@ -170,6 +169,10 @@ def _volumes(job: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
     # /dev/shm is too small for ImageNet batches.
     volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
     mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+    # A writable /tmp under a read-only root filesystem: caches, and the rank table's
+    # regular-file copy that HCCL reads (the mounted one is a symlink it refuses).
+    volumes.append({"name": TMP_VOLUME, "emptyDir": {}})
+    mounts.append({"name": TMP_VOLUME, "mountPath": TMP_PATH})
     if jobs.device_type(job) == "npu":
         volumes.append({"name": RANKTABLE_VOLUME, "configMap": {"name": configmap_name(job)}})
         mounts.append(
@@ -186,11 +189,19 @@ def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str
     npu = jobs.device_type(job) == "npu"
     per_pod = jobs.devices_per_pod(job)
     pod_env = jobs.pod_env(
-        job, rank, master_addr=master_addr(job), rank_table_file=RANK_TABLE_FILE if npu else None
+        job,
+        rank,
+        master_addr=master_addr(job),
+        rank_table_file=RANK_TABLE_FILE if npu else None,
+        attempt=restarts,
     )
     env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in pod_env.items()]
-    # The pod IP is only known once the pod runs: the downward API fills it in.
-    env_list.append({"name": env.POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    # The pod's IP and UID and its node's IP exist only once the pod does: the downward API
+    # fills them in.
+    env_list += [
+        {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+        for name, path in env.DOWNWARD_API.items()
+    ]
     volumes, mounts = _volumes(job)
     container: dict[str, Any] = {
         "name": CONTAINER,
@@ -250,7 +261,25 @@ def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str
         if c.get("name") == CONTAINER:
             ours = {e["name"] for e in env_list}
             c["env"] = env_list + [e for e in c.get("env", []) if e.get("name") not in ours]
-    return merged
+    return _drop_shadowed_mounts(merged, {v["name"] for v in volumes})
+
+
+def _drop_shadowed_mounts(pod: dict[str, Any], ours: set[str]) -> dict[str, Any]:
+    """Where the template mounts a volume of its own at one of our mount paths (its scratch
+    volume at /tmp), its mount wins: two mounts at one path make an invalid pod. Our volume
+    is then dropped unless a container still mounts it."""
+    spec = pod["spec"]
+    for c in spec["containers"]:
+        if c.get("name") == CONTAINER:
+            mounts = c.get("volumeMounts") or []
+            theirs = {m.get("mountPath") for m in mounts if m.get("name") not in ours}
+            c["volumeMounts"] = [
+                m for m in mounts if m.get("name") not in ours or m.get("mountPath") not in theirs
+            ]
+    containers = [*spec.get("initContainers", []), *spec["containers"]]
+    used = {m.get("name") for c in containers for m in c.get("volumeMounts") or []}
+    spec["volumes"] = [v for v in spec["volumes"] if v.get("name") not in ours or v["name"] in used]
+    return pod
 
 
 # Lists of these keys are merged item by item on `name` (strategic merge patch does so for
@@ -279,7 +308,12 @@ def _merge(base: Any, override: Any, key: str = "") -> Any:
         for item in override:
             name = item.get("name") if isinstance(item, dict) else None
             if name is not None and name in index:
-                out_list[index[name]] = _merge(out_list[index[name]], item)
+                mine = out_list[index[name]]
+                if key == "volumes":
+                    # A volume has one source: as strategic merge patch does (retainKeys),
+                    # keep only the override's keys, so its PVC replaces our emptyDir.
+                    mine = {k: v for k, v in mine.items() if k in item}
+                out_list[index[name]] = _merge(mine, item)
             else:
                 out_list.append(copy.deepcopy(item))
         return out_list
@@ -290,6 +324,7 @@ def merge_pod_template(pod: dict[str, Any], template: Mapping[str, Any]) -> dict
     """`pod` with a PodTemplateSpec-like override (`metadata`, `spec`) merged in.
 
     The container named `trainer` in the override changes ours; other containers are added.
+    A volume of the override named as one of ours replaces its source (a PVC for our /tmp).
     The operator's own labels, name, namespace and owner win: the Service, the PodMonitor and
     the restart bookkeeping select pods by them.
     """

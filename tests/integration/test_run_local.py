@@ -85,9 +85,18 @@ def test_example_runs_on_cpu(name: str, digits32: Path, tmp_path: Path) -> None:
     assert config["resume"] == "auto" and config["per_process_batch"] == batch // n
     assert torch.load(result / "checkpoint.pth.tar", weights_only=True)["epoch"] == 1
     if spec["spec"]["devices"]["type"] == "npu":
-        table = json.loads((job_dir / "ranktable" / ranktable.FILE_KEY).read_text())
+        mounted = job_dir / "ranktable" / ranktable.FILE_KEY
+        assert mounted.is_symlink()  # published as the kubelet mounts a ConfigMap key
+        table = json.loads(mounted.read_text())
         for k in range(n):
             ranktable.validate_rank_table(table, k, n)
+            # Each rank handed HCCL a regular-file copy of exactly that table, and said so once.
+            log = (job_dir / "logs" / f"{spec['metadata']['name']}-rank-{k}.log").read_text()
+            (line,) = [x for x in log.splitlines() if "HCCL gets RANK_TABLE_FILE=" in x]
+            copy = Path(line.split("RANK_TABLE_FILE=", 1)[1].split(" ", 1)[0])
+            assert copy.parent == mounted.parent / "copies" and not copy.is_symlink()
+            assert copy.is_file() and copy.read_text() == mounted.read_text()
+            assert f"=> rank {k}: " in line and "attempt 0" in line
 
 
 def test_npu_job_without_npus_needs_cpu_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

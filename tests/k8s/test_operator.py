@@ -61,6 +61,14 @@ def test_npu_job_gets_pods_service_and_a_rank_table_once_every_pod_has_chips(
         assert env["RANK"] == str(rank) and env["WORLD_SIZE"] == "8"
         assert env["MASTER_ADDR"] == f"npu8-rank-0.npu8.{ns}.svc"
         assert env["RANK_TABLE_FILE"] == "/user/serverid/devindex/config/hccl.json"
+        # What a rank recognises its attempt's table by; the API server took the fieldRefs.
+        assert env["SHUFFLENET_ATTEMPT"] == "0"
+        refs = {e.name: e.value_from.field_ref.field_path for e in c.env if e.value_from}
+        assert refs == {
+            "POD_IP": "status.podIP",
+            "POD_UID": "metadata.uid",
+            "HOST_IP": "status.hostIP",
+        }
         assert pod.spec.restart_policy == "Never" and pod.spec.subdomain == "npu8"
     svc = core_v1.read_namespaced_service("npu8", ns)
     assert svc.spec.cluster_ip == "None" and svc.spec.selector == {render.JOB_LABEL: "npu8"}
@@ -88,6 +96,7 @@ def test_npu_job_gets_pods_service_and_a_rank_table_once_every_pod_has_chips(
     assert status["rankTable"]["status"] == "completed"
     table, version = _table(core_v1, ns, "npu8")
     assert version == str(status["rankTable"]["version"])
+    assert core_v1.read_namespaced_config_map("npu8-ranktable", ns).data["attempt"] == "0"
     pods = jobs.pods("npu8")
     for rank in range(8):
         ranktable.validate_rank_table(table, rank, 8)

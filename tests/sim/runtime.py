@@ -5,7 +5,8 @@ the operator put in a rank pod, for real: the container's command and args (the 
 ignored: the processes use this checkout's Python environment), with the pod's environment.
 What a node and a pod network would give a container is stood in for, and nothing else:
 
-* `valueFrom.fieldRef` env (status.podIP, metadata.name, metadata.namespace) is filled in;
+* `valueFrom.fieldRef` env (status.podIP, status.hostIP, metadata.name/namespace/uid) is
+  filled in;
 * cluster DNS: an env value naming a pod through its headless Service
   (`<pod>.<service>.<namespace>.svc`, e.g. MASTER_ADDR) becomes that pod's IP; the container
   is started once that pod has an IP, as a pod waits for DNS to resolve;
@@ -139,6 +140,8 @@ class ProcessRuntime:
             "status.podIP": ip,
             "metadata.name": pod.metadata.name,
             "metadata.namespace": pod.metadata.namespace,
+            "metadata.uid": pod.metadata.uid,
+            "status.hostIP": (pod.status.host_ip if pod.status else None) or "",
         }
         env = {
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",

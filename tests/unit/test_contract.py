@@ -46,6 +46,26 @@ def test_rank_env_round_trips_through_read_rank_env() -> None:
     assert got.rank_table_file.endswith("hccl.json") and got.distributed
 
 
+def test_pod_identity_attempt_and_overrides() -> None:
+    built = env.rank_env(
+        job_name="j", rank=1, world_size=2, master_addr="a", master_port=1,
+        device_type="npu", attempt=3,
+    )  # fmt: skip
+    assert built[env.ATTEMPT] == "3"
+    # The downward API's variables are the pod's, never built here.
+    assert not set(env.DOWNWARD_API) & set(built)
+    got = env.read_rank_env(
+        {**built, "POD_UID": "0c5f-uid", "HOST_IP": "127.0.1.2", "SHUFFLENET_FORCE_CPU": "1",
+         "SHUFFLENET_RANK_TABLE_DIR": "/scratch"}
+    )  # fmt: skip
+    assert (got.pod_uid, got.host_ip, got.attempt) == ("0c5f-uid", "127.0.1.2", 3)
+    assert got.force_cpu and got.rank_table_dir == "/scratch"
+    bare = env.read_rank_env({})
+    assert (bare.pod_uid, bare.attempt, bare.force_cpu, bare.rank_table_dir) == (
+        None, None, False, None
+    )  # fmt: skip
+
+
 def test_rank_env_npu_only_variables() -> None:
     built = env.rank_env(
         job_name="j", rank=0, world_size=2, master_addr="a", master_port=1,
@@ -76,6 +96,9 @@ BAD_ENV = [
     ({"DEVICE_ID": "1", "ASCEND_DEVICE_ID": "2"}, "DEVICE_ID=1 and ASCEND_DEVICE_ID=2"),
     ({"HCCL_CONNECT_TIMEOUT": "60"}, "HCCL_CONNECT_TIMEOUT=60"),
     ({"POD_IP": "pod-a"}, "POD_IP"),
+    ({"HOST_IP": "node-a"}, "HOST_IP='node-a' is not an IP address"),
+    ({"SHUFFLENET_ATTEMPT": "-1"}, "SHUFFLENET_ATTEMPT=-1 must be >= 0"),
+    ({"SHUFFLENET_FORCE_CPU": "yes"}, "SHUFFLENET_FORCE_CPU='yes'"),
 ]
 
 
@@ -274,11 +297,12 @@ def test_pod_env_and_trainer_args() -> None:
     assert args[args.index("--device") + 1] == "npu" and args[args.index("-b") + 1] == "8192"
     assert args[args.index("--amp") + 1] == "fp16"
     assert args[-4:] == ["--output-dir", "/checkpoints/x", "--resume", "auto"]
-    # A CPU stand-in run leaves precision to the CPU's default.
-    cpu_args = job.trainer_args(npu, data_path="/d", output_dir="/o", device="cpu")
-    assert "--amp" not in cpu_args and cpu_args[cpu_args.index("--device") + 1] == "cpu"
     # Every flag the job passes is one the trainer accepts.
     config.parse_config(args, world_size=8)
+    # The CPU stand-in (SHUFFLENET_FORCE_CPU) runs the same command line on CPU, in the CPU's
+    # default precision.
+    forced = config.parse_config(args, world_size=8, force_cpu=True)
+    assert (forced.device, forced.amp, forced.loss_scale) == ("cpu", "off", None)
 
 
 def test_contract_imports_without_torch() -> None:

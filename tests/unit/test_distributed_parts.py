@@ -1,21 +1,26 @@
 """Parts of distributed training that need no second process: checkpoint generations and
-`--resume auto`, the watchdog, launcher flags and device selection from the environment."""
+`--resume auto`, the watchdog, launcher flags, device selection from the environment, and
+the rank table's hand-over to HCCL."""
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from shufflenet_contract import ranktable
+from shufflenet_contract.env import read_rank_env
 from shufflenet_trainer.errors import ConfigError, DistributedError
 from shufflenet_trainer.jobs.launch import exit_status, strip_launcher_flags
 from shufflenet_trainer.train import checkpoint as ckpt
 from shufflenet_trainer.train.config import parse_config
-from shufflenet_trainer.train.distributed import Watchdog, is_peer_failure
+from shufflenet_trainer.train.distributed import Watchdog, _check_rank_table, is_peer_failure
 
 ARCH = "shufflenet_v2_x0_5"
 
@@ -144,3 +149,76 @@ def test_launcher_in_a_pod_of_several_devices_starts_the_pods_ranks() -> None:
     # A single rank's environment (or a pod of another size) cannot host --nproc ranks.
     with pytest.raises(ConfigError, match=r"^--nproc 4: this process is already rank 8 of 16"):
         node_of(read_rank_env(pod), 4)
+
+
+# --- the rank table, from the mount to HCCL ----------------------------------------------
+
+
+def two_pod_table(uids: tuple[str, str], device_ip: str = "127.100.0.2") -> dict[str, Any]:
+    return ranktable.build_rank_table(
+        [
+            ranktable.PodDevices(0, uids[0], (ranktable.Device("0", "127.100.0.1"),)),
+            ranktable.PodDevices(1, uids[1], (ranktable.Device("1", device_ip),)),
+        ]
+    )
+
+
+@pytest.fixture
+def rank1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Rank 1 of attempt 1 of job j, pod uid-b, with the table mounted as a ConfigMap volume;
+    RANK_TABLE_FILE is restored after the test (the check sets it)."""
+    monkeypatch.setenv("RANK_TABLE_FILE", "unset")
+    return {
+        "RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "JOB_NAME": "j",
+        "RANK_TABLE_FILE": str(tmp_path / "config" / "hccl.json"), "POD_UID": "uid-b",
+        "SHUFFLENET_ATTEMPT": "1", "SHUFFLENET_RANK_TABLE_DIR": str(tmp_path / "tmp"),
+    }  # fmt: skip
+
+
+def mount(environ: dict[str, str], table: dict[str, Any], attempt: int = 1) -> None:
+    data = ranktable.configmap_data(ranktable.dump(table), 5, attempt)
+    ranktable.publish(Path(environ["RANK_TABLE_FILE"]).parent, data)
+
+
+def test_rank_points_hccl_at_a_regular_file_copy(
+    rank1: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = two_pod_table(("uid-a", "uid-b"))
+    mount(rank1, table)
+    assert Path(rank1["RANK_TABLE_FILE"]).is_symlink()  # as the kubelet mounts a key
+    _check_rank_table(read_rank_env(rank1), timeout=5)
+    copy = Path(os.environ["RANK_TABLE_FILE"])
+    assert copy == Path(rank1["SHUFFLENET_RANK_TABLE_DIR"]) / "hccl-j-rank1.json"
+    assert stat.S_ISREG(copy.lstat().st_mode) and copy.read_text() == ranktable.dump(table)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"=> rank 1: HCCL gets RANK_TABLE_FILE={copy} ")
+    assert rank1["RANK_TABLE_FILE"] in line and "version 5, attempt 1" in line
+
+
+def test_stale_table_is_not_used(rank1: dict[str, str]) -> None:
+    mount(rank1, two_pod_table(("uid-a", "uid-b")), attempt=0)
+    with pytest.raises(DistributedError, match="attempt 0, this pod is of attempt 1"):
+        _check_rank_table(read_rank_env(rank1), timeout=0)
+    assert os.environ["RANK_TABLE_FILE"] == "unset"
+
+
+def test_wrong_table_is_a_one_line_configuration_error(rank1: dict[str, str]) -> None:
+    mount(rank1, two_pod_table(("uid-a", "uid-b"), device_ip="-1"))
+    with pytest.raises(ConfigError) as info:
+        _check_rank_table(read_rank_env(rank1), timeout=5)
+    text = str(info.value)
+    assert len(text.splitlines()) == 1 and text.startswith(
+        f"RANK_TABLE_FILE {rank1['RANK_TABLE_FILE']}: "
+    )
+    assert "server_list[1].device[0].device_ip" in text and "no RoCE address" in text
+    assert os.environ["RANK_TABLE_FILE"] == "unset"
+
+
+def test_unwritable_copy_directory_names_the_override(
+    rank1: dict[str, str], tmp_path: Path
+) -> None:
+    mount(rank1, two_pod_table(("uid-a", "uid-b")))
+    (tmp_path / "file").write_text("")
+    rank1["SHUFFLENET_RANK_TABLE_DIR"] = str(tmp_path / "file" / "sub")
+    with pytest.raises(ConfigError, match="set SHUFFLENET_RANK_TABLE_DIR to a writable"):
+        _check_rank_table(read_rank_env(rank1), timeout=5)

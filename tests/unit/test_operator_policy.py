@@ -169,6 +169,7 @@ def test_rank_table_completed_only_when_every_pod_is_annotated() -> None:
         "rank_id": "3",
     }
     assert c.configmap is not None and c.configmap["data"]["version"] == "2"
+    assert c.configmap["data"]["attempt"] == "0"
     assert c.status["rankTable"] == {"status": "completed", "version": 2}
     assert c.cond("RankTableReady")["status"] == "True"
     assert any(e.reason == "RankTableWritten" for e in c.events)
@@ -201,6 +202,7 @@ def test_retryable_exit_restarts_the_whole_job_with_backoff(code: int) -> None:
     assert c.status["phase"] == "Restarting"
     assert c.pods == {}  # every rank goes, not just the failed one
     assert c.table() == {"status": "initializing"}
+    assert c.configmap is not None and c.configmap["data"]["attempt"] == "1"
     assert c.cond("Restarting")["status"] == "True"
     assert f"exited {code}" in c.cond("Restarting")["message"]
     assert plan.requeue_after == 10
@@ -215,6 +217,19 @@ def test_retryable_exit_restarts_the_whole_job_with_backoff(code: int) -> None:
     c.run_all()
     c.reconcile()
     assert c.status["phase"] == "Running" and c.table()["status"] == "completed"
+    assert c.configmap["data"]["attempt"] == "1"
+
+
+def test_rank_table_of_another_attempt_is_rewritten_even_when_the_text_is_the_same() -> None:
+    # A whole-node table (keyed by host IPs) reads the same in every attempt: the attempt key
+    # alone tells the ranks which one they see.
+    c = started()
+    assert c.configmap is not None
+    data = c.configmap["data"]
+    text, version = data["hccl.json"], int(data["version"])
+    data["attempt"] = "7"
+    plan = c.reconcile(1)
+    assert plan.configmap_data == ranktable.configmap_data(text, version + 1, 0)
 
 
 def test_the_restart_names_the_rank_that_died_not_the_peers_that_lost_it() -> None:

@@ -57,12 +57,18 @@ def test_npu_pod_has_one_chip_the_env_contract_and_the_rank_table() -> None:
         3,
         master_addr="sn-rank-0.sn.ns.svc",
         rank_table_file=f"{ranktable.MOUNT_DIR}/{ranktable.FILE_KEY}",
+        attempt=2,
     )
     for k, v in expected.items():
         assert variables[k] == v, k
     assert variables["RANK"] == "3" and variables["WORLD_SIZE"] == "8"
     assert variables["LOCAL_RANK"] == "0"
+    # What a rank needs to recognise its attempt's rank table: the attempt, its pod's UID
+    # and its node's IP (the last two from the downward API).
+    assert variables["SHUFFLENET_ATTEMPT"] == "2"
     assert variables[env.POD_IP] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert variables["POD_UID"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+    assert variables["HOST_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts[render.RANKTABLE_VOLUME] == ranktable.MOUNT_DIR
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -174,8 +180,45 @@ def test_service_and_configmap() -> None:
     cm = render.render_configmap(job)
     assert cm["metadata"]["name"] == "sn-ranktable"
     assert ranktable.parse(cm["data"]["hccl.json"]) == {"status": "initializing"}
-    assert cm["data"]["version"] == "1"
+    assert cm["data"]["version"] == "1" and cm["data"]["attempt"] == "0"
+    assert render.render_configmap(job, 2)["data"]["attempt"] == "2"
     assert cm["metadata"]["ownerReferences"][0]["uid"] == "job-uid"
+
+
+def volumes_and_mounts(pod: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    return volumes, mounts
+
+
+@pytest.mark.parametrize("kind", ["npu", "gpu", "cpu"])
+def test_every_rank_pod_has_a_writable_tmp(kind: str) -> None:
+    pod = render.render_pod(make_job({"type": kind, "count": 2}), 0)
+    volumes, mounts = volumes_and_mounts(pod)
+    assert volumes["tmp"] == {"name": "tmp", "emptyDir": {}} and mounts["tmp"] == "/tmp"
+
+
+def test_template_volume_at_tmp_wins() -> None:
+    # The same name: the template's source replaces ours (no emptyDir left beside its PVC).
+    pvc = {"name": "tmp", "persistentVolumeClaim": {"claimName": "scratch"}}
+    pod = render.render_pod(make_job(podTemplate={"spec": {"volumes": [pvc]}}), 0)
+    volumes, mounts = volumes_and_mounts(pod)
+    assert volumes["tmp"] == pvc and mounts["tmp"] == "/tmp"
+    # The same path under another name: its mount alone is at /tmp, and our volume is gone.
+    template = {
+        "spec": {
+            "volumes": [{"name": "scratch", "emptyDir": {"medium": "Memory"}}],
+            "containers": [
+                {"name": "trainer", "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}]}
+            ],
+        }
+    }
+    pod = render.render_pod(make_job(podTemplate=template), 0)
+    volumes, mounts = volumes_and_mounts(pod)
+    assert "tmp" not in volumes and "tmp" not in mounts and mounts["scratch"] == "/tmp"
+    paths = [m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]]
+    assert len(paths) == len(set(paths))
+    assert {"dshm", "checkpoint", render.RANKTABLE_VOLUME} <= set(volumes)
 
 
 def test_whole_node_pod_holds_its_devices_and_starts_a_rank_per_device() -> None:

@@ -1,10 +1,14 @@
-"""The HCCL rank table v1.0: the example of ARCHITECTURE.md, each invalid case, the wait."""
+"""The HCCL rank table v1.0: the example of ARCHITECTURE.md, each invalid case, and how a rank
+gets it from a ConfigMap volume to HCCL (wait for its attempt's table, check, regular-file copy)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
+import os
+import stat
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +17,13 @@ import pytest
 from shufflenet_contract import ranktable
 from shufflenet_contract.ranktable import (
     Device,
+    Member,
     PodDevices,
     RankTableError,
     RankTableTimeout,
     build_rank_table,
     validate_rank_table,
-    wait_for_completed,
+    wait_for_table,
 )
 
 
@@ -76,7 +81,19 @@ INVALID = [
     ("server_count differs", "server_count", "3", 0, 4, "server_count", "2 servers"),
     ("server_count not a string", "server_count", 2, 0, 4, "server_count", "string"),
     ("device_ip -1", "server_list[1].device[0].device_ip", "-1", 0, 4,
-     "server_list[1].device[0].device_ip", "IPv4"),
+     "server_list[1].device[0].device_ip", "no RoCE address configured"),
+    ("device_ip twice", "server_list[1].device[0].device_ip", "192.168.100.101", 0, 4,
+     "server_list[1].device[0].device_ip", "also at server_list[0].device[0].device_ip"),
+    ("device_id twice in a server", "server_list[0].device[1].device_id", "0", 0, 4,
+     "server_list[0].device[1].device_id", "also at server_list[0].device[0].device_id"),
+    ("server_id twice", "server_list[1].server_id", "10.0.0.1", 0, 4,
+     "server_list[1].server_id", "also at server_list[0].server_id"),
+    ("server_id too long", "server_list[0].server_id", "u" * 65, 0, 4,
+     "server_list[0].server_id", "1 to 64 characters"),
+    ("host_nic_ip not a string", "server_list[0].host_nic_ip", None, 0, 4,
+     "server_list[0].host_nic_ip", "string"),
+    ("device_id not a string", "server_list[0].device[0].device_id", 0, 0, 4,
+     "server_list[0].device[0].device_id", "string"),
     ("device_ip not IPv4", "server_list[0].device[1].device_ip", "fe80::1", 0, 4,
      "server_list[0].device[1].device_ip", "IPv4"),
     ("device_ip missing", "server_list[0].device[0].device_ip", KeyError, 0, 4,
@@ -97,7 +114,7 @@ INVALID = [
      "WORLD_SIZE is 8"),
     ("empty server_list", "server_list", [], 0, 4, "server_list", "non-empty"),
     ("empty server_id", "server_list[0].server_id", "", 0, 4, "server_list[0].server_id",
-     "empty"),
+     "1 to 64"),
 ]  # fmt: skip
 
 
@@ -183,6 +200,9 @@ def test_dump_parse_round_trip() -> None:
         ranktable.parse("{")
 
 
+# --- from the ConfigMap volume to HCCL ---------------------------------------------------
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -196,27 +216,222 @@ class FakeClock:
         self.sleeps += 1
 
 
-def test_wait_polls_until_completed(tmp_path: Path) -> None:
-    path = tmp_path / "hccl.json"
+class KubeletMount:
+    """A ConfigMap volume as the kubelet lays it out (built here by hand, not with
+    `ranktable.publish`): `..<timestamp>.<n>/` holding the keys, `..data -> ..<timestamp>.<n>`,
+    `<key> -> ..data/<key>`; an update writes a new directory, renames a new `..data` link
+    over the old one and removes the old directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.updates = 0
+        root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def table_path(self) -> Path:
+        return self.root / ranktable.FILE_KEY
+
+    def update(self, data: Mapping[str, str]) -> None:
+        self.updates += 1
+        new = self.root / f"..2026_12_01_06_33_{self.updates:02d}.32917618{self.updates:02d}"
+        new.mkdir()
+        for key, value in data.items():
+            (new / key).write_text(value)
+        link = self.root / "..data"
+        old = os.readlink(link) if link.is_symlink() else None
+        os.symlink(new.name, self.root / "..data_tmp")
+        os.rename(self.root / "..data_tmp", link)
+        for key in data:
+            if not (self.root / key).is_symlink():
+                os.symlink(f"..data/{key}", self.root / key)
+        if old is not None:
+            for f in (self.root / old).iterdir():
+                f.unlink()
+            (self.root / old).rmdir()
+
+
+def one_device_table(uids: list[str]) -> dict[str, Any]:
+    """What the operator builds for one-device pods with these UIDs, rank k = pod k."""
+    return build_rank_table(
+        [PodDevices(k, uid, (Device("0", f"127.100.{k}.1"),)) for k, uid in enumerate(uids)]
+    )
+
+
+def cm(table: dict[str, Any], version: int, attempt: int) -> dict[str, str]:
+    return ranktable.configmap_data(ranktable.dump(table), version, attempt)
+
+
+def test_configmap_data_keys() -> None:
+    assert cm(example(), 3, 1) == {
+        "hccl.json": ranktable.dump(example()),
+        "version": "3",
+        "attempt": "1",
+    }
+
+
+def test_read_mounted_reads_all_keys_from_one_update(tmp_path: Path) -> None:
+    mount = KubeletMount(tmp_path / "config")
+    mount.update(cm(ranktable.initializing_table(), 1, 0))
+    mount.update(cm(example(), 2, 0))
+    assert mount.table_path.is_symlink()
+    snap = ranktable.read_mounted(mount.table_path)
+    assert snap.text == ranktable.dump(example()) and (snap.version, snap.attempt) == ("2", "0")
+    # Read through the resolved ..data directory, not the key's own symlink.
+    assert snap.source.parent.name.startswith("..2026_") and not snap.source.is_symlink()
+    assert "version 2, attempt 0" in snap.describe()
+    # A file written by hand: no keys beside it.
+    plain = tmp_path / "plain" / "hccl.json"
+    plain.parent.mkdir()
+    plain.write_text(ranktable.dump(example()))
+    snap = ranktable.read_mounted(plain)
+    assert (snap.source, snap.version, snap.attempt) == (plain, None, None)
+
+
+def test_own_entry_by_pod_uid_or_host_ip() -> None:
+    table = one_device_table(["uid-a", "uid-b"])
+    assert ranktable.own_entry(table, Member(1, 2, pod_uid="uid-b")) == 1
+    assert ranktable.own_entry(table, Member(1, 2, pod_uid="uid-old")) is None
+    # A one-device pod is never its node's entry: the host IP does not name it.
+    assert ranktable.own_entry(table, Member(1, 2, host_ip="uid-b")) is None
+    # Whole-node pods: keyed by host IP (example(): 10.0.0.x, two chips each).
+    node = Member(3, 4, local_rank=1, local_world_size=2, pod_uid="u", host_ip="10.0.0.2")
+    assert ranktable.own_entry(example(), node) == 1
+    with pytest.raises(RankTableError) as info:
+        ranktable.own_entry(example(), dataclasses.replace(node, rank=2))
+    assert info.value.field == "server_list[1].device[1].rank_id"
+    assert "is 3 but this process" in str(info.value) and "rank 2" in str(info.value)
+    with pytest.raises(RankTableError, match=r"lists 2 devices .* runs 4 ranks"):
+        ranktable.own_entry(example(), dataclasses.replace(node, local_world_size=4))
+
+
+def snapshot(table: Any, version: str | None = "2", attempt: str | None = "1") -> Any:
+    text = table if isinstance(table, str) else ranktable.dump(table)
+    return ranktable.Snapshot(Path("/m/hccl.json"), text, version, attempt)
+
+
+ME = Member(rank=1, world_size=2, pod_uid="uid-b", attempt=1)
+
+
+@pytest.mark.parametrize(
+    ("snap", "seen"),
+    [
+        (snapshot(ranktable.initializing_table()), 'status "initializing" (version 2, attempt 1)'),
+        (snapshot("{half"), "not JSON"),
+        (snapshot(["a"]), "not a JSON object"),
+        (snapshot(one_device_table(["uid-a", "uid-b"]), attempt="0"), "of attempt 0, this pod"),
+        (snapshot(one_device_table(["uid-a", "uid-b"]), attempt=None), "(no attempt key)"),
+        (snapshot(one_device_table(["uid-x", "uid-y"])), "no server_id of this pod's (uid-b)"),
+    ],
+    ids=["initializing", "half-written", "not an object", "earlier attempt", "no attempt key",
+         "other pods"],
+)  # fmt: skip
+def test_a_table_not_yet_this_attempts_is_waited_for(snap: Any, seen: str) -> None:
+    table, state = ranktable.current_table(snap, ME)
+    assert table is None and seen in state, state
+
+
+def test_a_table_of_this_attempt_is_used_or_refused() -> None:
+    good = one_device_table(["uid-a", "uid-b"])
+    table, state = ranktable.current_table(snapshot(good), ME)
+    assert table == good and state == ""
+    # Outside Kubernetes (no identity, no attempt): the table is only validated.
+    assert ranktable.current_table(snapshot(good, None, None), Member(1, 2))[0] == good
+    swapped = copy.deepcopy(good)
+    swapped["server_list"][0]["server_id"], swapped["server_list"][1]["server_id"] = (
+        "uid-b",
+        "uid-a",
+    )
+    with pytest.raises(RankTableError, match=r"is 0 but this process .* is rank 1"):
+        ranktable.current_table(snapshot(swapped), ME)
+    bad_ip = _set(copy.deepcopy(good), "server_list[0].device[0].device_ip", "-1")
+    with pytest.raises(RankTableError, match="no RoCE address"):
+        ranktable.current_table(snapshot(bad_ip), ME)
+
+
+def test_rank_copies_only_its_attempts_completed_table_from_a_kubelet_mount(
+    tmp_path: Path,
+) -> None:
+    """Attempt 1 of a 2-rank job, pod uid-b (rank 1): its volume first shows what the kubelet
+    last synced (attempt 0's completed table, of the old pods), then attempt 1's initializing
+    table, a completed table of attempt 0 again (a late sync), and only then its own."""
+    mount = KubeletMount(tmp_path / "config")
+    old = one_device_table(["uid-0a", "uid-0b"])
+    mine = one_device_table(["uid-a", "uid-b"])
+    updates: Iterator[dict[str, str]] = iter(
+        [
+            cm(ranktable.initializing_table(), 3, 1),
+            cm(old, 2, 0),
+            cm(mine, 4, 1),
+        ]
+    )
+    mount.update(cm(old, 2, 0))
     fake = FakeClock()
-    states = iter([None, "{half", json.dumps(ranktable.initializing_table())])
+    seen: list[str] = []
 
     def sleep(seconds: float) -> None:
+        seen.append(ranktable.read_mounted(mount.table_path).text)
         fake.sleep(seconds)
-        nxt = next(states, ranktable.dump(example()))
-        if nxt is not None:
-            path.write_text(nxt)
+        mount.update(next(updates))
 
-    table = wait_for_completed(path, timeout=60, poll=2, clock=fake.clock, sleep=sleep)
-    assert table == example() and fake.sleeps == 4
+    snap = wait_for_table(mount.table_path, ME, timeout=600, poll=5, clock=fake.clock, sleep=sleep)
+    assert fake.sleeps == 3 and snap.text == ranktable.dump(mine)
+    init = ranktable.dump(ranktable.initializing_table())
+    assert seen == [ranktable.dump(old), init, ranktable.dump(old)]  # each waited out
+    assert (snap.version, snap.attempt) == ("4", "1")
+    copy_path = ranktable.copy_for_hccl(snap.text, tmp_path / "tmp", "hccl-j-rank1.json")
+    # What HCCL's checkFilePathReadable accepts: absolute, a regular file, not a symlink,
+    # readable by its owner; and it holds exactly the completed table.
+    assert copy_path.is_absolute() and not copy_path.is_symlink()
+    mode = copy_path.lstat().st_mode
+    assert stat.S_ISREG(mode) and mode & stat.S_IRUSR
+    assert ranktable.parse(copy_path.read_text()) == mine
+    assert copy_path.read_text() == ranktable.dump(mine)
+    assert [p.name for p in copy_path.parent.iterdir()] == ["hccl-j-rank1.json"]
+    line = ranktable.handoff_line(1, copy_path, mount.table_path, snap)
+    assert f"RANK_TABLE_FILE={copy_path} " in line and str(mount.table_path) in line
+    assert "version 4, attempt 1" in line and "\n" not in line
 
 
-def test_wait_times_out_with_a_clear_error(tmp_path: Path) -> None:
-    path = tmp_path / "hccl.json"
-    path.write_text(json.dumps(ranktable.initializing_table()))
+def test_wait_gives_up_naming_what_it_saw(tmp_path: Path) -> None:
+    mount = KubeletMount(tmp_path / "config")
+    mount.update(cm(one_device_table(["uid-0a", "uid-0b"]), 2, 0))
     fake = FakeClock()
     with pytest.raises(RankTableTimeout) as info:
-        wait_for_completed(path, timeout=10, poll=1, clock=fake.clock, sleep=fake.sleep)
-    assert 'status "initializing"' in str(info.value) and "10s" in str(info.value)
+        wait_for_table(mount.table_path, ME, timeout=10, poll=1, clock=fake.clock, sleep=fake.sleep)
+    text = str(info.value)
+    assert "not usable after 10s" in text and "attempt 0, this pod is of attempt 1" in text
+    assert fake.sleeps == 10
     with pytest.raises(RankTableTimeout, match="file missing"):
-        wait_for_completed(tmp_path / "none", timeout=1, poll=1, clock=fake.clock, sleep=fake.sleep)
+        wait_for_table(tmp_path / "none", ME, timeout=1, poll=1, clock=fake.clock, sleep=fake.sleep)
+
+
+def test_a_wrong_table_of_this_attempt_fails_at_once(tmp_path: Path) -> None:
+    mount = KubeletMount(tmp_path / "config")
+    bad = _set(one_device_table(["uid-a", "uid-b"]), "server_list[1].device[0].rank_id", "5")
+    mount.update(cm(bad, 4, 1))
+    fake = FakeClock()
+    with pytest.raises(RankTableError) as info:
+        wait_for_table(mount.table_path, ME, timeout=60, poll=1, clock=fake.clock, sleep=fake.sleep)
+    assert "rank 1 appears 0 times" in str(info.value) and fake.sleeps == 0
+
+
+def test_copy_replaces_whatever_was_there(tmp_path: Path) -> None:
+    target = tmp_path / "hccl.json"
+    os.symlink(tmp_path / "elsewhere", target)
+    path = ranktable.copy_for_hccl("{}\n", tmp_path, "hccl.json")
+    assert path == target and not path.is_symlink() and path.read_text() == "{}\n"
+    assert ranktable.copy_name("job", 3) == "hccl-job-rank3.json"
+    assert ranktable.copy_name(None, 0) == "hccl-job-rank0.json"
+
+
+def test_publish_lays_out_a_configmap_volume_like_the_kubelet(tmp_path: Path) -> None:
+    root = tmp_path / "config"
+    first = ranktable.publish(root, cm(ranktable.initializing_table(), 1, 0))
+    second = ranktable.publish(root, cm(example(), 2, 0))
+    assert first.name.startswith("..") and not first.exists()
+    assert os.readlink(root / "..data") == second.name
+    assert os.readlink(root / "hccl.json") == "..data/hccl.json"
+    assert sorted(p.name for p in root.iterdir()) == [second.name, "..data", "attempt",
+                                                     "hccl.json", "version"]  # fmt: skip
+    snap = ranktable.read_mounted(root / "hccl.json")
+    assert ranktable.parse(snap.text) == example() and snap.version == "2"

@@ -3,7 +3,8 @@
 The variables are torchrun's (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`,
 `MASTER_ADDR`, `MASTER_PORT`), so the trainer also runs under torchrun, plus the aliases
 Ascend tools and scripts read (`RANK_ID`, `RANK_SIZE`, `DEVICE_ID`, `ASCEND_DEVICE_ID`), the
-HCCL rank table path on NPUs, and identity/metrics variables.
+HCCL rank table path on NPUs, identity/metrics variables, and what a rank needs to recognise
+its own attempt's rank table (POD_UID, HOST_IP from the downward API; SHUFFLENET_ATTEMPT).
 
 `rank_env` is the only place that builds this environment: the operator's pods, the trainer's
 `--nproc` launcher and `snjob run-local` all call it. `read_rank_env` is its inverse; its
@@ -34,6 +35,25 @@ POD_NAME = "POD_NAME"
 POD_IP = "POD_IP"
 METRICS_PORT = "METRICS_PORT"
 HCCL_CONNECT_TIMEOUT = "HCCL_CONNECT_TIMEOUT"
+# The pod's UID and its node's IP: a rank table names one-device pods by UID and whole-node
+# pods by host IP (docs/ranktable.md), so these tell a rank which entry is its own.
+POD_UID = "POD_UID"
+HOST_IP = "HOST_IP"
+# The whole-job attempt the pod belongs to (the job's status.restarts when it was created);
+# the rank-table ConfigMap names the attempt it was built for next to the table.
+ATTEMPT = "SHUFFLENET_ATTEMPT"
+# Where a rank writes the regular-file copy of the rank table that HCCL reads (default: the
+# system's temporary directory, an emptyDir at /tmp in rank pods).
+RANK_TABLE_DIR = "SHUFFLENET_RANK_TABLE_DIR"
+# TEST-ONLY: "1" runs the rank on CPU with gloo whatever --device says (the precision is then
+# the CPU's default), while the job's NPU contract (rank table wait, check, copy) still runs.
+# `snjob run-local --cpu` and the real-node tests of NPU jobs use it; a job on real NPUs never
+# sets it.
+FORCE_CPU = "SHUFFLENET_FORCE_CPU"
+
+# Variables the kubelet fills in from the pod (downward API fieldRefs), known only once the
+# pod exists: the operator renders them as `valueFrom`, a local launcher sets stand-ins.
+DOWNWARD_API = {POD_IP: "status.podIP", POD_UID: "metadata.uid", HOST_IP: "status.hostIP"}
 
 DEFAULT_MASTER_PORT = 29500
 # HCCL accepts a connect timeout in this range (seconds).
@@ -61,6 +81,11 @@ class RankEnv:
     pod_ip: str | None = None
     metrics_port: int | None = None
     hccl_connect_timeout: int | None = None
+    pod_uid: str | None = None
+    host_ip: str | None = None
+    attempt: int | None = None
+    rank_table_dir: str | None = None
+    force_cpu: bool = False
 
     @property
     def distributed(self) -> bool:
@@ -90,12 +115,15 @@ def rank_env(
     metrics_port: int | None = None,
     rank_table_file: str | None = None,
     connect_timeout: float | None = None,
+    attempt: int | None = None,
 ) -> dict[str, str]:
     """The environment variables of one rank, all strings, as a pod's `env` wants them.
 
     `device_id` is the device index the process binds (0 in a one-device pod, the chip of
     the list on a multi-device host). `rank_table_file` and `connect_timeout` only matter on
-    NPUs, where they become RANK_TABLE_FILE and HCCL_CONNECT_TIMEOUT.
+    NPUs, where they become RANK_TABLE_FILE and HCCL_CONNECT_TIMEOUT. `attempt` is the
+    whole-job attempt (SHUFFLENET_ATTEMPT). The downward-API variables (DOWNWARD_API) are not
+    here: their values exist only in the running pod.
     """
     if device_type not in DEVICE_TYPES:
         raise ValueError(f"device type {device_type!r}: pass one of {', '.join(DEVICE_TYPES)}")
@@ -122,6 +150,8 @@ def rank_env(
         env[POD_IP] = pod_ip
     if metrics_port is not None:
         env[METRICS_PORT] = str(metrics_port)
+    if attempt is not None:
+        env[ATTEMPT] = str(attempt)
     if device_type == "npu":
         if rank_table_file is not None:
             env[RANK_TABLE_FILE] = rank_table_file
@@ -159,6 +189,23 @@ def _port(environ: Mapping[str, str], name: str) -> int | None:
     return value
 
 
+def _ip(environ: Mapping[str, str], name: str) -> str | None:
+    text = environ.get(name, "").strip() or None
+    if text is not None:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise EnvError(f"{name}={text!r} is not an IP address") from None
+    return text
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    text = environ.get(name, "").strip().lower()
+    if text not in ("", "0", "1", "false", "true"):
+        raise EnvError(f"{name}={text!r}: set 1 (or true) to enable, 0 or nothing to disable")
+    return text in ("1", "true")
+
+
 def read_rank_env(environ: Mapping[str, str]) -> RankEnv:
     """Parse and check the rank environment; EnvError names the first bad variable.
 
@@ -185,12 +232,7 @@ def read_rank_env(environ: Mapping[str, str]) -> RankEnv:
                 "address of rank 0"
             )
         master_port = master_port or DEFAULT_MASTER_PORT
-    pod_ip = environ.get(POD_IP, "").strip() or None
-    if pod_ip is not None:
-        try:
-            ipaddress.ip_address(pod_ip)
-        except ValueError:
-            raise EnvError(f"{POD_IP}={pod_ip!r} is not an IP address") from None
+    pod_ip = _ip(environ, POD_IP)
     timeout = _int(environ, HCCL_CONNECT_TIMEOUT)
     lo, hi = HCCL_TIMEOUT_RANGE
     if timeout is not None and not lo <= timeout <= hi:
@@ -212,4 +254,9 @@ def read_rank_env(environ: Mapping[str, str]) -> RankEnv:
         pod_ip=pod_ip,
         metrics_port=metrics_port,
         hccl_connect_timeout=timeout,
+        pod_uid=environ.get(POD_UID, "").strip() or None,
+        host_ip=_ip(environ, HOST_IP),
+        attempt=_int(environ, ATTEMPT, minimum=0),
+        rank_table_dir=environ.get(RANK_TABLE_DIR, "").strip() or None,
+        force_cpu=_flag(environ, FORCE_CPU),
     )

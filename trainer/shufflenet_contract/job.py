@@ -133,6 +133,7 @@ def pod_env(
     metrics_port: int | None = None,
     rank_table_file: str | None = None,
     per_pod: int | None = None,
+    attempt: int | None = None,
 ) -> dict[str, str]:
     """The environment of pod `pod`, LOCAL_RANK and device index 0.
 
@@ -141,6 +142,7 @@ def pod_env(
     --nproc P`, whose launcher starts its P ranks. `per_pod` overrides perPod (`snjob
     run-local` runs every rank as a process of its own: 1). `metrics_port` defaults to
     spec.metrics.port (a local run of several ranks on one host passes distinct ports).
+    `attempt` is the whole-job attempt the pod is created for (the job's status.restarts).
     """
     spec = job["spec"]
     per = devices_per_pod(job) if per_pod is None else per_pod
@@ -159,6 +161,7 @@ def pod_env(
         metrics_port=spec["metrics"]["port"] if metrics_port is None else metrics_port,
         rank_table_file=rank_table_file,
         connect_timeout=spec["training"]["distTimeoutSeconds"],
+        attempt=attempt,
     )
 
 
@@ -190,28 +193,24 @@ def trainer_args(
     *,
     data_path: str | None,
     output_dir: str,
-    device: str | None = None,
 ) -> list[str]:
     """The shufflenet-train arguments of every rank (the same for all ranks).
 
     `data_path`/`output_dir` are where the data and checkpoint volumes are, as the rank sees
-    them. `device` overrides the trainer device (a local CPU run of a GPU/NPU job); mixed
-    precision is then left to the trainer's default for that device. Runs always pass
-    `--resume auto`, so a restarted job continues from its newest valid checkpoint.
+    them. Runs always pass `--resume auto`, so a restarted job continues from its newest
+    valid checkpoint. (A CPU stand-in run of a GPU/NPU job keeps these arguments and sets
+    env.FORCE_CPU instead.)
     """
     spec = job["spec"]
     training = spec["training"]
-    trainer_device = device or TRAINER_DEVICE[device_type(job)]
     args: list[str] = []
     if spec["data"]["dummy"]:
         args.append("--dummy")
     else:
         args.append(data_path or spec["data"]["path"])
-    args += ["-a", spec["model"]["arch"], "--device", trainer_device]
+    args += ["-a", spec["model"]["arch"], "--device", TRAINER_DEVICE[device_type(job)]]
     for key, flag in _FLAGS.items():
         if key not in training or training[key] is None:
-            continue
-        if key == "amp" and device is not None:
             continue
         args += [flag, str(training[key])]
     if training.get("channelsLast"):

@@ -1,4 +1,4 @@
-"""The HCCL rank table, format v1.0 (hccl.json), as MindX DL writes it.
+"""The HCCL rank table, format v1.0 (hccl.json), as MindX DL writes it, and how it reaches HCCL.
 
 ```
 {"version": "1.0", "server_count": "2", "status": "completed",
@@ -9,22 +9,35 @@
 All values are strings. `rank_id` counts from 0, contiguous over the whole table in
 `server_list` order. The operator builds the table once every rank pod carries the device
 plugin's annotation and delivers it in a ConfigMap (first `{"status": "initializing"}`, then
-the full table with `status: completed`); each rank polls the mounted file until it is
-complete, then checks it before handing it to HCCL, since a wrong table makes HCCL fail late
-and obscurely.
+the full table with `status: completed`), with the keys `version` and `attempt` beside it.
 
-Pure functions except `wait_for_completed`, which reads the file.
+What a rank does with the mounted table before HCCL sees it (docs/ranktable.md has the
+sources): torch_npu hands HCCL the file named by RANK_TABLE_FILE only when it is a regular
+file (`checkFilePathReadable` in Ascend/pytorch `torch_npu/csrc/distributed/HCCLUtils.cpp`
+refuses symlinks, and every ConfigMap key is one), and otherwise silently negotiates without
+it; a table that is there but stale or wrong makes HCCL fail late instead. So each rank waits
+until the mount shows a completed table of its own attempt that lists its pod
+(`wait_for_table`), checks it (`validate_rank_table`, `own_entry`), copies it to a regular file
+(`copy_for_hccl`) and points RANK_TABLE_FILE at the copy.
+
+Pure functions, except `read_mounted`, `wait_for_table`, `copy_for_hccl` and `publish` (files).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .env import RankEnv
 
 VERSION = "1.0"
 STATUS_COMPLETED = "completed"
@@ -35,6 +48,17 @@ HOST_NIC_IP = "reserve"
 MOUNT_DIR = "/user/serverid/devindex/config"
 FILE_KEY = "hccl.json"
 VERSION_KEY = "version"
+# The whole-job attempt (status.restarts) the table was built for: a whole-node table keyed by
+# host IPs reads the same in every attempt, so only this tells an earlier attempt's apart.
+ATTEMPT_KEY = "attempt"
+# How the kubelet publishes a ConfigMap volume (AtomicWriter, kubernetes
+# pkg/volume/util/atomic_writer.go): the keys' files in a directory `..<UTC timestamp>.<random>`,
+# a symlink `..data` to it, and per key a symlink `<key> -> ..data/<key>`. An update writes a new
+# directory, then renames a new `..data` link over the old one, so that all keys of one update
+# appear at once; the old directory is then removed.
+DATA_LINK = "..data"
+# HCCL's limit on a server_id (hicann/hccl rank_table_config_910.md: at most 64 characters).
+MAX_SERVER_ID = 64
 # What a ConfigMap may hold, all keys together (etcd's object limit), less room for the rest.
 MAX_CONFIGMAP_BYTES = 1024 * 1024 - 16 * 1024
 # The Ascend device plugin's annotation on a pod once its chips are allocated.
@@ -71,6 +95,12 @@ class PodDevices:
 def initializing_table() -> dict[str, str]:
     """What the ConfigMap holds before every pod's chips are known."""
     return {"status": STATUS_INITIALIZING}
+
+
+def configmap_data(table_text: str, version: int, attempt: int) -> dict[str, str]:
+    """The rank-table ConfigMap's data: hccl.json (as `dump` writes it), its version (raised on
+    every change) and the attempt (the job's status.restarts) the table was built for."""
+    return {FILE_KEY: table_text, VERSION_KEY: str(version), ATTEMPT_KEY: str(attempt)}
 
 
 def build_rank_table(pods: Iterable[PodDevices]) -> dict[str, Any]:
@@ -178,24 +208,38 @@ def _list(value: Any, where: str) -> list[Any]:
     return value
 
 
-def _ipv4(value: Any, where: str) -> None:
+def _ipv4(value: Any, where: str) -> str:
     text = _str(value, where)
+    if text == "-1":
+        # What the device plugin reports for a chip whose RoCE address is not configured.
+        raise RankTableError(
+            where, 'is "-1", not an IPv4 address: the chip has no RoCE address configured'
+        )
     try:
         ipaddress.IPv4Address(text)
     except ValueError:
         raise RankTableError(
             where, f"{text!r} is not an IPv4 address (the chip's RoCE address)"
         ) from None
+    return text
+
+
+def _unique(value: str, seen: dict[str, str], where: str, what: str) -> None:
+    if value in seen:
+        raise RankTableError(where, f"{what} {value!r} is also at {seen[value]}")
+    seen[value] = where
 
 
 def validate_rank_table(table: Any, rank: int, world_size: int) -> None:
     """Check a completed v1.0 table for the rank `rank` of `world_size` ranks.
 
     Raises RankTableError naming the first bad field: status, version, server_count equal
-    to the servers listed, every device_id/device_ip/rank_id well-formed (device_ip IPv4;
-    "-1" is what a chip without a configured address reports), rank ids unique and
-    contiguous from 0 in server_list order, this rank present exactly once, and the total
-    equal to the world size.
+    to the servers listed, every value a string, server ids non-empty, at most 64 characters
+    and unique, every device_id/device_ip/rank_id well-formed (device_ip IPv4 and unique;
+    "-1" is what a chip without a configured address reports; device_id unique in its
+    server), rank ids unique and contiguous from 0 in server_list order (so each server's
+    rank ids are one block, as HCCL requires), this rank present exactly once, and the total
+    equal to the world size. Which entry is this process's is `own_entry`'s question.
     """
     if not isinstance(table, dict):
         raise RankTableError("(table)", "must be a JSON object")
@@ -213,18 +257,29 @@ def validate_rank_table(table: Any, rank: int, world_size: int) -> None:
         )
     places: dict[int, list[str]] = {}
     order: list[tuple[int, str]] = []
+    server_ids: dict[str, str] = {}
+    device_ips: dict[str, str] = {}
     for i, server in enumerate(servers):
         where = f"server_list[{i}]"
         if not isinstance(server, dict):
             raise RankTableError(where, "must be an object")
-        if not _str(server.get("server_id"), f"{where}.server_id"):
-            raise RankTableError(f"{where}.server_id", "must not be empty")
+        server_id = _str(server.get("server_id"), f"{where}.server_id")
+        if not server_id or len(server_id) > MAX_SERVER_ID:
+            raise RankTableError(
+                f"{where}.server_id", f"must be 1 to {MAX_SERVER_ID} characters, got {server_id!r}"
+            )
+        _unique(server_id, server_ids, f"{where}.server_id", "server_id")
+        if "host_nic_ip" in server:
+            _str(server["host_nic_ip"], f"{where}.host_nic_ip")
+        device_ids: dict[str, str] = {}
         for j, device in enumerate(_list(server.get("device"), f"{where}.device")):
             at = f"{where}.device[{j}]"
             if not isinstance(device, dict):
                 raise RankTableError(at, "must be an object")
             _int_str(device.get("device_id"), f"{at}.device_id")
-            _ipv4(device.get("device_ip"), f"{at}.device_ip")
+            _unique(device["device_id"], device_ids, f"{at}.device_id", "device_id")
+            ip = _ipv4(device.get("device_ip"), f"{at}.device_ip")
+            _unique(ip, device_ips, f"{at}.device_ip", "device_ip")
             rank_id = _int_str(device.get("rank_id"), f"{at}.rank_id")
             places.setdefault(rank_id, []).append(f"{at}.rank_id")
             order.append((rank_id, f"{at}.rank_id"))
@@ -266,35 +321,236 @@ def dump(table: dict[str, Any]) -> str:
     return json.dumps(table, separators=(",", ":")) + "\n"
 
 
-def wait_for_completed(
+@dataclass(frozen=True)
+class Member:
+    """This process as its rank table must list it (from its rank environment).
+
+    `pod_uid`/`host_ip` name the pod's server entry (one-device pods: the UID; pods of
+    several devices, LOCAL_WORLD_SIZE > 1: the node's host IP, or the UID when two such pods
+    share a node); `attempt` is the pod's whole-job attempt. None: not known (a table written
+    by hand for a run outside Kubernetes), so not checked.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int = 0
+    local_world_size: int = 1
+    pod_uid: str | None = None
+    host_ip: str | None = None
+    attempt: int | None = None
+
+    @classmethod
+    def of(cls, env: RankEnv) -> Member:
+        """The member a rank environment describes."""
+        return cls(
+            rank=env.rank,
+            world_size=env.world_size,
+            local_rank=env.local_rank,
+            local_world_size=env.local_world_size,
+            pod_uid=env.pod_uid,
+            host_ip=env.host_ip,
+            attempt=env.attempt,
+        )
+
+    def server_ids(self) -> list[str]:
+        """The server_id values that name this pod's entry."""
+        ids = [self.pod_uid, self.host_ip if self.local_world_size > 1 else None]
+        return [i for i in ids if i]
+
+
+def own_entry(table: dict[str, Any], member: Member) -> int | None:
+    """The index of `member`'s server entry in a validated table: the one whose server_id is
+    one of `member.server_ids()`; None when there is none (a table of other pods).
+
+    RankTableError when the entry is there but disagrees with the process: HCCL takes the
+    global rank of local device k as torch's rank (ProcessGroupHCCL `createHCCLCommEx`:
+    `getRank() * devices + i`), so the entry's k-th device must carry rank_id = this rank.
+    """
+    ids = member.server_ids()
+    for i, server in enumerate(table["server_list"]):
+        if server["server_id"] not in ids:
+            continue
+        devices = server["device"]
+        where = f"server_list[{i}]"
+        if len(devices) != member.local_world_size:
+            raise RankTableError(
+                f"{where}.device",
+                f"lists {len(devices)} devices for this pod ({server['server_id']}), which runs "
+                f"{member.local_world_size} ranks",
+            )
+        rank_id = devices[member.local_rank]["rank_id"]
+        if rank_id != str(member.rank):
+            raise RankTableError(
+                f"{where}.device[{member.local_rank}].rank_id",
+                f"is {rank_id} but this process (local rank {member.local_rank} of "
+                f"{server['server_id']}) is rank {member.rank}: HCCL's rank is torch's rank",
+            )
+        return i
+    return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent read of a mounted rank table and the keys beside it."""
+
+    source: Path  # the file read (inside the `..data` directory of a ConfigMap volume)
+    text: str
+    version: str | None  # None: no such key beside the table (one written by hand)
+    attempt: str | None
+
+    def describe(self) -> str:
+        return f"version {self.version or '-'}, attempt {self.attempt or '-'}"
+
+
+def read_mounted(path: str | Path) -> Snapshot:
+    """Read the table at `path` (RANK_TABLE_FILE) and the version and attempt keys beside it.
+
+    In a ConfigMap volume all three are read from the directory `..data` points to, resolved
+    once: the kubelet never changes that directory (an update is a new one), so they come from
+    one update, where the keys' own symlinks could each show a different one. Without
+    `..data` (a file written by hand) the files are read as they are. OSError when a file is
+    missing (FileNotFoundError also when the kubelet removes the directory being read).
+    """
+    path = Path(path)
+    data = path.parent / DATA_LINK
+    base = Path(os.path.realpath(data)) if data.is_dir() else path.parent
+
+    def key(name: str) -> str | None:
+        try:
+            return (base / name).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+
+    source = base / path.name
+    return Snapshot(source, source.read_text(encoding="utf-8"), key(VERSION_KEY), key(ATTEMPT_KEY))
+
+
+def current_table(snapshot: Snapshot, member: Member) -> tuple[dict[str, Any] | None, str]:
+    """(table, "") when `snapshot` is a completed table of `member`'s attempt that lists its
+    pod; (None, what was seen) when it is not that yet, which waiting can change: still
+    initializing, an earlier attempt's, other pods', not JSON (a file being written by hand).
+
+    RankTableError when it is of this attempt and wrong: waiting would not help, and HCCL
+    would only fail later and more obscurely.
+    """
+    try:
+        table = parse(snapshot.text)
+    except RankTableError as exc:
+        return None, str(exc)
+    if not isinstance(table, dict):
+        return None, "not a JSON object"
+    status = table.get("status")
+    if status != STATUS_COMPLETED:
+        return None, f"status {json.dumps(status)} ({snapshot.describe()})"
+    if member.attempt is not None and snapshot.attempt != str(member.attempt):
+        return None, (
+            f"a completed table of attempt {snapshot.attempt or '(no attempt key)'}, this pod "
+            f"is of attempt {member.attempt} ({snapshot.describe()})"
+        )
+    validate_rank_table(table, member.rank, member.world_size)
+    if member.server_ids() and own_entry(table, member) is None:
+        return None, (
+            f"a completed table ({snapshot.describe()}) with no server_id of this pod's "
+            f"({' or '.join(member.server_ids())}): built for other pods"
+        )
+    return table, ""
+
+
+def wait_for_table(
     path: str | Path,
+    member: Member,
     timeout: float,
     poll: float = 1.0,
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-) -> dict[str, Any]:
-    """Poll `path` until it holds a table with `status: completed`; return that table.
+) -> Snapshot:
+    """Poll the mounted table at `path` until `current_table` accepts it; return that read.
 
-    A missing, half-written or still initializing file is normal while the operator waits
-    for the device plugin, so it is only reported when `timeout` seconds have passed.
+    A missing, initializing or stale table is normal for a while: the operator waits for the
+    device plugin, and a ConfigMap update reaches a pod only at the kubelet's next sync (60-90 s
+    with its defaults). So it is reported only after `timeout` seconds (RankTableTimeout,
+    naming what was seen last). A wrong table of this attempt raises RankTableError at once.
     """
-    path = Path(path)
     deadline = clock() + timeout
     while True:
         try:
-            table = parse(path.read_text(encoding="utf-8"))
-            state = f"status {json.dumps(table.get('status'))}" if isinstance(table, dict) else ""
-            if isinstance(table, dict) and table.get("status") == STATUS_COMPLETED:
-                return table
-            state = state or "not a JSON object"
+            snapshot = read_mounted(path)
+            table, state = current_table(snapshot, member)
+            if table is not None:
+                return snapshot
         except FileNotFoundError:
             state = "file missing"
-        except (OSError, RankTableError) as exc:
-            state = str(exc)
+        except OSError as exc:
+            state = f"unreadable ({exc.strerror})"
         if clock() >= deadline:
             raise RankTableTimeout(
-                f"rank table {path} not completed after {timeout:g}s ({state}): check that "
-                "the operator runs and every rank pod got its NPUs (device plugin annotation)"
+                f"rank table {path} not usable after {timeout:g}s (last seen: {state}): check "
+                "that the operator runs and every rank pod got its NPUs (device plugin "
+                "annotation); an update reaches the pod after the kubelet's sync"
             )
         sleep(poll)
+
+
+def copy_name(job_name: str | None, rank: int) -> str:
+    """The file name of a rank's copy: one per rank, since ranks may share a directory."""
+    return f"hccl-{job_name or 'job'}-rank{rank}.json"
+
+
+def copy_for_hccl(text: str, directory: str | Path, name: str) -> Path:
+    """Write `text` to `directory`/`name` as a regular file, written then renamed into place,
+    so that the path never shows a partial table; the absolute path of the copy.
+
+    HCCL reads the file named by RANK_TABLE_FILE only if it is a regular, readable file, not a
+    symlink (torch_npu `checkFilePathReadable`), which a ConfigMap key always is.
+    """
+    directory = Path(os.path.abspath(directory))
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, directory / name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return directory / name
+
+
+def handoff_line(rank: int, copy: Path, mounted: str | Path, snapshot: Snapshot) -> str:
+    """The one log line of a rank saying which file HCCL was given, from where, of which table."""
+    return (
+        f"=> rank {rank}: HCCL gets RANK_TABLE_FILE={copy} (a regular-file copy of {mounted}, "
+        f"read from {snapshot.source}; table {snapshot.describe()})"
+    )
+
+
+def publish(directory: str | Path, data: Mapping[str, str]) -> Path:
+    """Write a ConfigMap's `data` into `directory` as the kubelet updates a ConfigMap volume
+    (see DATA_LINK): a new `..<timestamp>` directory, `..data` renamed over to point at it,
+    a symlink per key, the previous directory removed. `snjob run-local` delivers its rank
+    table this way, so that a local rehearsal reads it as a pod does. The new directory.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y_%m_%d_%H_%M_%S", time.gmtime())
+    new = Path(tempfile.mkdtemp(prefix=f"..{stamp}.", dir=directory))
+    for key, value in data.items():
+        (new / key).write_text(value, encoding="utf-8")
+    link = directory / DATA_LINK
+    old = Path(os.path.realpath(link)) if link.is_symlink() else None
+    staged = directory / f"{DATA_LINK}_tmp"
+    with contextlib.suppress(FileNotFoundError):
+        staged.unlink()
+    os.symlink(new.name, staged)
+    os.replace(staged, link)
+    for key in data:
+        entry = directory / key
+        if not entry.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+            os.symlink(f"{DATA_LINK}/{key}", entry)
+    if old is not None and old != new:
+        shutil.rmtree(old, ignore_errors=True)
+    return new

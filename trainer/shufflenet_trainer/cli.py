@@ -24,7 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = rank_environment()
         world_size = env.world_size
         device_id = env.device_id if env.device_id is not None else env.local_rank
-        common = {"default_device": default_device_type(), "env_device_id": device_id}
+        common = {
+            "default_device": default_device_type(),
+            "env_device_id": device_id,
+            "force_cpu": env.force_cpu,
+        }
         cfg = parse_config(argv, world_size=env.world_size, rank=env.rank, **common)
         if cfg.nproc is not None:
             from .jobs.launch import launch_nproc, node_of

@@ -4,16 +4,19 @@ What a cluster would do, on one host:
 - validate the manifest against the CRD schema (shufflenet_contract.crd) and default it;
 - start one process per rank with the environment the operator gives each rank pod
   (shufflenet_contract.job.pod_env) and the same trainer command line; for NPU jobs, a rank
-  table written as the operator delivers it (first `initializing`, then `completed`);
+  table delivered as the operator and the kubelet do (first `initializing`, then
+  `completed`, each with its version and attempt, published like a ConfigMap volume);
 - supervise the ranks (launch.py): a failed rank stops the job; a retryable failure
   (exit >= 128) restarts the whole job from its last checkpoint, up to
   spec.runPolicy.backoffLimit times;
 - show one progress bar for the job, read from rank 0's train.jsonl, and keep each rank's
   output in its own file, as `kubectl logs` would.
 
-Without the job's devices on this machine, `--cpu` runs the same ranks on CPU with gloo.
+Without the job's devices on this machine, `--cpu` runs the same ranks on CPU with gloo
+(SHUFFLENET_FORCE_CPU=1 in each rank's environment, the job's command line unchanged).
 Local stand-ins: addresses are loopback, each rank's device is made the only visible one (as
-in a one-device pod), metrics ports are spec.metrics.port + rank (the ranks share a host).
+in a one-device pod), metrics ports are spec.metrics.port + rank (the ranks share a host),
+POD_UID is the rank's pod name.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ from typing import Any, TextIO
 import yaml
 
 from shufflenet_contract import crd, exitcodes, ranktable
+from shufflenet_contract import env as contract_env
 from shufflenet_contract import job as jobs
 
-from ..atomic import atomic_write
 from ..console import Progress
 from ..errors import ConfigError
 from .launch import Rank, cpu_threads, free_port, spawn, supervise
@@ -147,12 +150,7 @@ def make_local_job(
         sys.executable,
         "-m",
         "shufflenet_trainer.cli",
-        *jobs.trainer_args(
-            job,
-            data_path=local_data_path(job, data),
-            output_dir=str(root),
-            device="cpu" if on_cpu else None,
-        ),
+        *jobs.trainer_args(job, data_path=local_data_path(job, data), output_dir=str(root)),
     ]
     base_port = job["spec"]["metrics"]["port"] if metrics_port is None else metrics_port
     envs = _rank_envs(job, on_cpu, rank_table, base_port)
@@ -183,7 +181,7 @@ def _rank_envs(
 ) -> list[dict[str, str]]:
     """Each rank's environment: the operator's pod env with loopback addresses, and the
     rank's device as its only visible one (as the device plugin does for a pod)."""
-    ranks, dtype = jobs.world_size(job), jobs.device_type(job)
+    name, ranks, dtype = job["metadata"]["name"], jobs.world_size(job), jobs.device_type(job)
     port = free_port()
     envs = []
     for k in range(ranks):
@@ -196,7 +194,14 @@ def _rank_envs(
             metrics_port=base_port + k if base_port else 0,
             rank_table_file=str(rank_table) if rank_table else None,
             per_pod=1,
+            attempt=0,
         )
+        env[contract_env.POD_UID] = local_pod_uid(name, k)
+        if rank_table is not None:
+            # The ranks' copies for HCCL go with the job's files, not into the shared /tmp.
+            env[contract_env.RANK_TABLE_DIR] = str(rank_table.parent / "copies")
+        if on_cpu:
+            env[contract_env.FORCE_CPU] = "1"
         if dtype == "cpu" or on_cpu:
             env["OMP_NUM_THREADS"] = str(cpu_threads(ranks))
         else:
@@ -205,12 +210,17 @@ def _rank_envs(
     return envs
 
 
-def write_rank_table(local: LocalJob, table: dict[str, Any]) -> None:
-    """Replace the table atomically, as a ConfigMap update swaps the mounted file."""
+def local_pod_uid(name: str, rank: int) -> str:
+    """Rank `rank`'s stand-in for a pod UID (POD_UID, and its server_id in the table)."""
+    return f"{name}-rank-{rank}"
+
+
+def write_rank_table(local: LocalJob, table: dict[str, Any], version: int, attempt: int) -> None:
+    """Publish the table with its version and attempt as the kubelet updates a ConfigMap
+    volume, so that the ranks read it as in a pod."""
     assert local.rank_table is not None
-    local.rank_table.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(local.rank_table) as tmp:
-        tmp.write_text(ranktable.dump(table), encoding="utf-8")
+    data = ranktable.configmap_data(ranktable.dump(table), version, attempt)
+    ranktable.publish(local.rank_table.parent, data)
 
 
 def local_rank_table(local: LocalJob) -> dict[str, Any]:
@@ -219,7 +229,7 @@ def local_rank_table(local: LocalJob) -> dict[str, Any]:
     pods = [
         ranktable.PodDevices(
             rank=k,
-            server_id=f"{local.name}-rank-{k}",  # a pod UID on a cluster
+            server_id=local_pod_uid(local.name, k),
             devices=(ranktable.Device(str(k % 8), f"127.100.{k // 8}.{k % 8 + 1}"),),
         )
         for k in range(local.ranks)
@@ -317,9 +327,11 @@ def run_local_job(local: LocalJob, *, backoff_limit: int, grace: float) -> int:
     )
     restarts = 0
     t_start = time.monotonic()
+    version = 0
     while True:
         if local.rank_table is not None:
-            write_rank_table(local, ranktable.initializing_table())
+            version += 1
+            write_rank_table(local, ranktable.initializing_table(), version, restarts)
         files = [open(p, "a", encoding="utf-8") for p in log_paths]  # noqa: SIM115
         try:
             for f in files:
@@ -329,7 +341,10 @@ def run_local_job(local: LocalJob, *, backoff_limit: int, grace: float) -> int:
             # A fresh rendezvous port per attempt: the last attempt's may still be held (as
             # new pods get new addresses on a cluster).
             port = str(free_port()) if restarts else None
-            envs = [{**env, "MASTER_PORT": port} if port else env for env in local.envs]
+            attempt = {contract_env.ATTEMPT: str(restarts)}
+            envs = [
+                {**env, **attempt, **({"MASTER_PORT": port} if port else {})} for env in local.envs
+            ]
             ranks = [
                 Rank(
                     k,
@@ -339,7 +354,8 @@ def run_local_job(local: LocalJob, *, backoff_limit: int, grace: float) -> int:
             ]
             if local.rank_table is not None:
                 # Every "pod" is up: the operator would now build and publish the table.
-                write_rank_table(local, local_rank_table(local))
+                version += 1
+                write_rank_table(local, local_rank_table(local), version, restarts)
             outcome = supervise(ranks, grace=grace, on_tick=progress.tick, log=progress.line)
             progress.tick()
         finally:

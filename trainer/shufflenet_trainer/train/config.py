@@ -413,17 +413,20 @@ def parse_config(
     world_size: int = 1,
     rank: int = 0,
     env_device_id: int | None = None,
+    force_cpu: bool = False,
 ) -> TrainConfig:
     """Parse and validate flags.
 
     `default_device` is what --device means when it is not given (the caller probes the
     hardware); `world_size`/`rank` come from the rank environment (RANK, WORLD_SIZE) and
     `env_device_id` is the device index it names (DEVICE_ID, else LOCAL_RANK), which an
-    explicit --device-id overrides.
+    explicit --device-id overrides. `force_cpu` (the test-only SHUFFLENET_FORCE_CPU) runs
+    on CPU in the CPU's default precision whatever --device and --amp say: a CPU stand-in
+    for a GPU/NPU job's ranks, command line unchanged.
     """
     ns = build_parser().parse_args(argv)
-    device = ns.device or default_device
-    amp = ns.amp or DEFAULT_AMP[device]
+    device = "cpu" if force_cpu else ns.device or default_device
+    amp = (None if force_cpu else ns.amp) or DEFAULT_AMP[device]
     loss_scale = ns.loss_scale
     if loss_scale is None and amp in ("fp16", "apex-O1", "apex-O2"):
         loss_scale = "dynamic"

@@ -2,8 +2,9 @@
 
 - The rank environment (RANK, WORLD_SIZE, MASTER_ADDR, ...) is read by the shared contract
   (`shufflenet_contract.env`), the one the operator and the launchers write with.
-- Backend per device: gloo on CPU, nccl on CUDA, hccl on Ascend. On NPUs with a
-  RANK_TABLE_FILE the rank first waits for the table to be completed and checks it.
+- Backend per device: gloo on CPU, nccl on CUDA, hccl on Ascend. With a RANK_TABLE_FILE
+  the rank first waits for its attempt's completed table, checks it and points
+  RANK_TABLE_FILE at a regular-file copy, the only kind HCCL uses (docs/ranktable.md).
 - Every wait on peers is bounded by --dist-timeout: the process group's own timeout for
   collectives and set-up, and a watchdog that ends the rank when no progress is made for
   that long (a backstop for backends whose hung collectives do not time out by themselves).
@@ -20,6 +21,7 @@ import inspect
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -31,7 +33,13 @@ import torch.distributed as dist
 from torch import Tensor
 
 from shufflenet_contract import ranktable
-from shufflenet_contract.env import EnvError, RankEnv, read_rank_env
+from shufflenet_contract.env import (
+    RANK_TABLE_DIR,
+    RANK_TABLE_FILE,
+    EnvError,
+    RankEnv,
+    read_rank_env,
+)
 
 from ..errors import EXIT_DIST, ConfigError, DistributedError, first_line
 
@@ -257,21 +265,32 @@ class DistContext:
 def _check_rank_table(env: RankEnv, timeout: float) -> None:
     path = env.rank_table_file
     assert path is not None
+    directory = env.rank_table_dir or tempfile.gettempdir()
     try:
-        table = ranktable.wait_for_completed(path, timeout=timeout, poll=1.0)
+        member = ranktable.Member.of(env)
+        snapshot = ranktable.wait_for_table(path, member, timeout=timeout, poll=1.0)
+        copy = ranktable.copy_for_hccl(
+            snapshot.text, directory, ranktable.copy_name(env.job_name, env.rank)
+        )
     except ranktable.RankTableTimeout as exc:
         raise DistributedError(str(exc)) from None
-    try:
-        ranktable.validate_rank_table(table, env.rank, env.world_size)
     except ranktable.RankTableError as exc:
-        raise ConfigError(f"RANK_TABLE_FILE {path}: {exc}") from None
+        raise ConfigError(f"{RANK_TABLE_FILE} {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the rank table's copy for HCCL in {directory} ({exc.strerror}): "
+            f"set {RANK_TABLE_DIR} to a writable directory"
+        ) from None
+    # torch_npu reads the variable when it creates the communicator (getenv), after this.
+    os.environ[RANK_TABLE_FILE] = str(copy)
+    print(ranktable.handoff_line(env.rank, copy, path, snapshot), file=sys.stderr, flush=True)
 
 
 def setup(env: RankEnv, device: torch.device, timeout: float) -> DistContext:
     """Join the job's process group (nothing to do for a single process)."""
     if env.rank_table_file is not None:
-        # Checked on every device type, so a CPU rehearsal of an NPU job (snjob run-local
-        # --cpu) exercises the same path; only HCCL reads the table afterwards.
+        # On every device type, so a CPU stand-in of an NPU job (SHUFFLENET_FORCE_CPU, as
+        # snjob run-local --cpu sets it) runs the same path; only HCCL reads the copy.
         _check_rank_table(env, timeout)
     if not env.distributed:
         return DistContext()
