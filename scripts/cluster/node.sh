@@ -46,7 +46,7 @@ ns_create() {
         [[ "$(readlink "/proc/$!/ns/net")" != "$(readlink /proc/self/ns/net)" ]] && break
         sleep 0.1
     done
-    mkdir -p "$STATE"/{var/upper,var/work,sysctl,run}
+    mkdir -p "$STATE"/{var/upper,var/work,sysctl}
     local s
     for s in "${SHIELDED_SYSCTLS[@]}"; do
         cat "/proc/sys/$s" >"$STATE/sysctl/${s//\//.}"
@@ -58,6 +58,11 @@ ns_create() {
         mount -t overlay shufflenet-var \
             -o "lowerdir=/var,upperdir=$state/var/upper,workdir=$state/var/work" /var
         for s in "$@"; do mount --bind "$state/sysctl/${s//\//.}" "/proc/sys/$s"; done
+        # The kubelet 1.20 serves the device-plugin registry at a fixed path
+        # (pluginapi.KubeletSocket = /var/lib/kubelet/device-plugins/kubelet.sock, whatever
+        # --root-dir says): put that directory where plugins outside can reach it.
+        mkdir -p "$state/kubelet/device-plugins" /var/lib/kubelet/device-plugins
+        mount --bind "$state/kubelet/device-plugins" /var/lib/kubelet/device-plugins
         ip link set lo up
         ip link add snode0 type veth peer name snode1
         ip addr add '"$NODE_IP"'/24 dev snode0
@@ -265,6 +270,7 @@ sys.exit(0 if ready and not tainted else 1)'
 # Stop the node: the kubelet first (so it does not restart what is stopped next), then every
 # container through containerd, then every other process left in the namespace.
 stop_node() {
+    stop prometheus
     stop kube-proxy
     stop kubelet
     stop dns-sync

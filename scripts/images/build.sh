@@ -96,11 +96,27 @@ isolate() {
     fi
 }
 
+# The Debian package of each tool the script runs.
+declare -A PACKAGE_OF=([buildah]=buildah [mmdebstrap]=mmdebstrap [runc]=runc [gcc]=gcc
+    [skopeo]=skopeo [ctr]=containerd [podman]=podman [python3]=python3)
+
+# Tools missing on a fresh machine are installed from Debian (as root, as in CI); anyone
+# else is told what to install.
 need() {
-    local tool
+    local tool missing=()
     for tool in "$@"; do
-        command -v "$tool" >/dev/null || die "$tool not found (Debian: apt-get install $tool)"
+        command -v "$tool" >/dev/null || missing+=("${PACKAGE_OF[$tool]:-$tool}")
     done
+    [[ " $* " == *" gcc "* && ! -e /usr/lib/x86_64-linux-gnu/libc.a && ! -e /usr/lib/aarch64-linux-gnu/libc.a ]] &&
+        missing+=(libc6-dev)
+    ((${#missing[@]})) || return 0
+    [[ $(id -u) -eq 0 ]] || die "missing: ${missing[*]} (Debian: apt-get install ${missing[*]})"
+    log "installing Debian packages: ${missing[*]}"
+    local install=(apt-get install -y -qq --no-install-recommends "${missing[@]}")
+    if ! DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2; then
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2
+    fi
 }
 
 sha() { sha256sum | cut -c1-16; }
@@ -374,6 +390,14 @@ clean() {
 }
 
 main() {
+    # Before isolate: installing packages writes the host's /var, read-only in there.
+    if [[ -z "${SHUFFLENET_IMAGES_ISOLATED:-}" ]]; then
+        case "${1:-build}" in
+        build | env) need buildah mmdebstrap runc gcc skopeo "$PYTHON" ;;
+        import) need ctr buildah skopeo ;;
+        run) need podman ;;
+        esac
+    fi
     isolate "$@"
     setup_storage
     # Scratch space of this run (rootfs tarball, archives for containerd), gone at exit.

@@ -119,7 +119,11 @@ def start_device_plugin(cp: ControlPlane) -> AscendDevicePlugin:
     """The Ascend device plugin stand-in, registered with the node's kubelet."""
     plugin = AscendDevicePlugin(
         PluginConfig(
+            # The kubelet's pod-resources socket is under its --root-dir; its device-plugin
+            # registry is at a fixed path inside the node's namespace, which up.sh binds to
+            # the state dir's kubelet/device-plugins.
             kubelet_root=str(cp.state_dir / "kubelet" / "root"),
+            plugin_dir=str(cp.state_dir / "kubelet" / "device-plugins"),
             kubeconfig=str(cp.kubeconfig),
             node_name="shufflenet-node",
             chips=NPU_CHIPS,

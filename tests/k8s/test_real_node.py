@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from kubernetes import client, watch
 from sim.node_agent import wait_for
 
 from k8s.cluster import REPO, start_control_plane, stop_control_plane
-from k8s.operator_harness import Jobs
+from k8s.operator_harness import Jobs, new_namespace
 from k8s.real_node import (
     OPERATOR_NAMESPACE,
     RealNode,
@@ -80,13 +79,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def jobs(real_node: RealNode) -> Iterator[Jobs]:
     core = client.CoreV1Api(real_node.cp.api)
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-    wait_for(
-        lambda: core.read_namespaced_service_account("default", name).secrets,
-        timeout=60,
-        what="the namespace's default ServiceAccount",
-    )
+    name = new_namespace(core)
     yield Jobs(real_node.cp.api, name)
     core.delete_namespace(name)
 
