@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 RESULT_ROOT ?= result
 
 .PHONY: venv demo test test-fast test-deps manifests lint format bench bench-gpu clean \
-	k8s-bins cluster-up cluster-down images
+	k8s-bins cluster-up cluster-down images demo-cluster demo-cluster-down
 
 venv: $(STAMP)
 
@@ -24,6 +24,13 @@ demo: venv
 	$(VENV)/bin/snjob run-local manifests/examples/cpu-digits-2rank.yaml --data data/digits \
 		--output-dir $(RESULT_ROOT)
 
+# The same job through helm, the operator and real pods on a real node (docs/cluster.md).
+demo-cluster: venv
+	PYTHON=$(PY) RESULT_ROOT=$(RESULT_ROOT) scripts/demo-cluster.sh
+
+demo-cluster-down:
+	@scripts/cluster/down.sh
+
 test: venv lint test-deps
 	$(PY) -m pytest -q -ra tests
 
@@ -37,7 +44,7 @@ test-fast: venv
 GRAFANA_DEPS := tests/grafana/node_modules/.installed
 
 # The k8s tests need the binaries; building them here keeps the build out of a test's timeout.
-test-deps: $(GRAFANA_DEPS) k8s-bins
+test-deps: $(GRAFANA_DEPS) k8s-bins images
 	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
 		echo "test-deps: installing Debian's prometheus (prometheus, promtool)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null \
@@ -59,15 +66,17 @@ manifests: venv
 	$(VENV)/bin/snjob render crd -o charts/shufflenet-operator/crds/shufflenettrainingjobs.yaml
 	$(VENV)/bin/snjob render job-spec -o docs/job-spec.md
 
-# A real Kubernetes v1.20.2 control plane on loopback (etcd, apiserver, controller manager,
-# scheduler), built once from Debian's source package and cached outside the repository
+# A real Kubernetes v1.20.2 cluster on this machine: control plane (etcd, apiserver,
+# controller manager, scheduler) and a real node (kubelet, kube-proxy, containerd, runc, CNI
+# bridge, DNS), all inside a network namespace of its own (docs/cluster.md). The binaries
+# are built once from Debian's source package and cached outside the repository
 # (SHUFFLENET_CACHE, default ~/.cache/shufflenet-k8s). `eval "$$(make -s cluster-up)"` sets
 # KUBECONFIG; state in SHUFFLENET_CLUSTER_DIR (default /tmp/shufflenet-cluster).
 k8s-bins:
-	@scripts/cluster/build.sh >/dev/null
+	@scripts/cluster/build.sh --node >/dev/null
 
 cluster-up:
-	@scripts/cluster/up.sh
+	@scripts/cluster/up.sh --node
 
 cluster-down:
 	@scripts/cluster/down.sh

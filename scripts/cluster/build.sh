@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, kube-controller-manager and kube-scheduler v1.20.2 from Debian
+# Build the control plane (kube-apiserver, kube-controller-manager, kube-scheduler) and the
+# node (kubelet, kube-proxy) of Kubernetes v1.20.2 from Debian
 # bookworm's `kubernetes` source package, offline, and cache them outside the repository.
 #
 #   scripts/cluster/build.sh          # no-op when the cached binaries answer --version
+#   scripts/cluster/build.sh --node   # and Debian's packages a real node runs on
 #
 # Why Debian's source package: it is the full v1.20.2 tree with vendor/, so the build needs
 # no Go module download, only Debian packages. Debian builds only kubectl from it, so the
@@ -19,7 +21,7 @@ CACHE="${SHUFFLENET_CACHE:-$HOME/.cache/shufflenet-k8s}"
 ROOT="$CACHE/kube-$KUBE_VERSION"
 BIN="$ROOT/bin"
 WORK="$ROOT/build"
-SERVER_BINS=(kube-apiserver kube-controller-manager kube-scheduler)
+SERVER_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
 log() { printf '[cluster-build] %s\n' "$*" >&2; }
 
@@ -162,7 +164,7 @@ build_server_bins() {
         env CGO_ENABLED=0 GOPROXY=off GOFLAGS=-mod=vendor GOCACHE="$WORK/gocache" \
             KUBE_GIT_VERSION="$KUBE_VERSION" KUBE_GIT_MAJOR=1 KUBE_GIT_MINOR=20 \
             KUBE_GIT_TREE_STATE=clean \
-            make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler"
+            make WHAT="${SERVER_BINS[*]/#/cmd/}"
     ) >"$ROOT/build.log" 2>&1 || {
         log "build failed; last lines of $ROOT/build.log:"
         tail -n 40 "$ROOT/build.log" >&2
@@ -192,6 +194,12 @@ main() {
     flock 9
 
     have_etcd || ensure_packages etcd-server
+    if [[ "${1:-}" == --node ]]; then
+        # containerd 1.6 (CRI), runc, the CNI plugins, iptables for kube-proxy, dnsmasq for
+        # the cluster DNS, socat for the loopback port forwards into the node's namespace.
+        ensure_packages containerd runc containernetworking-plugins iptables dnsmasq-base \
+            socat util-linux iproute2 curl openssl
+    fi
     if have_server_bins; then
         log "cached binaries OK in $BIN"
     else

@@ -6,6 +6,8 @@
 #                                     # prints the image references as shell assignments
 #   scripts/images/build.sh env       # the same (a no-op when everything is cached)
 #   scripts/images/build.sh import --address SOCKET IMAGE...   # into containerd's k8s.io
+#   scripts/images/build.sh run IMAGE [ARG...]   # podman run it as a pod would: uid 10001,
+#                                     # read-only root, tmpfs /tmp, no network
 #   scripts/images/build.sh clean     # drop the image store and the wheelhouses
 #
 #   eval "$(scripts/images/build.sh env)"   # OPERATOR_IMAGE, TRAINER_IMAGE, PAUSE_IMAGE
@@ -55,10 +57,12 @@ die() {
     exit 1
 }
 
-# One store for buildah and podman alike, outside the host's /var and /run: every tool of
-# the containers stack reads CONTAINERS_STORAGE_CONF.
+# One store for buildah, podman and skopeo alike, outside the host's /var and /run: every
+# tool of the containers stack reads CONTAINERS_STORAGE_CONF. Their big temporary files
+# (layer staging, normally in /var/tmp) follow TMPDIR, and runc keeps its container state
+# under the cache too (--root, normally /run/runc).
 setup_storage() {
-    mkdir -p "$IMAGES/storage" "$IMAGES/run"
+    mkdir -p "$IMAGES/storage" "$IMAGES/run" "$IMAGES/tmp" "$IMAGES/runc"
     cat >"$IMAGES/storage.conf.tmp" <<EOF
 [storage]
 driver = "overlay"
@@ -66,14 +70,53 @@ graphroot = "$IMAGES/storage"
 runroot = "$IMAGES/run"
 EOF
     mv "$IMAGES/storage.conf.tmp" "$IMAGES/storage.conf"
-    export CONTAINERS_STORAGE_CONF="$IMAGES/storage.conf"
+    export CONTAINERS_STORAGE_CONF="$IMAGES/storage.conf" TMPDIR="$IMAGES/tmp"
 }
 
-need() {
-    local tool
-    for tool in "$@"; do
-        command -v "$tool" >/dev/null || die "$tool not found (Debian: apt-get install $tool)"
+# Run the rest in a private mount namespace in which the host's /var and /run are
+# read-only, so no tool writes there behind our back: the containers stack keeps a blob
+# cache in /var/lib/containers (without write access, in memory), and buildah 1.28 stages
+# some files in /var/tmp whatever TMPDIR says, so /var/tmp is the cache's tmp/ in there.
+# Skipped when the cache itself lies there, or without the rights to do it.
+isolate() {
+    local dir
+    if [[ -z "${SHUFFLENET_IMAGES_ISOLATED:-}" ]] && unshare --mount true 2>/dev/null; then
+        SHUFFLENET_IMAGES_ISOLATED=1 exec unshare --mount --propagation private -- \
+            "$BASH" "${BASH_SOURCE[0]}" "$@"
+    fi
+    [[ "${SHUFFLENET_IMAGES_ISOLATED:-}" == 1 ]] || return 0
+    for dir in /var /run; do
+        [[ "$IMAGES/" == "$dir"/* ]] && continue
+        mount --rbind "$dir" "$dir"
+        mount -o remount,bind,ro "$dir"
     done
+    if [[ "$IMAGES/" != /var/* && -d /var/tmp ]]; then
+        mkdir -p "$IMAGES/tmp"
+        mount --bind "$IMAGES/tmp" /var/tmp
+    fi
+}
+
+# The Debian package of each tool the script runs.
+declare -A PACKAGE_OF=([buildah]=buildah [mmdebstrap]=mmdebstrap [runc]=runc [gcc]=gcc
+    [skopeo]=skopeo [ctr]=containerd [podman]=podman [python3]=python3)
+
+# Tools missing on a fresh machine are installed from Debian (as root, as in CI); anyone
+# else is told what to install.
+need() {
+    local tool missing=()
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || missing+=("${PACKAGE_OF[$tool]:-$tool}")
+    done
+    [[ " $* " == *" gcc "* && ! -e /usr/lib/x86_64-linux-gnu/libc.a && ! -e /usr/lib/aarch64-linux-gnu/libc.a ]] &&
+        missing+=(libc6-dev)
+    ((${#missing[@]})) || return 0
+    [[ $(id -u) -eq 0 ]] || die "missing: ${missing[*]} (Debian: apt-get install ${missing[*]})"
+    log "installing Debian packages: ${missing[*]}"
+    local install=(apt-get install -y -qq --no-install-recommends "${missing[@]}")
+    if ! DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2; then
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2
+    fi
 }
 
 sha() { sha256sum | cut -c1-16; }
@@ -205,6 +248,7 @@ build_image() {
         # --layers: each step is cached, so a code change rebuilds only the last layers.
         # --network none: pip installs from the mounted wheelhouse only.
         buildah build --quiet --layers --pull=never --runtime "$RUNTIME" --network none \
+            --runtime-flag "root=$IMAGES/runc" \
             --file "$REPO/images/$name/Dockerfile" --build-arg BASE="$base" \
             --volume "$wheels:/wheels:ro" --build-arg PIP_NO_INDEX=1 \
             --build-arg PIP_FIND_LINKS=/wheels --label "$INPUTS_LABEL=${tag##*:}" \
@@ -326,12 +370,35 @@ import_image() {
         ctr --address "$address" -n k8s.io images import - >&2
 }
 
+# run IMAGE [ARG...]: podman run of an image of the store the way a pod runs it: uid 10001,
+# read-only root filesystem, a tmpfs on /tmp, no network. The limits are explicit because
+# podman's defaults (about a million open files) are more than some hosts let a container
+# raise to.
+run_image() {
+    (($#)) || die "usage: $0 run IMAGE [ARG...]"
+    need podman
+    mkdir -p "$IMAGES/run/libpod"
+    podman --runtime "$RUNTIME" --runtime-flag "root=$IMAGES/runc" --cgroup-manager cgroupfs \
+        --events-backend none --tmpdir "$IMAGES/run/libpod" run --rm --read-only \
+        --tmpfs /tmp --user 10001:10001 --network none \
+        --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 "$@"
+}
+
 clean() {
     buildah rmi --all --force >/dev/null 2>&1 || true
     rm -rf "$IMAGES"
 }
 
 main() {
+    # Before isolate: installing packages writes the host's /var, read-only in there.
+    if [[ -z "${SHUFFLENET_IMAGES_ISOLATED:-}" ]]; then
+        case "${1:-build}" in
+        build | env) need buildah mmdebstrap runc gcc skopeo "$PYTHON" ;;
+        import) need ctr buildah skopeo ;;
+        run) need podman ;;
+        esac
+    fi
+    isolate "$@"
     setup_storage
     # Scratch space of this run (rootfs tarball, archives for containerd), gone at exit.
     WORK="$(mktemp -d)"
@@ -342,8 +409,12 @@ main() {
         shift
         import_images "$@"
         ;;
+    run)
+        shift
+        run_image "$@"
+        ;;
     clean) clean ;;
-    *) die "usage: $0 [build|env|import --address SOCKET IMAGE...|clean]" ;;
+    *) die "usage: $0 [build|env|import --address SOCKET IMAGE...|run IMAGE [ARG...]|clean]" ;;
     esac
 }
 

@@ -64,9 +64,9 @@ class ControlPlane:
         )
 
 
-def _run_script(name: str, env: dict[str, str], timeout: float) -> str:
+def _run_script(name: str, env: dict[str, str], timeout: float, *args: str) -> str:
     proc = subprocess.run(
-        ["bash", str(SCRIPTS / name)],
+        ["bash", str(SCRIPTS / name), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -79,15 +79,17 @@ def _run_script(name: str, env: dict[str, str], timeout: float) -> str:
     return proc.stdout
 
 
-def start_control_plane(state_dir: Path) -> ControlPlane:
-    """Build the binaries if needed, then start a control plane with its state in state_dir.
+def start_control_plane(state_dir: Path, *, node: bool = False) -> ControlPlane:
+    """Build the binaries if needed, then start a control plane with its state in state_dir;
+    with `node`, also the real node (scripts/cluster/node.sh: images are built first).
 
-    state_dir must not exist or be empty; ports are picked free, so several can run at once.
+    state_dir must not exist or be empty; ports are picked free, so several control planes
+    can run at once, but only one real node (they share containerd's image store).
     """
     env = {**os.environ, "SHUFFLENET_CLUSTER_DIR": str(state_dir)}
-    _run_script("build.sh", env, timeout=BUILD_TIMEOUT_S)
+    _run_script("build.sh", env, BUILD_TIMEOUT_S, *(["--node"] if node else []))
     try:
-        out = _run_script("up.sh", env, timeout=600)
+        out = _run_script("up.sh", env, BUILD_TIMEOUT_S, *(["--node"] if node else []))
     except BaseException:
         stop_control_plane(state_dir)
         raise
@@ -108,4 +110,4 @@ def start_control_plane(state_dir: Path) -> ControlPlane:
 def stop_control_plane(state_dir: Path) -> None:
     """Stop what start_control_plane started and remove state_dir (a no-op if not there)."""
     env = {**os.environ, "SHUFFLENET_CLUSTER_DIR": str(state_dir)}
-    _run_script("down.sh", env, timeout=120)
+    _run_script("down.sh", env, 300)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
-from sim.node_agent import NodeAgent, wait_for
+from sim.node_agent import NodeAgent
 
 from k8s.cluster import (
     BUILD_TIMEOUT_S,
@@ -27,7 +27,7 @@ from k8s.cluster import (
     start_control_plane,
     stop_control_plane,
 )
-from k8s.operator_harness import Jobs, OperatorProcess, install_crd
+from k8s.operator_harness import Jobs, OperatorProcess, install_crd, new_namespace
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -71,18 +71,7 @@ def core_v1(k8s_api: client.ApiClient) -> client.CoreV1Api:
 @pytest.fixture
 def namespace(core_v1: client.CoreV1Api) -> Iterator[str]:
     """A fresh namespace whose `default` ServiceAccount is ready (pods are refused before)."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core_v1.create_namespace({"metadata": {"name": name}})
-
-    def sa_ready() -> bool:
-        try:
-            return bool(core_v1.read_namespaced_service_account("default", name).secrets)
-        except client.ApiException as e:
-            if e.status == 404:
-                return False
-            raise
-
-    wait_for(sa_ready, timeout=60, what=f"ServiceAccount {name}/default")
+    name = new_namespace(core_v1)
     yield name
     core_v1.delete_namespace(name)
 

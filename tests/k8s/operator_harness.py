@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,23 @@ def job_manifest(name: str, *, device: str = "npu", count: int = 8, **spec: Any)
         "metrics": {"port": free_port()},
     }
     return jobs.job_manifest(name, **{**small, **spec})
+
+
+def new_namespace(core: client.CoreV1Api) -> str:
+    """A fresh namespace whose `default` ServiceAccount is ready (pods are refused before)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+
+    def sa_ready() -> bool:
+        try:
+            return bool(core.read_namespaced_service_account("default", name).secrets)
+        except client.ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+
+    wait_for(sa_ready, timeout=60, what=f"ServiceAccount {name}/default")
+    return name
 
 
 class Jobs:

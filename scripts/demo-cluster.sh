@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# `make demo-cluster`: the digits job of `make demo`, through helm, the operator and real
+# pods on a real node (kubelet, containerd, runc) on this machine.
+#
+#   scripts/demo-cluster.sh          # then: scripts/cluster/down.sh (make demo-cluster-down)
+#
+# Brings up the cluster with its node (scripts/cluster/up.sh --node; builds the Kubernetes
+# binaries and the images when they are not cached), loads the operator and trainer images
+# into the node's containerd, `helm install`s the chart, applies the 2-rank CPU digits job
+# (data and checkpoints on hostPath directories of this machine, pods non-root with a
+# read-only root filesystem), starts Prometheus scraping the rank pods, shows
+# `kubectl get sntj` until the job ends, and prints what to run next.
+#
+# Environment:
+#   SHUFFLENET_CLUSTER_DIR   the cluster's state dir (default /tmp/shufflenet-cluster)
+#   PYTHON                   the project's virtualenv Python (default .venv/bin/python)
+#   RESULT_ROOT              where the job's result folder goes (default result/)
+#   DEMO_EPOCHS              epochs of the job (default: the example's)
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+PYTHON="${PYTHON:-.venv/bin/python}"
+STATE="${SHUFFLENET_CLUSTER_DIR:-/tmp/shufflenet-cluster}"
+RESULT_ROOT="$(realpath -m "${RESULT_ROOT:-result}")"
+EXAMPLE=manifests/examples/cpu-digits-2rank.yaml
+JOB=cpu-digits
+DATA="$REPO/data/digits"
+CHECKPOINTS="$RESULT_ROOT/cluster"
+RELEASE=shufflenet
+OPERATOR_NAMESPACE=shufflenet-system
+TRAINER_UID=10001  # the trainer image's user
+
+log() { printf '[demo-cluster] %s\n' "$*" >&2; }
+
+export SHUFFLENET_CLUSTER_DIR="$STATE"
+eval "$(scripts/cluster/up.sh --node)"
+eval "$(scripts/images/build.sh env)"
+scripts/images/build.sh import --address "$STATE/containerd/containerd.sock" \
+    "$OPERATOR_IMAGE" "$TRAINER_IMAGE"
+
+log "helm install $RELEASE (operator image $OPERATOR_IMAGE)"
+HELM="$(scripts/install-helm.sh)"
+"$HELM" upgrade --install "$RELEASE" charts/shufflenet-operator \
+    --namespace "$OPERATOR_NAMESPACE" --create-namespace \
+    --set "operator.image.repository=${OPERATOR_IMAGE%:*}" \
+    --set "operator.image.tag=${OPERATOR_IMAGE##*:}" --set operator.image.pullPolicy=Never \
+    --set operator.progressInterval=5 --set monitoring.enabled=false \
+    --wait --timeout 300s >/dev/null
+
+"$PYTHON" -m shufflenet_trainer.data.prep.demo_data "$DATA" >/dev/null
+mkdir -p "$CHECKPOINTS"
+chown "$TRAINER_UID:$TRAINER_UID" "$CHECKPOINTS"
+# A finished job of the same name from an earlier run would be reported, not rerun.
+kubectl delete sntj "$JOB" --ignore-not-found --wait >/dev/null
+set_epochs=()
+[[ -n "${DEMO_EPOCHS:-}" ]] && set_epochs=(--set "training.epochs=$DEMO_EPOCHS")
+"$PYTHON" scripts/cluster/local_job.py "$EXAMPLE" --image "$TRAINER_IMAGE" --data "$DATA" \
+    --checkpoints "$CHECKPOINTS" "${set_epochs[@]}" | kubectl apply -f -
+
+PROM_PORT="$(scripts/cluster/prometheus.sh)"
+
+log "training; the job's status every 5 s (kubectl get sntj $JOB):"
+kubectl get sntj "$JOB" | head -n 1
+last=""
+while true; do
+    phase="$(kubectl get sntj "$JOB" -o jsonpath='{.status.phase}')"
+    now="$(kubectl get sntj "$JOB" --no-headers)"
+    [[ "$now" != "$last" ]] && printf '%s\n' "$now"
+    last="$now"
+    [[ "$phase" == Succeeded || "$phase" == Failed ]] && break
+    sleep 5
+done
+result="$(find "$CHECKPOINTS" -maxdepth 1 -name 'training_*' -newer "$DATA" | sort | tail -n 1)"
+
+cat <<EOF
+
+Job $JOB: $phase. Result folder and checkpoint: ${result:-none}
+
+Next:
+  export KUBECONFIG=$STATE/kubeconfig
+  .venv/bin/snjob status $JOB            # phase, ranks, progress, conditions, events
+  kubectl get sntj,pods -o wide
+  kubectl logs $JOB-rank-0
+  Prometheus (scraping the rank pods and the operator): http://127.0.0.1:$PROM_PORT
+    e.g. sum by (job) (rate(shufflenet_train_images_total[1m]))
+Tear down (every process, mount, interface and namespace it made): make demo-cluster-down
+EOF
+[[ "$phase" == Succeeded ]]

@@ -1,0 +1,134 @@
+"""The one-machine cluster with a REAL node, for tests and `make demo-cluster` alike.
+
+Real: the control plane, the kubelet v1.20.2 with containerd and runc, the CNI bridge,
+kube-proxy, dnsmasq as cluster DNS, the images built by scripts/images/build.sh, the chart
+installed by helm with the operator running from its image under the chart's
+ServiceAccount. SIMULATED: only the hardware side of the Ascend device plugin
+(tests/sim/ascend_device_plugin.py), which speaks the kubelet's real device-plugin API.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from integration.metrics_tools import CHART, helm
+from sim.ascend_device_plugin import AscendDevicePlugin, PluginConfig
+
+from k8s.cluster import REPO, ControlPlane
+
+IMAGES_TOOL = REPO / "scripts" / "images" / "build.sh"
+OPERATOR_NAMESPACE = "shufflenet-system"
+RELEASE = "shufflenet"
+NPU_CHIPS = 8
+
+
+def _load_script_module(name: str) -> ModuleType:
+    path = REPO / "scripts" / "cluster" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The demo's manifest adapter (scripts/cluster/local_job.py): tests apply what the demo does.
+local_job = _load_script_module("local_job").local_job
+
+
+def build_images(timeout: float = 3600) -> dict[str, str]:
+    """Build (or find cached) the images; their references by variable name."""
+    proc = subprocess.run(
+        ["bash", str(IMAGES_TOOL), "env"], capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"scripts/images/build.sh env failed:\n{proc.stderr[-6000:]}")
+    return dict(
+        line.split("=", 1)
+        for line in proc.stdout.splitlines()
+        if "=" in line and not line.startswith("export ")
+    )
+
+
+@dataclass
+class RealNode:
+    """A running cluster with a real node, the images in its containerd, and the chart."""
+
+    cp: ControlPlane
+    images: dict[str, str]
+    plugin: AscendDevicePlugin
+
+    @property
+    def containerd(self) -> Path:
+        return self.cp.state_dir / "containerd" / "containerd.sock"
+
+    def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ctr", "--address", str(self.containerd), "-n", "k8s.io", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
+    def kill_container(self, container_id: str) -> None:
+        """SIGKILL a container's processes through containerd, as the OOM killer would."""
+        self.ctr("tasks", "kill", "--all", "--signal", "SIGKILL", container_id.split("://")[-1])
+
+    def helm(self, *args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [helm(), *args, "--kubeconfig", str(self.cp.kubeconfig)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=self.cp.env(),
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"helm {' '.join(args)}: {proc.stdout}{proc.stderr}")
+        return proc
+
+
+def import_images(cp: ControlPlane, *refs: str) -> None:
+    sock = cp.state_dir / "containerd" / "containerd.sock"
+    proc = subprocess.run(
+        ["bash", str(IMAGES_TOOL), "import", "--address", str(sock), *refs],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"image import failed:\n{proc.stderr[-6000:]}")
+
+
+def helm_install_operator(node: RealNode, *values: str) -> None:
+    """The chart as a user installs it, with the operator image built here."""
+    repo, _, tag = node.images["OPERATOR_IMAGE"].rpartition(":")
+    node.helm(
+        "upgrade", "--install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
+        "--create-namespace", "--set", f"operator.image.repository={repo}",
+        "--set", f"operator.image.tag={tag}", "--set", "operator.image.pullPolicy=Never",
+        # No Prometheus Operator CRDs on this cluster (the demo runs a plain Prometheus).
+        "--set", "monitoring.enabled=false", *values, "--wait", "--timeout", "300s",
+    )  # fmt: skip
+
+
+def start_device_plugin(cp: ControlPlane) -> AscendDevicePlugin:
+    """The Ascend device plugin stand-in, registered with the node's kubelet."""
+    plugin = AscendDevicePlugin(
+        PluginConfig(
+            # The kubelet's pod-resources socket is under its --root-dir; its device-plugin
+            # registry is at a fixed path inside the node's namespace, which up.sh binds to
+            # the state dir's kubelet/device-plugins.
+            kubelet_root=str(cp.state_dir / "kubelet" / "root"),
+            plugin_dir=str(cp.state_dir / "kubelet" / "device-plugins"),
+            kubeconfig=str(cp.kubeconfig),
+            node_name="shufflenet-node",
+            chips=NPU_CHIPS,
+        )
+    )
+    plugin.start()
+    plugin.wait_registered(timeout=60)
+    return plugin

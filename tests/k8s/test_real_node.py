@@ -1,0 +1,275 @@
+"""Jobs on a REAL node: the kubelet, containerd and runc run the images built here.
+
+What users meet first, which the simulated node cannot show: the images themselves, pods
+that run non-root on a read-only root filesystem, the rank table arriving through a real
+ConfigMap mount (symlinks into `..data/`, updated by the kubelet's sync), SIGTERM and exit
+codes from the runtime, pod-to-pod networking and cluster DNS. tests/k8s/real_node.py says
+what is real and what is simulated (only the Ascend chips).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from kubernetes import client, watch
+from sim.node_agent import wait_for
+
+from k8s.cluster import REPO, start_control_plane, stop_control_plane
+from k8s.operator_harness import Jobs, new_namespace
+from k8s.real_node import (
+    OPERATOR_NAMESPACE,
+    RealNode,
+    build_images,
+    helm_install_operator,
+    import_images,
+    local_job,
+    start_device_plugin,
+)
+from shufflenet_contract import ranktable
+
+pytestmark = pytest.mark.slow
+
+EXAMPLE = REPO / "manifests" / "examples" / "cpu-digits-2rank.yaml"
+TRAINER_UID = 10001
+
+
+@pytest.fixture(scope="module")
+def real_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNode]:
+    images = build_images()
+    state = tmp_path_factory.mktemp("node") / "cluster"
+    cp = start_control_plane(state, node=True)
+    plugin = None
+    try:
+        import_images(cp, images["OPERATOR_IMAGE"], images["TRAINER_IMAGE"])
+        plugin = start_device_plugin(cp)
+        node = RealNode(cp, images, plugin)
+        # Quick restarts and progress scrapes, so the tests do not wait on production pacing.
+        helm_install_operator(
+            node, "--set", "operator.restartBackoff=1", "--set", "operator.progressInterval=3"
+        )
+        yield node
+    finally:
+        if plugin is not None:
+            plugin.stop()
+        cp.api.close()
+        stop_control_plane(state)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-learn's handwritten digits as an ImageFolder (what `make demo` trains on)."""
+    root = tmp_path_factory.mktemp("digits") / "digits"
+    subprocess.run(
+        [sys.executable, "-m", "shufflenet_trainer.data.prep.demo_data", str(root)],
+        check=True,
+        timeout=300,
+    )
+    return root
+
+
+@pytest.fixture
+def jobs(real_node: RealNode) -> Iterator[Jobs]:
+    core = client.CoreV1Api(real_node.cp.api)
+    name = new_namespace(core)
+    yield Jobs(real_node.cp.api, name)
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def checkpoints(tmp_path: Path) -> Path:
+    # A hostPath volume: writable by the image's user, as a PVC's fsGroup would make it.
+    path = tmp_path / "checkpoints"
+    path.mkdir()
+    os.chown(path, TRAINER_UID, TRAINER_UID)
+    return path
+
+
+def digits_job(node: RealNode, name: str, data: Path, checkpoints: Path, **overrides: Any) -> dict:
+    example = yaml.safe_load(EXAMPLE.read_text())
+    return local_job(
+        example,
+        image=node.images["TRAINER_IMAGE"],
+        data=data,
+        checkpoints=checkpoints,
+        name=name,
+        overrides={"training.epochs": 2, **overrides},
+    )
+
+
+def pod_logs(jobs: Jobs, pod: str) -> str:
+    return jobs.core.read_namespaced_pod_log(pod, jobs.namespace, container="trainer")
+
+
+def test_digits_job_succeeds_in_real_pods_from_the_images(
+    real_node: RealNode, jobs: Jobs, digits: Path, checkpoints: Path
+) -> None:
+    jobs.create(digits_job(real_node, "digits", digits, checkpoints))
+    status = jobs.wait_phase("digits", "Succeeded", timeout=600)
+    assert status["ranks"]["succeeded"] == 2 and status["restarts"] == 0
+    # The operator's pod scraped rank 0's exporter across the pod network.
+    assert status["progress"]["epoch"] >= 1, status
+
+    # The result folder and the checkpoint are on the volume, written by the pods' user.
+    (result,) = checkpoints.glob("training_2p_job_*")
+    ckpt = result / "checkpoint.pth.tar"
+    assert ckpt.stat().st_uid == TRAINER_UID
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] == 2
+    assert any(result.glob("*.png")), sorted(p.name for p in result.iterdir())
+
+    # Non-root on a read-only root filesystem, and yet it trained (HOME and the caches of
+    # torch and matplotlib live on the pod's /tmp).
+    for pod in jobs.pods("digits"):
+        (c,) = [c for c in pod.spec.containers if c.name == "trainer"]
+        assert c.security_context.read_only_root_filesystem is True
+        assert c.security_context.run_as_user == TRAINER_UID
+        assert c.image == real_node.images["TRAINER_IMAGE"]
+        assert pod.status.container_statuses[0].state.terminated.exit_code == 0
+    logs = pod_logs(jobs, "digits-rank-0")
+    assert "* Acc@1" in logs, logs[-3000:]
+
+    # The operator ran from its image, under the chart's ServiceAccount (not `default`).
+    core = client.CoreV1Api(real_node.cp.api)
+    (op,) = core.list_namespaced_pod(OPERATOR_NAMESPACE).items
+    assert op.spec.containers[0].image == real_node.images["OPERATOR_IMAGE"]
+    assert op.spec.service_account_name not in (None, "", "default")
+    assert op.status.phase == "Running"
+
+
+def test_npu_job_hands_hccl_a_regular_copy_of_the_completed_table(
+    real_node: RealNode, jobs: Jobs, digits: Path, checkpoints: Path
+) -> None:
+    copies = checkpoints / "ranktable"
+    job = digits_job(
+        real_node, "npu", digits, checkpoints,
+        **{"devices": {"type": "npu", "count": 2, "resourceName": "huawei.com/Ascend910"}},
+    )  # fmt: skip
+    (trainer,) = job["spec"]["podTemplate"]["spec"]["containers"]
+    # The test-only override: the ranks train on CPU with gloo but run the whole NPU
+    # contract. The copies go on the volume, so they can be read after the pods are gone.
+    trainer["env"] = [
+        {"name": "SHUFFLENET_FORCE_CPU", "value": "1"},
+        {
+            "name": "SHUFFLENET_RANK_TABLE_DIR",
+            "value": f"{job['spec']['checkpoint']['path']}/ranktable",
+        },
+    ]
+    jobs.create(job)
+    status = jobs.wait_phase("npu", "Succeeded", timeout=600)
+    assert status["rankTable"]["status"] == "completed"
+
+    cm = jobs.core.read_namespaced_config_map("npu-ranktable", jobs.namespace)
+    table = json.loads(cm.data[ranktable.FILE_KEY])
+    assert table["status"] == "completed"
+    pods = jobs.pods("npu")
+    # One-device pods: one server entry each, keyed by the pod's UID, with the chip the
+    # device plugin gave it through the kubelet (its annotation).
+    assert [s["server_id"] for s in table["server_list"]] == [p.metadata.uid for p in pods]
+    for rank, pod in enumerate(pods):
+        annotation = json.loads(pod.metadata.annotations[ranktable.ANNOTATION])
+        (entry,) = [s for s in table["server_list"] if s["server_id"] == pod.metadata.uid]
+        assert [d["device_id"] for d in entry["device"]] == [
+            d["device_id"] for d in annotation["devices"]
+        ]
+        assert entry["device"][0]["rank_id"] == str(rank)
+
+        # What HCCL was handed: a regular file (never the ConfigMap's symlink) holding the
+        # completed table of this attempt, copied from the kubelet's atomic-writer mount.
+        copy = copies / f"hccl-npu-rank{rank}.json"
+        assert copy.lstat().st_mode & 0o170000 == 0o100000, "not a regular file"
+        assert json.loads(copy.read_text()) == table
+        logs = pod_logs(jobs, pod.metadata.name)
+        line = next(x for x in logs.splitlines() if "HCCL gets RANK_TABLE_FILE=" in x)
+        in_pod = f"{job['spec']['checkpoint']['path']}/ranktable/{copy.name}"
+        assert f"RANK_TABLE_FILE={in_pod} " in line, line
+        assert f"{ranktable.MOUNT_DIR}/..20" in line, line  # read through the real mount
+        assert f"table version {cm.data[ranktable.VERSION_KEY]}," in line, line
+
+
+def test_a_killed_rank_restarts_the_whole_job_from_its_checkpoint(
+    real_node: RealNode, jobs: Jobs, digits: Path, checkpoints: Path
+) -> None:
+    jobs.create(digits_job(real_node, "kill", digits, checkpoints, **{"training.epochs": 4}))
+    jobs.wait_phase("kill", "Running", timeout=300)
+    wait_for(
+        lambda: list(checkpoints.glob("training_2p_job_*/checkpoint.pth.tar")),
+        timeout=300,
+        what="the first checkpoint",
+    )
+    rank1 = jobs.pods("kill")[1]
+    real_node.kill_container(rank1.status.container_statuses[0].container_id)
+
+    wait_for(lambda: jobs.status("kill").get("restarts") == 1, timeout=120, what="a restart")
+    (event,) = wait_for(
+        lambda: [e for e in jobs.events("kill") if e.reason == "RetryableExit"],
+        what="the restart's Event",
+    )
+    assert event.message.startswith("rank 1 pod kill-rank-1 exited 137"), event.message
+    status = jobs.wait_phase("kill", "Succeeded", timeout=600)
+    assert status["restarts"] == 1
+    (ckpt,) = checkpoints.glob("training_2p_job_*/checkpoint.pth.tar")
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] == 4
+    # The new pods went on from the checkpoint instead of starting over.
+    assert "=> --resume auto: found" in pod_logs(jobs, "kill-rank-0")
+
+
+class _LastStates:
+    """The last container state of every pod of a job, from a watch (a deleted pod's final
+    status is visible only for a moment)."""
+
+    def __init__(self, jobs: Jobs, name: str) -> None:
+        self.states: dict[str, Any] = {}
+        self._watch = watch.Watch()
+        self._thread = threading.Thread(target=self._run, args=(jobs, name), daemon=True)
+        self._thread.start()
+
+    def _run(self, jobs: Jobs, name: str) -> None:
+        for event in self._watch.stream(
+            jobs.core.list_namespaced_pod,
+            jobs.namespace,
+            label_selector=f"training.shufflenet.io/job-name={name}",
+            timeout_seconds=600,
+        ):
+            pod = event["object"]
+            for cs in pod.status.container_statuses or []:
+                self.states[pod.metadata.name] = cs.state
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+
+def test_deleting_the_job_stops_every_rank_with_sigterm_after_a_checkpoint(
+    real_node: RealNode, jobs: Jobs, digits: Path, checkpoints: Path
+) -> None:
+    jobs.create(digits_job(real_node, "del", digits, checkpoints, **{"training.epochs": 50}))
+    wait_for(
+        lambda: list(checkpoints.glob("training_2p_job_*/checkpoint.pth.tar")),
+        timeout=300,
+        what="the first checkpoint",
+    )
+    (ckpt,) = checkpoints.glob("training_2p_job_*/checkpoint.pth.tar")
+    states = _LastStates(jobs, "del")
+    time.sleep(1)
+    deleted_at = time.time()
+    jobs.delete("del")
+    # The garbage collector deletes the pods; the kubelet sends SIGTERM (grace period 30 s).
+    wait_for(lambda: not jobs.pods("del"), timeout=120, what="the pods gone")
+    states.stop()
+    exits = {
+        pod: state.terminated.exit_code for pod, state in states.states.items() if state.terminated
+    }
+    assert exits == {"del-rank-0": 143, "del-rank-1": 143}, states.states
+    # The ranks agreed to stop and saved the job's checkpoint after the signal.
+    assert ckpt.stat().st_mtime > deleted_at
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["epoch"] < 50
