@@ -217,35 +217,50 @@ def test_a_killed_rank_restarts_the_whole_job_from_its_checkpoint(
     assert event.message.startswith("rank 1 pod kill-rank-1 exited 137"), event.message
     status = jobs.wait_phase("kill", "Succeeded", timeout=600)
     assert status["restarts"] == 1
-    (ckpt,) = checkpoints.glob("training_2p_job_*/checkpoint.pth.tar")
-    assert torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] == 4
+    newest = max(checkpoints.glob("training_2p_job_*/checkpoint.pth.tar"), key=os.path.getmtime)
+    assert torch.load(newest, map_location="cpu", weights_only=True)["epoch"] == 4
     # The new pods went on from the checkpoint instead of starting over.
     assert "=> --resume auto: found" in pod_logs(jobs, "kill-rank-0")
 
 
 class _LastStates:
     """The last container state of every pod of a job, from a watch (a deleted pod's final
-    status is visible only for a moment)."""
+    status is visible only for a moment). A watch the server ends is resumed."""
 
     def __init__(self, jobs: Jobs, name: str) -> None:
         self.states: dict[str, Any] = {}
-        self._watch = watch.Watch()
+        self._stop = threading.Event()
+        self._watch: watch.Watch | None = None
         self._thread = threading.Thread(target=self._run, args=(jobs, name), daemon=True)
         self._thread.start()
 
     def _run(self, jobs: Jobs, name: str) -> None:
-        for event in self._watch.stream(
-            jobs.core.list_namespaced_pod,
-            jobs.namespace,
-            label_selector=f"training.shufflenet.io/job-name={name}",
-            timeout_seconds=600,
-        ):
-            pod = event["object"]
-            for cs in pod.status.container_statuses or []:
-                self.states[pod.metadata.name] = cs.state
+        selector = f"training.shufflenet.io/job-name={name}"
+        version = jobs.core.list_namespaced_pod(
+            jobs.namespace, label_selector=selector
+        ).metadata.resource_version
+        while not self._stop.is_set():
+            self._watch = watch.Watch()
+            try:
+                for event in self._watch.stream(
+                    jobs.core.list_namespaced_pod,
+                    jobs.namespace,
+                    label_selector=selector,
+                    resource_version=version,
+                    timeout_seconds=30,
+                ):
+                    pod = event["object"]
+                    version = pod.metadata.resource_version
+                    for cs in pod.status.container_statuses or []:
+                        self.states[pod.metadata.name] = cs.state
+            except Exception:  # the stream broke: resume from the last version seen
+                time.sleep(0.2)
 
     def stop(self) -> None:
-        self._watch.stop()
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        self._thread.join(timeout=40)
 
 
 def test_deleting_the_job_stops_every_rank_with_sigterm_after_a_checkpoint(
@@ -258,6 +273,8 @@ def test_deleting_the_job_stops_every_rank_with_sigterm_after_a_checkpoint(
         what="the first checkpoint",
     )
     (ckpt,) = checkpoints.glob("training_2p_job_*/checkpoint.pth.tar")
+    status = jobs.status("del")
+    assert status["phase"] == "Running" and status["restarts"] == 0, status
     states = _LastStates(jobs, "del")
     time.sleep(1)
     deleted_at = time.time()
