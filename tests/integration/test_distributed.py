@@ -211,6 +211,55 @@ def test_sigterm_in_process_checkpoints_mid_epoch_and_resumes_exactly(
         assert torch.equal(value, b["state_dict"][key]), key
 
 
+@pytest.mark.parametrize(
+    ("at_epoch", "code", "saved_epoch"),
+    [(0, EXIT_SIGTERM, 1), (1, 0, 2)],
+    ids=["last-step-of-an-epoch", "last-step-of-the-run"],
+)
+def test_sigterm_at_the_last_step_of_an_epoch_resumes_or_finishes(
+    digits32: Path, tmp_path: Path, at_epoch: int, code: int, saved_epoch: int
+) -> None:
+    # The stop vote can agree on the step that ends an epoch. The epoch is then complete:
+    # it must end as epochs end (validated, an epoch-end checkpoint that resumes at the next
+    # epoch), not as a mid-epoch stop after all of its steps, which no run could resume.
+    flags = [
+        str(digits32), *SMALL, "-b", "16", "--epochs", "2", "--max-steps-per-epoch", "4",
+        "--lr", "0.1", "--warmup-epochs", "0.5", "-p", "2",
+    ]  # fmt: skip
+    assert run(parse_config([*flags, "--output-dir", str(tmp_path / "whole")])) == 0
+
+    def term_at_last_step(event: StepEvent) -> None:
+        if event.epoch == at_epoch and event.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cut = parse_config([*flags, "--output-dir", str(tmp_path / "cut")])
+    assert run(cut, hooks=Hooks(on_step=[term_at_last_step])) == code
+    state = load(folder(tmp_path / "cut") / "checkpoint.pth.tar")
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (
+        saved_epoch,
+        0,
+        4 * saved_epoch,
+    )
+    if code == 0:  # the run's last step: the run is done, nothing is left to resume
+        b = state
+    else:
+        resumed = parse_config([*flags, "--output-dir", str(tmp_path / "cut"), "--resume", "auto"])
+        assert run(resumed) == 0
+        b = load(sorted((tmp_path / "cut").glob("training_*"))[-1] / "checkpoint.pth.tar")
+    a = load(folder(tmp_path / "whole") / "checkpoint.pth.tar")
+    assert a["global_step"] == b["global_step"] == 8
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    if code != 0:
+        # Earlier versions saved this stop as (epoch 0, step 4 of 4): such a file resumes too.
+        legacy = {**state, "epoch": 0, "step_in_epoch": 4, "history": []}
+        torch.save(legacy, tmp_path / "legacy.pth.tar")
+        again = [*flags, "--output-dir", str(tmp_path / "legacy")]
+        assert run(parse_config([*again, "--resume", str(tmp_path / "legacy.pth.tar")])) == 0
+        c = load(folder(tmp_path / "legacy") / "checkpoint.pth.tar")
+        assert (c["epoch"], c["global_step"]) == (2, 8)
+
+
 def test_sigterm_to_one_rank_stops_all_and_resume_matches(digits32: Path, tmp_path: Path) -> None:
     flags = [
         digits32, *SMALL, "-b", "16", "--epochs", "2", "--max-steps-per-epoch", "24",

@@ -268,7 +268,10 @@ class Trainer:
             data_wait_share=wait_total / max(t_done - t_epoch, 1e-9),
             seconds=t_done - t_epoch,
             ran=meter.ran,
-            stopped=stopped,
+            # A stop agreed on the epoch's last step leaves nothing of the epoch to resume:
+            # it ends as any epoch ends (validation, epoch-end checkpoint), and the caller's
+            # vote after the epoch stops the run there.
+            stopped=stopped and done < steps,
         )
 
     def _log_step(self, record: dict[str, Any], steps: int) -> None:

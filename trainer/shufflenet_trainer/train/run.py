@@ -254,7 +254,11 @@ def _start_state(cfg: TrainConfig, parts: Components, resume: Resume | None) -> 
     if resume is None or cfg.evaluate:
         return RunState(epoch=cfg.start_epoch, global_step=cfg.start_epoch * parts.steps)
     state = RunState.from_checkpoint(resume.state, steps_per_epoch=parts.steps)
-    if state.step_in_epoch >= parts.steps:
+    if state.step_in_epoch == parts.steps:
+        # Written by earlier versions when a stop came on an epoch's last step: the epoch's
+        # training is complete (only its validation is missing), so go on with the next one.
+        state.epoch, state.step_in_epoch = state.epoch + 1, 0
+    if state.step_in_epoch > parts.steps:
         raise ConfigError(
             f"--resume {resume.path} stopped after step {state.step_in_epoch} of epoch "
             f"{state.epoch} but an epoch now has {parts.steps} steps: resume with the flags "
