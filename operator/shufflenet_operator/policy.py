@@ -296,8 +296,13 @@ def plan(
 
 def partition_pods(draft: Draft, seen: Observed) -> Plan | None:
     """This attempt's pods by index; any other pod (an earlier attempt's, an index out of
-    range, a duplicate) is stale and deleted."""
+    range, a duplicate, one the operator deleted itself) is stale and deleted."""
     restarts = draft.status["restarts"]
+    # Pods of this attempt are created in the plan that sets Created; only the operator
+    # clears it while the attempt stays (suspend). So a pod of this attempt being deleted
+    # while Created is not True is one the operator deleted: no failure of the job, just a
+    # pod to wait for before its name is reused.
+    own_deletions = not draft.is_true(st.CREATED)
     for pod in seen.pods:
         index = st.pod_rank(pod)
         if (
@@ -305,6 +310,7 @@ def partition_pods(draft: Draft, seen: Observed) -> Plan | None:
             or index >= seen.pod_total
             or st.pod_restart(pod) != restarts
             or index in seen.current
+            or (own_deletions and st.is_deleting(pod))
         ):
             seen.stale.append(pod)
         else:

@@ -32,6 +32,9 @@ class Cluster:
         self.events: list[st.Event] = []
         self.uids = 0
         self.deleted_job = False
+        # As the API server deletes pods: marked (deletionTimestamp) until their containers
+        # stop, which `terminated()` plays; False removes them at once.
+        self.graceful = False
 
     def reconcile(self, seconds: float = 0, progress: dict[str, Any] | None = None) -> policy.Plan:
         self.now += timedelta(seconds=seconds)
@@ -64,7 +67,10 @@ class Cluster:
             self.configmap["data"] = plan.configmap_data
         for name, uid in plan.delete_pods:
             assert self.pods[name]["metadata"]["uid"] == uid
-            del self.pods[name]
+            if self.graceful:
+                self.pods[name]["metadata"]["deletionTimestamp"] = st.format_time(self.now)
+            else:
+                del self.pods[name]
         self.job["status"] = copy.deepcopy(plan.status)
         self.events += plan.events
         self.deleted_job |= plan.delete_job
@@ -106,6 +112,10 @@ class Cluster:
             "phase": "Succeeded" if code == 0 else "Failed",
             "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": code}}}],
         }
+
+    def terminated(self) -> None:
+        """The pods being deleted are gone."""
+        self.pods = {k: p for k, p in self.pods.items() if not st.is_deleting(p)}
 
     def table(self) -> dict[str, Any]:
         assert self.configmap is not None
@@ -337,6 +347,36 @@ def test_deadline_and_suspend() -> None:
     c.job["spec"]["runPolicy"] = {"suspend": False}
     c.reconcile()
     assert c.status["phase"] == "Creating" and len(c.pods) == 4 and c.status["restarts"] == 0
+
+
+@pytest.mark.parametrize("backoff_limit", [0, 3])
+def test_resume_while_the_suspended_pods_terminate_is_no_failure(backoff_limit: int) -> None:
+    c = Cluster(runPolicy={"backoffLimit": backoff_limit})
+    c.graceful = True
+    c.reconcile()
+    c.schedule()
+    c.run_all()
+    c.reconcile()
+    c.job["spec"]["runPolicy"]["suspend"] = True
+    c.reconcile()
+    assert c.status["phase"] == "Suspended" and all(map(st.is_deleting, c.pods.values()))
+    c.job["spec"]["runPolicy"]["suspend"] = False
+    for _ in range(3):  # resumed while the old pods still shut down: wait for them
+        c.reconcile(1)
+        assert c.status["restarts"] == 0 and c.status["phase"] == "Creating", c.status
+        assert c.pods and all(map(st.is_deleting, c.pods.values()))
+    c.terminated()
+    c.reconcile(1)
+    assert c.status["restarts"] == 0 and c.status["phase"] == "Creating"
+    assert len(c.pods) == 4 and not any(map(st.is_deleting, c.pods.values()))
+    assert not any(e.type == "Warning" for e in c.events), c.events
+
+
+def test_a_pod_deleted_by_someone_else_still_restarts_the_job() -> None:
+    c = started()
+    c.pods["sn-rank-2"]["metadata"]["deletionTimestamp"] = st.format_time(c.now)
+    c.reconcile()
+    assert c.status["restarts"] == 1 and c.cond("Restarting")["reason"] == "PodDeleted"
 
 
 def test_set_condition_keeps_transition_time_unless_status_changes() -> None:
