@@ -315,9 +315,12 @@ def partition_pods(draft: Draft, seen: Observed) -> Plan | None:
             seen.stale.append(pod)
         else:
             seen.current[index] = pod
-    draft.status["ranks"] = st.rank_counts(
-        seen.current.values(), seen.world, jobs.devices_per_pod(seen.job)
-    )
+    # A finished job keeps the counts it ended with (as Kubeflow's training operator does):
+    # cleanPodPolicy deletes the pods, which would otherwise report 0 succeeded.
+    if draft.status.get("phase") not in TERMINAL:
+        draft.status["ranks"] = st.rank_counts(
+            seen.current.values(), seen.world, jobs.devices_per_pod(seen.job)
+        )
     _delete(draft, seen.stale)
     return None
 

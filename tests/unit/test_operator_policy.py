@@ -379,6 +379,38 @@ def test_a_pod_deleted_by_someone_else_still_restarts_the_job() -> None:
     assert c.status["restarts"] == 1 and c.cond("Restarting")["reason"] == "PodDeleted"
 
 
+@pytest.mark.parametrize("clean", ["All", "Running", "None"])
+def test_a_finished_job_keeps_its_rank_counts_after_cleanup(clean: str) -> None:
+    c = Cluster(runPolicy={"cleanPodPolicy": clean})
+    c.graceful = True
+    c.reconcile()
+    c.schedule()
+    c.run_all()
+    c.reconcile()
+    for r in range(4):
+        c.finish(r, 0)
+    c.reconcile(1)
+    final = {"total": 4, "scheduled": 4, "running": 0, "succeeded": 4, "failed": 0}
+    assert c.status["phase"] == "Succeeded" and c.status["ranks"] == final
+    c.terminated()
+    c.reconcile(1)
+    c.reconcile(1)
+    assert c.status["ranks"] == final
+
+
+def test_a_failed_job_keeps_its_rank_counts_after_cleanup() -> None:
+    c = Cluster(runPolicy={"cleanPodPolicy": "All"})
+    c.reconcile()
+    c.schedule()
+    c.run_all()
+    c.reconcile()
+    c.finish(1, 2)
+    c.reconcile(1)
+    assert c.status["phase"] == "Failed" and c.pods == {}
+    c.reconcile(1)
+    assert c.status["ranks"]["failed"] == 1 and c.status["ranks"]["running"] == 3
+
+
 def test_set_condition_keeps_transition_time_unless_status_changes() -> None:
     conds = st.set_condition([], "Running", True, "A", "m", T0)
     later = st.set_condition(conds, "Running", True, "B", "n", T0 + timedelta(seconds=5))
