@@ -172,6 +172,29 @@ def _version_of(configmap: Mapping[str, Any] | None) -> int:
     return int(text) if str(text).isdigit() else 0
 
 
+# Why the table stays initializing, by the annotation whose content blocks it.
+_BLOCKED_BY = {ranktable.RANK_INDEX_ANNOTATION: "InvalidRankIndex"}
+
+
+def _annotated_pods(
+    job: Mapping[str, Any], current: Mapping[int, Mapping[str, Any]]
+) -> list[ranktable.AnnotatedPod]:
+    """The current rank pods that got their NPUs (scheduled, carrying the device plugin's
+    annotation), with the rank index each will have in the table (RankTableError when its
+    `hccl/rankIndex` disagrees with its index)."""
+    resource = jobs.resource_name(job)
+    out = []
+    for index, pod in sorted(current.items()):
+        meta = pod.get("metadata") or {}
+        found = ranktable.device_annotation(meta.get("annotations"), resource)
+        if found is None or not st.is_scheduled(pod) or st.is_deleting(pod):
+            continue
+        name = str(meta.get("name"))
+        rank = ranktable.rank_index(meta.get("annotations"), index, name)
+        out.append(ranktable.AnnotatedPod(rank, str(meta.get("uid")), name, found[1], found[0]))
+    return out
+
+
 def _rank_table(
     draft: Draft,
     job: Mapping[str, Any],
@@ -180,31 +203,23 @@ def _rank_table(
 ) -> None:
     """Keep the rank-table ConfigMap equal to what the current rank pods imply."""
     pods = jobs.pod_count(job)
-    annotated = {
-        rank: pod
-        for rank, pod in current.items()
-        if st.is_scheduled(pod)
-        and not st.is_deleting(pod)
-        and ranktable.ANNOTATION in ((pod.get("metadata") or {}).get("annotations") or {})
-    }
     table: dict[str, Any] = ranktable.initializing_table()
     text = ranktable.dump(table)
-    reason, message = "WaitingForDevices", f"{len(annotated)} of {pods} rank pods have their NPUs"
-    if len(annotated) == pods:
-        try:
-            entries = ranktable.pods_from_annotations(
-                [
-                    ranktable.AnnotatedPod(
-                        rank,
-                        str(pod["metadata"].get("uid")),
-                        str(pod["metadata"].get("name")),
-                        pod["metadata"]["annotations"][ranktable.ANNOTATION],
-                    )
-                    for rank, pod in sorted(annotated.items())
-                ],
-                jobs.devices_per_pod(job),
+    try:
+        annotated = _annotated_pods(job, current)
+        reason = "WaitingForDevices"
+        message = f"{len(annotated)} of {pods} rank pods have their NPUs"
+        if len(annotated) == pods:
+            entries = ranktable.pods_from_annotations(annotated, jobs.devices_per_pod(job))
+            scheduling = job["spec"]["scheduling"]
+            super_pod = ranktable.wants_super_pod(
+                job["metadata"].get("annotations"), scheduling.get("nodeSelector")
             )
-            built = ranktable.build_rank_table(entries)
+            built = ranktable.build_rank_table(entries, super_pod=super_pod)
+            world = jobs.world_size(job)
+            # What every rank will check before HCCL sees it: a table the ranks would refuse
+            # is not written (the reason says why) rather than found wrong in each pod.
+            ranktable.validate_rank_table(built, 0, world)
             built_text = ranktable.dump(built)
             size = len(built_text.encode())
             if size > ranktable.MAX_CONFIGMAP_BYTES:
@@ -215,10 +230,12 @@ def _rank_table(
                 )
             else:
                 table, text = built, built_text
-                world = jobs.world_size(job)
-                reason, message = "RankTableWritten", f"HCCL rank table of {world} ranks written"
-        except ValueError as exc:  # RankTableError is a ValueError
-            reason, message = "InvalidDeviceAnnotation", str(exc)
+                reason = "RankTableWritten"
+                message = f"HCCL rank table v{built['version']} of {world} ranks written"
+    except ranktable.RankTableError as exc:
+        reason, message = _BLOCKED_BY.get(exc.field, "InvalidDeviceAnnotation"), str(exc)
+    except ValueError as exc:
+        reason, message = "InvalidDeviceAnnotation", str(exc)
     complete = table["status"] == ranktable.STATUS_COMPLETED
     version = _version_of(configmap)
     # Compared as text: the table is written from this very text, so an unchanged pod set

@@ -252,8 +252,12 @@ def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str
         pod_spec["priorityClassName"] = scheduling["priorityClassName"]
     labels = {RANK_LABEL: str(rank), RESTART_LABEL: str(restarts)}
     metadata = _metadata(job, name, labels)
+    # The pod's index, under the key MindX's tools and Volcano's hcclrank plugin read it by
+    # (ranktable.RANK_INDEX_ANNOTATION): a replacement pod is created with the index of the
+    # pod it replaces, so the rank ids of the table stay the same across restarts.
+    metadata["annotations"] = {ranktable.RANK_INDEX_ANNOTATION: str(rank)}
     if gang(job):
-        metadata["annotations"] = {PODGROUP_ANNOTATION: podgroup_name(job)}
+        metadata["annotations"][PODGROUP_ANNOTATION] = podgroup_name(job)
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
     merged = merge_pod_template(pod, spec.get("podTemplate") or {})
     # The env contract is the operator's: an override may add variables, not change these.

@@ -437,6 +437,11 @@ def test_a_child_the_api_server_rejects_fails_the_job() -> None:
     assert "bad image" in failed["message"]
 
 
+def device_ip(host: int, chip: int) -> str:
+    """A distinct IPv4 address per chip in 127.0.0.0/8, for up to 40000 hosts."""
+    return f"127.{100 + host // 256}.{host % 256}.{101 + chip}"
+
+
 def _annotate(pod: dict[str, Any], host: int, chips: range) -> None:
     pod["spec"]["nodeName"] = f"node-{host}"
     pod["status"] = {"phase": "Pending", "hostIP": f"127.0.1.{host + 1}"}
@@ -444,7 +449,7 @@ def _annotate(pod: dict[str, Any], host: int, chips: range) -> None:
         "pod_name": pod["metadata"]["name"],
         "server_id": f"127.0.1.{host + 1}",
         "host_ip": f"127.0.1.{host + 1}",
-        "devices": [{"device_id": str(c), "device_ip": f"127.100.{host}.{101 + c}"} for c in chips],
+        "devices": [{"device_id": str(c), "device_ip": device_ip(host, c)} for c in chips],
     }
     pod["metadata"].setdefault("annotations", {})[ranktable.ANNOTATION] = json.dumps(ann)
 
@@ -507,3 +512,112 @@ def test_a_rank_table_too_large_for_a_configmap_is_not_written() -> None:
     cond = c.cond(st.RANKTABLE_READY)
     assert cond["reason"] == "RankTableTooLarge"
     assert cond["message"].startswith("spec.devices.perPod: the rank table of 9600 pods takes")
+
+
+# --- hccl/rankIndex, the device annotation's keys, A3 super-pod tables -----------------------
+
+
+def test_rank_index_is_written_kept_across_restarts_and_makes_the_rank_ids() -> None:
+    c = started()
+    key = ranktable.RANK_INDEX_ANNOTATION
+    first = {n: p["metadata"]["uid"] for n, p in c.pods.items()}
+    assert {n: p["metadata"]["annotations"][key] for n, p in c.pods.items()} == {
+        f"sn-rank-{r}": str(r) for r in range(4)
+    }
+    c.finish(2, 143)
+    c.reconcile()
+    c.reconcile(10)  # after the backoff: the replacement pods
+    assert c.status["restarts"] == 1 and set(c.pods) == set(first)
+    assert all(c.pods[n]["metadata"]["uid"] != uid for n, uid in first.items())
+    assert all(p["metadata"]["annotations"][key] == n[-1] for n, p in c.pods.items())
+    c.schedule()
+    c.reconcile()
+    rank_ids = {s["server_id"]: s["device"][0]["rank_id"] for s in c.table()["server_list"]}
+    assert rank_ids == {c.pods[f"sn-rank-{r}"]["metadata"]["uid"]: str(r) for r in range(4)}
+
+
+def test_a_changed_rank_index_blocks_the_table_and_a_missing_one_is_the_pods_index() -> None:
+    c = Cluster()
+    c.reconcile()
+    c.schedule()
+    c.pods["sn-rank-1"]["metadata"]["annotations"][ranktable.RANK_INDEX_ANNOTATION] = "3"
+    c.reconcile()
+    assert c.table() == {"status": "initializing"}
+    cond = c.cond(st.RANKTABLE_READY)
+    assert cond["reason"] == "InvalidRankIndex"
+    assert "pod sn-rank-1 is pod 1 of the job" in cond["message"]
+    # Pods of an operator that did not write it yet: their index.
+    for pod in c.pods.values():
+        del pod["metadata"]["annotations"][ranktable.RANK_INDEX_ANNOTATION]
+    c.reconcile()
+    assert c.table()["status"] == "completed" and c.cond(st.RANKTABLE_READY)["status"] == "True"
+
+
+def test_a_chip_without_a_roce_address_blocks_the_table_with_a_reason() -> None:
+    c = Cluster()
+    c.reconcile()
+    c.schedule()
+    pod = c.pods["sn-rank-3"]
+    note = json.loads(pod["metadata"]["annotations"][ranktable.ANNOTATION])
+    note["devices"][0]["device_ip"] = "-1"
+    pod["metadata"]["annotations"][ranktable.ANNOTATION] = json.dumps(note)
+    c.reconcile()
+    assert c.table() == {"status": "initializing"}
+    cond = c.cond(st.RANKTABLE_READY)
+    assert cond["status"] == "False" and cond["reason"] == "InvalidDeviceAnnotation"
+    assert "of pod sn-rank-3: devices[0].device_ip" in cond["message"]
+    assert "no RoCE address configured" in cond["message"]
+
+
+def _rekey(c: Cluster, key: str) -> None:
+    for pod in c.pods.values():
+        notes = pod["metadata"]["annotations"]
+        notes[key] = notes.pop(ranktable.ANNOTATION)
+
+
+def test_huawei_npu_pods_are_read_by_the_npu_configuration_annotation() -> None:
+    c = Cluster(devices={"type": "npu", "count": 4, "resourceName": "huawei.com/npu"})
+    c.reconcile()
+    pod = next(iter(c.pods.values()))
+    limits = pod["spec"]["containers"][0]["resources"]["limits"]
+    assert limits == {"huawei.com/npu": "1"}
+    c.schedule()
+    _rekey(c, ranktable.NPU_ANNOTATION)
+    c.reconcile()
+    assert c.table()["status"] == "completed"
+    ranktable.validate_rank_table(c.table(), 0, 4)
+
+
+@pytest.mark.parametrize(
+    ("annotations", "scheduling"),
+    [
+        ({"huawei.com/schedule_policy": "chip2-node16-sp"}, {}),
+        ({}, {"nodeSelector": {"accelerator-type": "module-a3-8-super-pod"}}),
+    ],
+)
+def test_a_super_pod_job_gets_a_v12_table_grouped_by_super_pod(
+    annotations: dict[str, str], scheduling: dict[str, Any]
+) -> None:
+    c = Cluster(scheduling=scheduling)
+    c.job["metadata"]["annotations"] = annotations
+    c.reconcile()
+    c.schedule()
+    for r, pod in enumerate(sorted(c.pods.values(), key=st.pod_rank)):  # type: ignore[arg-type]
+        notes = pod["metadata"]["annotations"]
+        note = json.loads(notes[ranktable.ANNOTATION])
+        note["super_pod_id"] = r // 2
+        note["devices"][0]["super_device_id"] = str(r % 2)
+        notes[ranktable.ANNOTATION] = json.dumps(note)
+    c.reconcile()
+    table = c.table()
+    assert table["version"] == "1.2" and c.cond(st.RANKTABLE_READY)["status"] == "True"
+    assert [sp["super_pod_id"] for sp in table["super_pod_list"]] == ["0", "1"]
+    ranktable.validate_rank_table(table, 3, 4)
+    # A super-pod job whose plugin reports no super-pod ids: no table, and the reason.
+    for pod in c.pods.values():
+        note = json.loads(pod["metadata"]["annotations"][ranktable.ANNOTATION])
+        del note["super_pod_id"]
+        pod["metadata"]["annotations"][ranktable.ANNOTATION] = json.dumps(note)
+    c.reconcile()
+    assert c.table() == {"status": "initializing"}
+    assert "no super_pod_id" in c.cond(st.RANKTABLE_READY)["message"]

@@ -135,7 +135,8 @@ def test_pod_template_is_merged_but_cannot_steal_the_pod() -> None:
     template = {
         "metadata": {
             "labels": {"team": "vision", render.JOB_LABEL: "other"},
-            "annotations": {"a": "b"},
+            # A template cannot move a pod's rank index: the table's rank ids follow it.
+            "annotations": {"a": "b", ranktable.RANK_INDEX_ANNOTATION: "7"},
         },
         "spec": {
             "containers": [
@@ -159,7 +160,11 @@ def test_pod_template_is_merged_but_cannot_steal_the_pod() -> None:
     assert template == before
     labels = pod["metadata"]["labels"]
     assert labels["team"] == "vision" and labels[render.JOB_LABEL] == "sn"
-    assert pod["metadata"]["annotations"] == {"a": "b", render.PODGROUP_ANNOTATION: "sn"}
+    assert pod["metadata"]["annotations"] == {
+        "a": "b",
+        render.PODGROUP_ANNOTATION: "sn",
+        ranktable.RANK_INDEX_ANNOTATION: "1",
+    }
     trainer, sidecar = pod["spec"]["containers"]
     assert sidecar == {"name": "sidecar", "image": "busybox"}
     variables = env_of(pod)
@@ -258,7 +263,10 @@ def test_gang_scheduling_puts_every_pod_in_one_podgroup() -> None:
         "minResources": {"huawei.com/Ascend910": "8"},
     }
     pod = render.render_pod(job, 0)
-    assert pod["metadata"]["annotations"] == {render.PODGROUP_ANNOTATION: "sn"}
+    assert pod["metadata"]["annotations"] == {
+        render.PODGROUP_ANNOTATION: "sn",
+        ranktable.RANK_INDEX_ANNOTATION: "0",
+    }
     assert pod["spec"]["schedulerName"] == "volcano"
     plain = render.render_pod(make_job(scheduling={"gang": False}), 0)
-    assert "annotations" not in plain["metadata"]
+    assert plain["metadata"]["annotations"] == {ranktable.RANK_INDEX_ANNOTATION: "0"}

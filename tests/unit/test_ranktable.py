@@ -435,3 +435,183 @@ def test_publish_lays_out_a_configmap_volume_like_the_kubelet(tmp_path: Path) ->
                                                      "hccl.json", "version"]  # fmt: skip
     snap = ranktable.read_mounted(root / "hccl.json")
     assert ranktable.parse(snap.text) == example() and snap.version == "2"
+
+
+# --- v1.2 (A3 super-pods), device annotations, hccl/rankIndex ------------------------------
+
+
+def super_pod_example() -> dict[str, Any]:
+    """v1.2 as hicann/hccl rank_table_config_a3.md shows it: two super-pods of one server each."""
+    table = example()
+    table["version"] = "1.2"
+    for s, server in enumerate(table["server_list"]):
+        for d, device in enumerate(server["device"]):
+            device["super_device_id"] = str(s * 2 + d)
+    table["super_pod_list"] = [
+        {"super_pod_id": "0", "server_list": [{"server_id": "10.0.0.1"}]},
+        {"super_pod_id": "1", "server_list": [{"server_id": "10.0.0.2"}]},
+    ]
+    return table
+
+
+INVALID_V12 = [
+    ("super_device_id missing", "server_list[0].device[0].super_device_id", KeyError,
+     "server_list[0].device[0].super_device_id", "string"),
+    ("super_pod_list missing", "super_pod_list", KeyError, "super_pod_list", "non-empty"),
+    ("server in no super-pod", "super_pod_list", [
+        {"super_pod_id": "0", "server_list": [{"server_id": "10.0.0.1"}]}],
+     "super_pod_list", "'10.0.0.2' is in no super-pod"),
+    ("unknown server", "super_pod_list[1].server_list[0].server_id", "10.0.0.9",
+     "super_pod_list[1].server_list[0].server_id", "not in server_list"),
+    ("server in two super-pods", "super_pod_list[1].server_list[0].server_id", "10.0.0.1",
+     "super_pod_list[1].server_list[0].server_id", "also at"),
+    ("super_pod_id twice", "super_pod_list[1].super_pod_id", "0",
+     "super_pod_list[1].super_pod_id", "also at"),
+    ("super_device_id twice in a super-pod", "super_pod_list", [
+        {"super_pod_id": "0", "server_list": [{"server_id": "10.0.0.1"},
+                                              {"server_id": "10.0.0.2"}]}],
+     "server_list[1].device[0].super_device_id", None),
+]  # fmt: skip
+
+
+def test_v12_example_passes_and_each_invalid_case_names_the_field() -> None:
+    for rank in range(4):
+        validate_rank_table(super_pod_example(), rank, 4)
+    # server_count is optional in v1.2.
+    validate_rank_table(_set(super_pod_example(), "server_count", KeyError), 0, 4)
+    for name, path, value, field, words in INVALID_V12:
+        table = _set(super_pod_example(), path, copy.deepcopy(value))
+        if name == "super_device_id twice in a super-pod":
+            _set(table, "server_list[1].device[0].super_device_id", "0")
+            words = "in super-pod '0', super_device_id '0'"
+        with pytest.raises(RankTableError) as info:
+            validate_rank_table(table, 0, 4)
+        assert info.value.field == field, (name, str(info.value))
+        assert words in str(info.value), name
+
+
+def test_v12_servers_of_a_super_pod_must_be_adjacent() -> None:
+    table = super_pod_example()
+    table["server_list"].append(
+        {
+            "server_id": "10.0.0.3",
+            "device": [{"device_id": "0", "device_ip": "192.168.100.103", "rank_id": "4",
+                        "super_device_id": "9"}],
+        }
+    )  # fmt: skip
+    table["server_count"] = "3"
+    table["super_pod_list"][0]["server_list"].append({"server_id": "10.0.0.3"})
+    with pytest.raises(RankTableError, match="not adjacent"):
+        validate_rank_table(table, 0, 5)
+
+
+def annotated(rank: int, note: dict[str, Any], key: str = ranktable.ANNOTATION) -> Any:
+    return ranktable.AnnotatedPod(rank, f"uid-{rank}", f"j-rank-{rank}", json.dumps(note), key)
+
+
+def a3_note(rank: int, super_pod: int) -> dict[str, Any]:
+    # As MindX's device plugin writes it on A3: super_pod_id a number, super_device_id per chip.
+    return {
+        "pod_name": f"j-rank-{rank}",
+        "server_id": f"127.0.1.{rank + 1}",
+        "host_ip": f"127.0.1.{rank + 1}",
+        "super_pod_id": super_pod,
+        "devices": [
+            {"device_id": "0", "device_ip": f"127.100.{rank}.1", "super_device_id": str(rank)}
+        ],
+    }
+
+
+def test_build_v12_groups_servers_by_the_annotations_super_pod_id() -> None:
+    pods = [annotated(r, a3_note(r, sp)) for r, sp in enumerate((7, 7, 3))]
+    table = build_rank_table(ranktable.pods_from_annotations(pods, 1), super_pod=True)
+    assert table["version"] == "1.2"
+    assert [d["super_device_id"] for s in table["server_list"] for d in s["device"]] == [
+        "0",
+        "1",
+        "2",
+    ]
+    assert table["super_pod_list"] == [
+        {"super_pod_id": "7", "server_list": [{"server_id": "uid-0"}, {"server_id": "uid-1"}]},
+        {"super_pod_id": "3", "server_list": [{"server_id": "uid-2"}]},
+    ]
+    for rank in range(3):
+        validate_rank_table(table, rank, 3)
+    # v1.0 from the same pods: no super-pod fields.
+    plain = build_rank_table(ranktable.pods_from_annotations(pods, 1))
+    assert plain["version"] == "1.0" and "super_pod_list" not in plain
+    assert "super_device_id" not in plain["server_list"][0]["device"][0]
+
+
+@pytest.mark.parametrize(
+    ("notes", "words"),
+    [
+        ([a3_note(0, 1), a3_note(1, 2), a3_note(2, 1)], "come between"),
+        ([a3_note(0, 1), {**a3_note(1, 1), "super_pod_id": None}], "no super_pod_id"),
+        (
+            [a3_note(0, 1), {**a3_note(1, 1), "devices": [{"device_id": "0",
+                                                           "device_ip": "127.100.1.1"}]}],
+            "no super_device_id",
+        ),
+    ],
+)  # fmt: skip
+def test_build_v12_refuses_what_hccl_could_not_use(notes: list[dict[str, Any]], words: str) -> None:
+    pods = [annotated(r, note) for r, note in enumerate(notes)]
+    with pytest.raises(RankTableError, match=words):
+        build_rank_table(ranktable.pods_from_annotations(pods, 1), super_pod=True)
+
+
+def test_a_chip_without_a_roce_address_blocks_the_table_naming_the_pod() -> None:
+    note = a3_note(1, 0)
+    note["devices"][0]["device_ip"] = "-1"
+    with pytest.raises(RankTableError) as info:
+        ranktable.pods_from_annotations([annotated(1, note, ranktable.NPU_ANNOTATION)], 1)
+    assert str(info.value).startswith(
+        f'{ranktable.NPU_ANNOTATION} of pod j-rank-1: devices[0].device_ip: is "-1"'
+    )
+    assert "no RoCE address configured" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("annotations", "node_selector", "wanted"),
+    [
+        ({"huawei.com/schedule_policy": "chip2-node16-sp"}, None, True),
+        ({"huawei.com/schedule_policy": "chip2-node8-sp"}, None, True),
+        # The policy, when set, decides alone (MindX's useV1dot2).
+        ({"huawei.com/schedule_policy": "chip4-node8"},
+         {"accelerator-type": "module-a3-16-super-pod"}, False),
+        (None, {"accelerator-type": "module-a3-16-super-pod"}, True),
+        ({}, {"accelerator-type": "module-a3-8-super-pod"}, True),
+        ({}, {"accelerator-type": "module-a3-16"}, False),
+        (None, None, False),
+    ],
+)  # fmt: skip
+def test_wants_super_pod(
+    annotations: dict[str, str] | None, node_selector: dict[str, str] | None, wanted: bool
+) -> None:
+    assert ranktable.wants_super_pod(annotations, node_selector) is wanted
+
+
+def test_device_annotation_prefers_the_resources_key_and_reads_either() -> None:
+    both = {ranktable.ANNOTATION: "910", ranktable.NPU_ANNOTATION: "npu"}
+    assert ranktable.device_annotation(both, "huawei.com/npu") == (ranktable.NPU_ANNOTATION, "npu")
+    assert ranktable.device_annotation(both, "huawei.com/Ascend910") == (
+        ranktable.ANNOTATION,
+        "910",
+    )
+    only_npu = {ranktable.NPU_ANNOTATION: "npu"}
+    assert ranktable.device_annotation(only_npu, None) == (ranktable.NPU_ANNOTATION, "npu")
+    assert ranktable.device_annotation({"other": "x"}, "huawei.com/npu") is None
+    assert ranktable.device_annotation(None, None) is None
+
+
+def test_rank_index_must_be_the_pods_index() -> None:
+    key = ranktable.RANK_INDEX_ANNOTATION
+    assert ranktable.rank_index({key: "3"}, 3, "j-rank-3") == 3
+    # Pods made before the annotation existed: their index.
+    assert ranktable.rank_index({}, 2, "j-rank-2") == 2
+    with pytest.raises(RankTableError, match="carries hccl/rankIndex 5") as info:
+        ranktable.rank_index({key: "5"}, 3, "j-rank-3")
+    assert info.value.field == key
+    with pytest.raises(RankTableError, match="not a non-negative integer"):
+        ranktable.rank_index({key: "-1"}, 3, "j-rank-3")

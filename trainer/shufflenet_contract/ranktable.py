@@ -1,4 +1,5 @@
-"""The HCCL rank table, format v1.0 (hccl.json), as MindX DL writes it, and how it reaches HCCL.
+"""The HCCL rank table (hccl.json) as MindX DL writes it, v1.0 and the A3 super-pod v1.2, and
+how it reaches HCCL.
 
 ```
 {"version": "1.0", "server_count": "2", "status": "completed",
@@ -7,9 +8,13 @@
                               "rank_id": "0"}, ...]}, ...]}
 ```
 All values are strings. `rank_id` counts from 0, contiguous over the whole table in
-`server_list` order. The operator builds the table once every rank pod carries the device
-plugin's annotation and delivers it in a ConfigMap (first `{"status": "initializing"}`, then
-the full table with `status: completed`), with the keys `version` and `attempt` beside it.
+`server_list` order. v1.2 (Atlas A3 super-pods, hicann/hccl
+`docs/zh/user_guide/cluster_info_config/rank_table_config_a3.md`) adds `super_device_id` to
+every device and `super_pod_list: [{"super_pod_id": "0", "server_list": [{"server_id": ..}]}]`,
+the servers of one super-pod listed together. The operator builds the table once every rank
+pod carries the device plugin's annotation and delivers it in a ConfigMap (first
+`{"status": "initializing"}`, then the full table with `status: completed`), with the keys
+`version` and `attempt` beside it.
 
 What a rank does with the mounted table before HCCL sees it (docs/ranktable.md has the
 sources): torch_npu hands HCCL the file named by RANK_TABLE_FILE only when it is a regular
@@ -40,6 +45,10 @@ from typing import Any
 from .env import RankEnv
 
 VERSION = "1.0"
+# The A3 super-pod format (`super_pod_list`, `super_device_id`); MindX's ascend-operator writes it
+# when the job asks for super-pod scheduling (`wants_super_pod`).
+VERSION_SUPER_POD = "1.2"
+VERSIONS = (VERSION, VERSION_SUPER_POD)
 STATUS_COMPLETED = "completed"
 STATUS_INITIALIZING = "initializing"
 HOST_NIC_IP = "reserve"
@@ -61,8 +70,31 @@ DATA_LINK = "..data"
 MAX_SERVER_ID = 64
 # What a ConfigMap may hold, all keys together (etcd's object limit), less room for the rest.
 MAX_CONFIGMAP_BYTES = 1024 * 1024 - 16 * 1024
-# The Ascend device plugin's annotation on a pod once its chips are allocated.
+# The Ascend device plugin's annotation on a pod once its chips are allocated: the key follows
+# the resource it serves (`huawei.com/Ascend910`, or `huawei.com/npu` on newer plugins; both
+# keys are read by MindX's ascend-operator, Ascend/mind-cluster docs "Pod annotations").
 ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuration"
+NPU_ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-npu-configuration"
+RESOURCE_910 = "huawei.com/Ascend910"
+RESOURCE_NPU = "huawei.com/npu"
+DEVICE_ANNOTATIONS = {RESOURCE_910: ANNOTATION, RESOURCE_NPU: NPU_ANNOTATION}
+# The pod's index in the job, from which rank_id is built (rank index x chips per pod + k).
+# MindX's ascend-operator writes it on every pod it creates and builds rank_id from it
+# (Ascend/mind-cluster component/ascend-operator pkg/controllers/v1/annotation.go
+# `setHcclRankIndex`, pkg/ranktable/common/common.go `buildServerInfo`); Volcano's job plugin
+# `hcclrank` writes the same key from the pod's RANK env unless it is already set
+# (volcano-sh/volcano pkg/controllers/job/plugins/hcclrank). A replacement pod keeps the index
+# of the pod it replaces, so resumed training keeps its rank ids.
+RANK_INDEX_ANNOTATION = "hccl/rankIndex"
+# How a job asks for an A3 super-pod (v1.2) table, as MindX's ascend-operator decides it
+# (pkg/ranktable/factory.go `useV1dot2`): the job annotation huawei.com/schedule_policy, when
+# set, decides alone (the super-pod policies of pkg/utils/superpod.go); otherwise a
+# nodeSelector accelerator-type of an A3 super-pod node (ascend-common api, Volcano's
+# ascend-volcano-plugin).
+SCHEDULE_POLICY_ANNOTATION = "huawei.com/schedule_policy"
+SUPER_POD_POLICIES = ("chip2-node16-sp", "chip2-node8-sp")
+ACCELERATOR_TYPE_LABEL = "accelerator-type"
+SUPER_POD_ACCELERATOR_TYPES = ("module-a3-16-super-pod", "module-a3-8-super-pod")
 
 
 class RankTableError(ValueError):
@@ -81,6 +113,7 @@ class RankTableTimeout(TimeoutError):
 class Device:
     device_id: str  # the chip's index on its server
     device_ip: str  # the chip's RoCE address
+    super_device_id: str | None = None  # the chip's id in its A3 super-pod (v1.2 only)
 
 
 @dataclass(frozen=True)
@@ -90,6 +123,7 @@ class PodDevices:
     rank: int  # the pod's index (node rank); its chips get rank * devices_per_pod + k
     server_id: str  # the pod UID (part of a node) or the node's host IP (whole node)
     devices: Sequence[Device] = field(default_factory=tuple)
+    super_pod_id: str | None = None  # the A3 super-pod of its node (v1.2 only)
 
 
 def initializing_table() -> dict[str, str]:
@@ -103,11 +137,16 @@ def configmap_data(table_text: str, version: int, attempt: int) -> dict[str, str
     return {FILE_KEY: table_text, VERSION_KEY: str(version), ATTEMPT_KEY: str(attempt)}
 
 
-def build_rank_table(pods: Iterable[PodDevices]) -> dict[str, Any]:
+def build_rank_table(pods: Iterable[PodDevices], super_pod: bool = False) -> dict[str, Any]:
     """The completed table of a job whose pods each hold the same number of chips.
 
     Each pod is one `server_list` entry (`pods_from_annotations` keys them), ordered by
-    rank; rank_id = pod rank x chips per pod + index.
+    rank; rank_id = pod rank x chips per pod + index, as MindX's ascend-operator builds it
+    from `hccl/rankIndex`. `super_pod`: the v1.2 table of an A3 super-pod job, each chip with
+    its `super_device_id` and a `super_pod_list` grouping the servers by `super_pod_id`
+    (RankTableError when a pod lacks either, or when the pods of one super-pod are not
+    adjacent in rank order: HCCL wants each super-pod's servers listed together, and the rank
+    ids are fixed by the pods' indexes).
     """
     ordered = sorted(pods, key=lambda p: p.rank)
     if not ordered:
@@ -118,27 +157,112 @@ def build_rank_table(pods: Iterable[PodDevices]) -> dict[str, Any]:
     ranks = [p.rank for p in ordered]
     if ranks != list(range(len(ordered))):
         raise ValueError(f"pod ranks must be 0..{len(ordered) - 1} once each, got {ranks}")
+
+    def device(pod: PodDevices, k: int, dev: Device) -> dict[str, str]:
+        out = {"device_id": str(dev.device_id), "device_ip": str(dev.device_ip)}
+        if super_pod:
+            if dev.super_device_id is None:
+                raise RankTableError(
+                    f"pod {pod.rank} device {dev.device_id}",
+                    "no super_device_id in the device annotation: a v1.2 (super-pod) table "
+                    "needs it for every chip",
+                )
+            out["super_device_id"] = str(dev.super_device_id)
+        out["rank_id"] = str(pod.rank * per_pod + k)
+        return out
+
     servers = [
         {
             "server_id": pod.server_id,
-            "device": [
-                {
-                    "device_id": str(dev.device_id),
-                    "device_ip": str(dev.device_ip),
-                    "rank_id": str(pod.rank * per_pod + k),
-                }
-                for k, dev in enumerate(pod.devices)
-            ],
+            "device": [device(pod, k, dev) for k, dev in enumerate(pod.devices)],
             "host_nic_ip": HOST_NIC_IP,
         }
         for pod in ordered
     ]
-    return {
-        "version": VERSION,
+    table: dict[str, Any] = {
+        "version": VERSION_SUPER_POD if super_pod else VERSION,
         "server_count": str(len(servers)),
         "server_list": servers,
         "status": STATUS_COMPLETED,
     }
+    if super_pod:
+        table["super_pod_list"] = _super_pod_list(ordered)
+    return table
+
+
+def _super_pod_list(ordered: Sequence[PodDevices]) -> list[dict[str, Any]]:
+    groups: dict[str, list[dict[str, str]]] = {}
+    last: str | None = None
+    for pod in ordered:
+        if pod.super_pod_id is None:
+            raise RankTableError(
+                f"pod {pod.rank}",
+                "no super_pod_id in the device annotation: a v1.2 (super-pod) table needs it",
+            )
+        if pod.super_pod_id in groups and pod.super_pod_id != last:
+            raise RankTableError(
+                f"pod {pod.rank}",
+                f"is in super-pod {pod.super_pod_id}, but pods of super-pod {last} come "
+                "between it and the others of its super-pod: HCCL wants each super-pod's "
+                "servers listed together, and rank ids follow the pods' indexes",
+            )
+        groups.setdefault(pod.super_pod_id, []).append({"server_id": pod.server_id})
+        last = pod.super_pod_id
+    return [{"super_pod_id": sp, "server_list": servers} for sp, servers in groups.items()]
+
+
+def wants_super_pod(
+    job_annotations: Mapping[str, str] | None, node_selector: Mapping[str, str] | None
+) -> bool:
+    """Whether a job asks for an A3 super-pod (v1.2) table, as MindX's ascend-operator decides
+    (see SCHEDULE_POLICY_ANNOTATION): its schedule policy when set, else its nodeSelector."""
+    policy = (job_annotations or {}).get(SCHEDULE_POLICY_ANNOTATION)
+    if policy is not None:
+        return policy in SUPER_POD_POLICIES
+    accelerator = (node_selector or {}).get(ACCELERATOR_TYPE_LABEL)
+    return accelerator in SUPER_POD_ACCELERATOR_TYPES
+
+
+def device_annotation(
+    annotations: Mapping[str, str] | None, resource: str | None
+) -> tuple[str, str] | None:
+    """(key, JSON) of the device plugin's annotation on a pod; None before allocation.
+
+    The key of the pod's resource comes first (`ascend-npu-configuration` for
+    `huawei.com/npu`, `ascend-910-configuration` otherwise); the other is read too, since a
+    plugin's resource and annotation names are configured separately.
+    """
+    annotations = annotations or {}
+    first = DEVICE_ANNOTATIONS.get(resource or "", ANNOTATION)
+    for key in (first, *(k for k in DEVICE_ANNOTATIONS.values() if k != first)):
+        if key in annotations:
+            return key, annotations[key]
+    return None
+
+
+def rank_index(annotations: Mapping[str, str] | None, index: int, pod_name: str) -> int:
+    """The pod's `hccl/rankIndex`, which must be its index in the job (`index`, the rank
+    label the operator created it with, and what its RANK env derives from).
+
+    A pod without it (created by an operator before this annotation existed) is taken at its
+    index. RankTableError when it is not an integer or disagrees: a table built from it would
+    give HCCL rank ids that torch does not use (HCCL's rank is torch's, docs/ranktable.md).
+    """
+    text = (annotations or {}).get(RANK_INDEX_ANNOTATION)
+    if text is None:
+        return index
+    if not text.isdigit():
+        raise RankTableError(
+            RANK_INDEX_ANNOTATION, f"pod {pod_name}: {text!r} is not a non-negative integer"
+        )
+    if int(text) != index:
+        raise RankTableError(
+            RANK_INDEX_ANNOTATION,
+            f"pod {pod_name} is pod {index} of the job (its RANK env follows from it) but "
+            f"carries {RANK_INDEX_ANNOTATION} {text}: whatever changed it, rank ids built from "
+            "it would not be torch's ranks; delete the pod so that the job restarts",
+        )
+    return index
 
 
 @dataclass(frozen=True)
@@ -148,19 +272,38 @@ class AnnotatedPod:
     rank: int  # the pod's index (its rank, or its node rank with several devices a pod)
     uid: str
     name: str
-    annotation: str  # JSON with `host_ip` and `devices`
+    annotation: str  # JSON with `host_ip` and `devices` (and `super_pod_id` on A3)
+    key: str = ANNOTATION  # the annotation's key, for messages
 
 
-def _devices_of(pod: AnnotatedPod) -> tuple[str, tuple[Device, ...]]:
+def _devices_of(pod: AnnotatedPod) -> tuple[str, str | None, tuple[Device, ...]]:
+    """(host IP, super-pod id or None, chips sorted by id) from a pod's device annotation.
+
+    Every device_ip must be an IPv4 address: a chip without a configured RoCE address is
+    reported as "-1", and MindX's ascend-operator builds no table from it either.
+    """
     try:
         data = json.loads(pod.annotation)
-        devices = [Device(str(d["device_id"]), str(d["device_ip"])) for d in data["devices"]]
+        devices = [
+            Device(
+                str(d["device_id"]),
+                str(d["device_ip"]),
+                None if d.get("super_device_id") is None else str(d["super_device_id"]),
+            )
+            for d in data["devices"]
+        ]
         host_ip = str(data.get("host_ip", ""))
+        # MindX's annotation carries it as a number (Instance.SuperPodId, an int32).
+        super_pod = data.get("super_pod_id")
         # Local rank k binds the k-th visible chip, and the runtime lists them by index.
         devices.sort(key=lambda d: int(d.device_id))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RankTableError(ANNOTATION, f"not the device plugin's format ({exc})") from None
-    return host_ip, tuple(devices)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RankTableError(
+            pod.key, f"pod {pod.name}: not the device plugin's format ({exc})"
+        ) from None
+    for k, dev in enumerate(devices):
+        _ipv4(dev.device_ip, f"{pod.key} of pod {pod.name}: devices[{k}].device_ip")
+    return host_ip, None if super_pod is None else str(super_pod), tuple(devices)
 
 
 def pods_from_annotations(pods: Sequence[AnnotatedPod], devices_per_pod: int) -> list[PodDevices]:
@@ -173,18 +316,19 @@ def pods_from_annotations(pods: Sequence[AnnotatedPod], devices_per_pod: int) ->
     """
     entries = []
     for pod in pods:
-        host_ip, devices = _devices_of(pod)
+        host_ip, super_pod, devices = _devices_of(pod)
         if len(devices) != devices_per_pod:
             raise RankTableError(
-                ANNOTATION,
+                pod.key,
                 f"pod {pod.name} got {len(devices)} devices, spec.devices.perPod is "
                 f"{devices_per_pod}",
             )
-        entries.append(PodDevices(pod.rank, host_ip, devices))
+        entries.append(PodDevices(pod.rank, host_ip, devices, super_pod))
     hosts = [e.server_id for e in entries]
     if devices_per_pod == 1 or len(set(hosts)) < len(hosts):
         entries = [
-            PodDevices(e.rank, pod.uid, e.devices) for e, pod in zip(entries, pods, strict=True)
+            PodDevices(e.rank, pod.uid, e.devices, e.super_pod_id)
+            for e, pod in zip(entries, pods, strict=True)
         ]
     return entries
 
@@ -231,7 +375,7 @@ def _unique(value: str, seen: dict[str, str], where: str, what: str) -> None:
 
 
 def validate_rank_table(table: Any, rank: int, world_size: int) -> None:
-    """Check a completed v1.0 table for the rank `rank` of `world_size` ranks.
+    """Check a completed v1.0 or v1.2 table for the rank `rank` of `world_size` ranks.
 
     Raises RankTableError naming the first bad field: status, version, server_count equal
     to the servers listed, every value a string, server ids non-empty, at most 64 characters
@@ -239,7 +383,8 @@ def validate_rank_table(table: Any, rank: int, world_size: int) -> None:
     "-1" is what a chip without a configured address reports; device_id unique in its
     server), rank ids unique and contiguous from 0 in server_list order (so each server's
     rank ids are one block, as HCCL requires), this rank present exactly once, and the total
-    equal to the world size. Which entry is this process's is `own_entry`'s question.
+    equal to the world size; v1.2 also: super_device_id per device and the super_pod_list
+    (`_check_super_pods`). Which entry is this process's is `own_entry`'s question.
     """
     if not isinstance(table, dict):
         raise RankTableError("(table)", "must be a JSON object")
@@ -247,14 +392,19 @@ def validate_rank_table(table: Any, rank: int, world_size: int) -> None:
     if status != STATUS_COMPLETED:
         raise RankTableError("status", f"is {json.dumps(status)}, expected {STATUS_COMPLETED!r}")
     version = table.get("version")
-    if version != VERSION:
-        raise RankTableError("version", f"is {json.dumps(version)}, expected {VERSION!r}")
-    servers = _list(table.get("server_list"), "server_list")
-    count = _int_str(table.get("server_count"), "server_count")
-    if count != len(servers):
+    if version not in VERSIONS:
         raise RankTableError(
-            "server_count", f"is {count} but server_list holds {len(servers)} servers"
+            "version", f"is {json.dumps(version)}, expected one of {', '.join(VERSIONS)}"
         )
+    super_pod = version == VERSION_SUPER_POD
+    servers = _list(table.get("server_list"), "server_list")
+    # Optional in v1.2 (rank_table_config_a3.md), required in v1.0.
+    if not super_pod or "server_count" in table:
+        count = _int_str(table.get("server_count"), "server_count")
+        if count != len(servers):
+            raise RankTableError(
+                "server_count", f"is {count} but server_list holds {len(servers)} servers"
+            )
     places: dict[int, list[str]] = {}
     order: list[tuple[int, str]] = []
     server_ids: dict[str, str] = {}
@@ -280,9 +430,13 @@ def validate_rank_table(table: Any, rank: int, world_size: int) -> None:
             _unique(device["device_id"], device_ids, f"{at}.device_id", "device_id")
             ip = _ipv4(device.get("device_ip"), f"{at}.device_ip")
             _unique(ip, device_ips, f"{at}.device_ip", "device_ip")
+            if super_pod:
+                _int_str(device.get("super_device_id"), f"{at}.super_device_id")
             rank_id = _int_str(device.get("rank_id"), f"{at}.rank_id")
             places.setdefault(rank_id, []).append(f"{at}.rank_id")
             order.append((rank_id, f"{at}.rank_id"))
+    if super_pod:
+        _check_super_pods(table.get("super_pod_list"), servers)
     mine = places.get(rank, [])
     if len(mine) != 1:
         where = mine[1] if mine else "server_list"
@@ -305,6 +459,46 @@ def validate_rank_table(table: Any, rank: int, world_size: int) -> None:
         raise RankTableError(
             "server_list", f"lists {len(order)} devices but WORLD_SIZE is {world_size}"
         )
+
+
+def _check_super_pods(super_pods: Any, servers: list[dict[str, Any]]) -> None:
+    """v1.2: every server in exactly one super-pod, each super-pod's servers adjacent in
+    server_list (rank_table_config_a3.md), super_device_id unique within a super-pod (it is
+    the chip's id in the super-pod: the SDID)."""
+    order = {server["server_id"]: i for i, server in enumerate(servers)}
+    owner: dict[str, str] = {}
+    pod_ids: dict[str, str] = {}
+    for i, sp in enumerate(_list(super_pods, "super_pod_list")):
+        where = f"super_pod_list[{i}]"
+        if not isinstance(sp, dict):
+            raise RankTableError(where, "must be an object")
+        sp_id = _str(sp.get("super_pod_id"), f"{where}.super_pod_id")
+        _unique(sp_id, pod_ids, f"{where}.super_pod_id", "super_pod_id")
+        members: list[int] = []
+        sdids: dict[str, str] = {}
+        for j, entry in enumerate(_list(sp.get("server_list"), f"{where}.server_list")):
+            at = f"{where}.server_list[{j}].server_id"
+            server_id = _str(entry.get("server_id") if isinstance(entry, dict) else None, at)
+            if server_id not in order:
+                raise RankTableError(at, f"{server_id!r} is not in server_list")
+            _unique(server_id, owner, at, "server_id")
+            members.append(order[server_id])
+            for k, device in enumerate(servers[order[server_id]]["device"]):
+                _unique(
+                    device["super_device_id"],
+                    sdids,
+                    f"server_list[{order[server_id]}].device[{k}].super_device_id",
+                    f"in super-pod {sp_id!r}, super_device_id",
+                )
+        if sorted(members) != list(range(min(members), min(members) + len(members))):
+            raise RankTableError(
+                f"{where}.server_list",
+                f"the servers of super-pod {sp_id!r} are not adjacent in server_list: HCCL "
+                "wants each super-pod's servers listed together",
+            )
+    missing = [sid for sid in order if sid not in owner]
+    if missing:
+        raise RankTableError("super_pod_list", f"server {missing[0]!r} is in no super-pod")
 
 
 def parse(text: str) -> Any:
