@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,6 +26,7 @@ from shufflenet_trainer.metrics.exporter import MetricsExporter
 from shufflenet_trainer.train.config import parse_config
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+NPU = ranktable.RESOURCE_NPU
 
 
 def _reconcile_count(exposition: str) -> float:
@@ -423,3 +425,98 @@ def test_jobs_outside_the_watched_namespaces_are_left_alone(
         assert outside.pods("elsewhere") == []
     finally:
         core_v1.delete_namespace(other)
+
+
+def _patch_annotations(core: client.CoreV1Api, pod: client.V1Pod, notes: dict[str, str]) -> None:
+    core.patch_namespaced_pod(
+        pod.metadata.name, pod.metadata.namespace, {"metadata": {"annotations": notes}}
+    )
+
+
+def _ready_reason(jobs: Jobs, name: str, reason: str) -> dict:
+    return wait_for(
+        lambda: (c := jobs.condition(name, "RankTableReady")).get("reason") == reason and c,
+        what=f"RankTableReady reason {reason}",
+    )
+
+
+def test_huawei_npu_job_keeps_its_rank_indexes_across_a_restart(
+    operator: OperatorProcess, jobs: Jobs, core_v1: client.CoreV1Api
+) -> None:
+    # Nodes of a newer device plugin: resource huawei.com/npu, annotation ascend-npu-...
+    with NodeAgent(core_v1, name=f"npu{uuid.uuid4().hex[:6]}", npu_resource=NPU) as agent:
+        agent.add_node(npus=4)
+        devices = {"type": "npu", "count": 2, "resourceName": NPU}
+        jobs.create(job_manifest("hwnpu", count=2, devices=devices))
+        jobs.wait_phase("hwnpu", "Running")
+        first = jobs.pods("hwnpu")
+        for rank, pod in enumerate(first):
+            assert pod.spec.containers[0].resources.limits == {NPU: "1"}
+            assert pod.metadata.annotations[ranktable.RANK_INDEX_ANNOTATION] == str(rank)
+            assert ranktable.NPU_ANNOTATION in pod.metadata.annotations
+        table, _ = _table(core_v1, jobs.namespace, "hwnpu")
+        assert [s["server_id"] for s in table["server_list"]] == [p.metadata.uid for p in first]
+
+        agent.finish(first[1], exit_code=143)
+        wait_for(lambda: jobs.status("hwnpu").get("restarts") == 1, what="restarts == 1")
+        wait_for(
+            lambda: (
+                len(p := jobs.pods("hwnpu")) == 2
+                and not {x.metadata.uid for x in p} & {x.metadata.uid for x in first}
+                and jobs.status("hwnpu").get("rankTable", {}).get("status") == "completed"
+            ),
+            what="the replacement pods and their table",
+        )
+        pods = jobs.pods("hwnpu")
+        # Each replacement carries the index of the pod it replaces, and the table follows it.
+        assert [p.metadata.annotations[ranktable.RANK_INDEX_ANNOTATION] for p in pods] == [
+            "0",
+            "1",
+        ]
+        table, _ = _table(core_v1, jobs.namespace, "hwnpu")
+        ids = {s["server_id"]: s["device"][0]["rank_id"] for s in table["server_list"]}
+        assert ids == {pods[0].metadata.uid: "0", pods[1].metadata.uid: "1"}
+
+        # Something moves a pod's index: the table is withdrawn, the condition says why.
+        _patch_annotations(core_v1, pods[0], {ranktable.RANK_INDEX_ANNOTATION: "1"})
+        cond = _ready_reason(jobs, "hwnpu", "InvalidRankIndex")
+        assert cond["status"] == "False" and "carries hccl/rankIndex 1" in cond["message"]
+        assert _table(core_v1, jobs.namespace, "hwnpu")[0] == {"status": "initializing"}
+        _patch_annotations(core_v1, pods[0], {ranktable.RANK_INDEX_ANNOTATION: "0"})
+
+        # A chip without a RoCE address ("-1"): no table, and the condition names the pod.
+        note = json.loads(pods[1].metadata.annotations[ranktable.NPU_ANNOTATION])
+        note["devices"][0]["device_ip"] = "-1"
+        _patch_annotations(core_v1, pods[1], {ranktable.NPU_ANNOTATION: json.dumps(note)})
+        cond = _ready_reason(jobs, "hwnpu", "InvalidDeviceAnnotation")
+        assert f"of pod {pods[1].metadata.name}: devices[0].device_ip" in cond["message"]
+        assert "no RoCE address configured" in cond["message"]
+
+        for pod in pods:
+            agent.finish(pod, exit_code=0)
+        jobs.wait_phase("hwnpu", "Succeeded")
+
+
+def test_a_super_pod_job_gets_a_v12_table_once_the_plugin_reports_super_pods(
+    node_agent: NodeAgent, operator: OperatorProcess, jobs: Jobs, core_v1: client.CoreV1Api
+) -> None:
+    node_agent.add_node(npus=4)
+    policy = {ranktable.SCHEDULE_POLICY_ANNOTATION: "chip2-node16-sp"}
+    jobs.create(job_manifest("a3", count=2, metadata={"annotations": policy}))
+    # The simulated plugin reports no super-pod ids: a v1.0-only plugin on an A3 job.
+    cond = _ready_reason(jobs, "a3", "InvalidDeviceAnnotation")
+    assert "a v1.2 (super-pod) table needs it" in cond["message"]
+    for rank, pod in enumerate(jobs.pods("a3")):
+        note = json.loads(pod.metadata.annotations[ASCEND_910_ANNOTATION])
+        note["super_pod_id"] = 5
+        note["devices"][0]["super_device_id"] = str(rank)
+        _patch_annotations(core_v1, pod, {ASCEND_910_ANNOTATION: json.dumps(note)})
+    _ready_reason(jobs, "a3", "RankTableWritten")
+    table, _ = _table(core_v1, jobs.namespace, "a3")
+    assert table["version"] == "1.2"
+    uids = [p.metadata.uid for p in jobs.pods("a3")]
+    assert table["super_pod_list"] == [
+        {"super_pod_id": "5", "server_list": [{"server_id": u} for u in uids]}
+    ]
+    for rank in range(2):
+        ranktable.validate_rank_table(table, rank, 2)

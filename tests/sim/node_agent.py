@@ -43,6 +43,7 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client import ApiException, CoreV1Api, V1Pod
 
+from .ascend_device_plugin import chip_name, resource_kind
 from .runtime import ProcessRuntime
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,6 @@ log = logging.getLogger(__name__)
 NPU_RESOURCE = "huawei.com/Ascend910"
 GPU_RESOURCE = "nvidia.com/gpu"
 ASCEND_910_ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuration"
-# The Ascend device plugin also records the chips by name ("Ascend910-3,Ascend910-4").
-ASCEND_REAL_ANNOTATION = NPU_RESOURCE
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 AGENT_LABEL = "sim.shufflenet.io/node-agent"
 
@@ -149,8 +148,12 @@ class NodeAgent:
         auto_start: bool = True,
         watch_timeout_s: int = 5,
         runtime: ProcessRuntime | None = None,
+        npu_resource: str = NPU_RESOURCE,
     ) -> None:
         self.core = core
+        # The resource its nodes advertise for Ascend chips, which also names the device
+        # plugin's annotation (huawei.com/npu: `ascend-npu-configuration`, chips `npu-<id>`).
+        self.npu = resource_kind(npu_resource)
         # With a runtime, started pods run their containers as processes (sim/runtime.py);
         # without, containers only "run" until a test calls finish().
         self.runtime = runtime
@@ -254,7 +257,7 @@ class NodeAgent:
             self.nodes[name] = node
             resources = {"cpu": cpu, "memory": memory, "pods": str(max_pods)}
             if npus:
-                resources[NPU_RESOURCE] = str(npus)
+                resources[self.npu.resource] = str(npus)
             if gpus:
                 resources[GPU_RESOURCE] = str(gpus)
             self.core.patch_node_status(
@@ -464,11 +467,12 @@ class NodeAgent:
 
     def _admit(self, pod: V1Pod, node: SimNode) -> None:
         ns, name, uid = pod.metadata.namespace, pod.metadata.name, pod.metadata.uid
-        want_npu, want_gpu = _requested(pod, NPU_RESOURCE), _requested(pod, GPU_RESOURCE)
+        want_npu, want_gpu = _requested(pod, self.npu.resource), _requested(pod, GPU_RESOURCE)
         annotations = pod.metadata.annotations or {}
-        if ASCEND_910_ANNOTATION in annotations and want_npu:
+        config_key = self.npu.config_annotation
+        if config_key in annotations and want_npu:
             # Admitted before (by an earlier agent): take back the chips it already holds.
-            config = json.loads(annotations[ASCEND_910_ANNOTATION])
+            config = json.loads(annotations[config_key])
             held = [int(d["device_id"]) for d in config["devices"]]
             node.free_npus -= set(held)
             npu_ids = held
@@ -496,7 +500,7 @@ class NodeAgent:
             containers=containers,
         )
         self._pods[(ns, name)] = rec
-        if npu_ids and ASCEND_910_ANNOTATION not in annotations:
+        if npu_ids and config_key not in annotations:
             self._annotate_devices(rec)
         if self.auto_start:
             self._post_running(rec)
@@ -523,7 +527,8 @@ class NodeAgent:
 
     def _annotate_devices(self, rec: _PodRecord) -> None:
         # What the Ascend device plugin writes after Allocate: the chips, their RoCE addresses
-        # and the server they sit on (server_id: the node's host IP, as the plugin reports it).
+        # and the server they sit on (server_id: the node's host IP, as the plugin reports it),
+        # and the chips by name under the resource's key ("Ascend910-3,Ascend910-4").
         config = {
             "pod_name": rec.name,
             "server_id": rec.node.host_ip,
@@ -539,8 +544,8 @@ class NodeAgent:
             {
                 "metadata": {
                     "annotations": {
-                        ASCEND_910_ANNOTATION: json.dumps(config, separators=(",", ":")),
-                        ASCEND_REAL_ANNOTATION: ",".join(f"Ascend910-{d}" for d in rec.npu_ids),
+                        self.npu.config_annotation: json.dumps(config, separators=(",", ":")),
+                        self.npu.resource: ",".join(chip_name(self.npu, d) for d in rec.npu_ids),
                     }
                 }
             },
@@ -551,7 +556,7 @@ class NodeAgent:
         # kubelet's answer when a pod is bound without the devices being free (the scheduler
         # prevents it; a pod created with spec.nodeName bypasses the scheduler).
         resource, want, free = (
-            (NPU_RESOURCE, want_npu, len(node.free_npus))
+            (self.npu.resource, want_npu, len(node.free_npus))
             if want_npu > len(node.free_npus)
             else (GPU_RESOURCE, want_gpu, len(node.free_gpus))
         )
