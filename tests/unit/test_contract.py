@@ -39,7 +39,8 @@ def test_rank_env_round_trips_through_read_rank_env() -> None:
     )
     assert all(isinstance(v, str) for v in built.values())
     assert built["RANK_ID"] == built["RANK"] == "3" and built["RANK_SIZE"] == "8"
-    assert built["HCCL_CONNECT_TIMEOUT"] == "120"  # clamped into HCCL's range
+    # At least torch_npu's 300 s of rank-table mode, within HCCL's [120, 7200].
+    assert built["HCCL_CONNECT_TIMEOUT"] == "300"
     got = env.read_rank_env(built)
     assert (got.rank, got.world_size, got.local_rank, got.device_id) == (3, 8, 0, 0)
     assert got.master_addr == "j-rank-0.j.ns.svc" and got.master_port == 29500
@@ -74,6 +75,26 @@ def test_rank_env_npu_only_variables() -> None:
     assert "RANK_TABLE_FILE" not in built and "HCCL_CONNECT_TIMEOUT" not in built
 
 
+@pytest.mark.parametrize(("seconds", "given"), [(10, "300"), (299, "300"), (1800, "1800"),
+                                                (9000, "7200")])  # fmt: skip
+def test_npu_pods_get_a_connect_timeout_of_at_least_300_within_hcclss_range(
+    seconds: int, given: str
+) -> None:
+    assert env.hccl_connect_timeout(seconds) == int(given)
+
+
+def test_hccl_exec_timeout_passes_through_to_npu_pods_in_hccls_range() -> None:
+    common: dict[str, Any] = {
+        "job_name": "j", "rank": 0, "world_size": 2, "master_addr": "a", "master_port": 1
+    }  # fmt: skip
+    built = env.rank_env(**common, device_type="npu", exec_timeout=600)
+    assert built["HCCL_EXEC_TIMEOUT"] == "600"
+    assert env.read_rank_env({**built, "MASTER_ADDR": "a"}).world_size == 2
+    assert "HCCL_EXEC_TIMEOUT" not in env.rank_env(**common, device_type="gpu", exec_timeout=600)
+    with pytest.raises(ValueError, match=r"\[1, 17340\]"):
+        env.rank_env(**common, device_type="npu", exec_timeout=17341)
+
+
 def test_no_env_is_a_single_process() -> None:
     got = env.read_rank_env({})
     assert (got.rank, got.world_size, got.distributed) == (0, 1, False)
@@ -95,6 +116,8 @@ BAD_ENV = [
     ({"LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2"}, "LOCAL_RANK=2"),
     ({"DEVICE_ID": "1", "ASCEND_DEVICE_ID": "2"}, "DEVICE_ID=1 and ASCEND_DEVICE_ID=2"),
     ({"HCCL_CONNECT_TIMEOUT": "60"}, "HCCL_CONNECT_TIMEOUT=60"),
+    ({"HCCL_EXEC_TIMEOUT": "0"}, "HCCL_EXEC_TIMEOUT=0 must be in"),
+    ({"HCCL_EXEC_TIMEOUT": "17341"}, "HCCL_EXEC_TIMEOUT=17341"),
     ({"POD_IP": "pod-a"}, "POD_IP"),
     ({"HOST_IP": "node-a"}, "HOST_IP='node-a' is not an IP address"),
     ({"SHUFFLENET_ATTEMPT": "-1"}, "SHUFFLENET_ATTEMPT=-1 must be >= 0"),
@@ -159,7 +182,19 @@ def test_crd_is_structural_and_1_20_compatible() -> None:
     version = obj["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     names = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert names == ["Phase", "Ranks", "Epoch", "Img/s", "Top1", "Restarts", "Age"]
+    assert names == [
+        "Phase",
+        "Ranks",
+        "Epoch",
+        "Img/s",
+        "Top1",
+        "Restarts",
+        "Age",
+        "Device",
+        "Resource",
+    ]
+    wide = [c["jsonPath"] for c in version["additionalPrinterColumns"] if c.get("priority")]
+    assert wide == [".spec.devices.type", ".spec.devices.resourceName"]
     assert obj["spec"]["names"]["shortNames"] == ["snjob", "sntj"]
 
     def walk(node: dict[str, Any], path: str) -> None:
@@ -290,6 +325,10 @@ def test_pod_env_and_trainer_args() -> None:
     assert (e["RANK"], e["WORLD_SIZE"], e["LOCAL_RANK"], e["DEVICE_ID"]) == ("5", "8", "0", "0")
     assert e["POD_NAME"] == "shufflenet-imagenet-npu-rank-5" and e["METRICS_PORT"] == "9400"
     assert e["RANK_TABLE_FILE"] == "/t/hccl.json" and e["HCCL_CONNECT_TIMEOUT"] == "1800"
+    assert "HCCL_EXEC_TIMEOUT" not in e  # HCCL's own default unless the spec sets one
+    npu["spec"]["training"]["hcclExecTimeoutSeconds"] = 900
+    assert job.pod_env(npu, 5, master_addr="m")["HCCL_EXEC_TIMEOUT"] == "900"
+    del npu["spec"]["training"]["hcclExecTimeoutSeconds"]
     assert job.resource_name(npu) == "huawei.com/Ascend910"
 
     args = job.trainer_args(npu, data_path=None, output_dir="/checkpoints/x")

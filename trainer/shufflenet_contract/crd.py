@@ -32,6 +32,11 @@ OPTIMIZERS = ["sgd", "lars"]
 SCHEDULES = ["cosine", "linear", "step"]
 PHASES = ["Pending", "Creating", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
 
+# HCCL_EXEC_TIMEOUT in whole seconds as every Ascend product takes it (hicann/hccl
+# docs/zh/user_guide/hccl_env/HCCL_EXEC_TIMEOUT.md: Atlas training series (0, 17340]; A2/A3
+# [0, 2147483647] with 0 = never, but their AIV mode caps it at 1091).
+HCCL_EXEC_TIMEOUT_RANGE = (1, 17340)
+
 # The extended resource a rank asks for, per device type (cpu ranks ask for none).
 DEFAULT_RESOURCE = {"npu": "huawei.com/Ascend910", "gpu": "nvidia.com/gpu"}
 
@@ -94,7 +99,9 @@ SPEC: dict[str, Any] = _obj(
                 "resourceName": _str(
                     minLength=1,
                     description="extended resource of one device (default: "
-                    "huawei.com/Ascend910 for npu, nvidia.com/gpu for gpu)",
+                    "huawei.com/Ascend910 for npu, nvidia.com/gpu for gpu); newer Ascend "
+                    "device plugins serve huawei.com/npu, whose pods the operator reads by "
+                    "the annotation ascend.kubectl.kubernetes.io/ascend-npu-configuration",
                 ),
             },
             required=["type"],
@@ -169,7 +176,16 @@ SPEC: dict[str, Any] = _obj(
                     10,
                     default=1800,
                     description="a rank waiting longer than this on its peers ends the job "
-                    "(collectives, rank table, watchdog)",
+                    "(collectives, rank table, watchdog); on NPUs also HCCL_CONNECT_TIMEOUT, "
+                    "raised to at least 300 (torch_npu's minimum in rank-table mode) and at "
+                    "most 7200",
+                ),
+                "hcclExecTimeoutSeconds": _int(
+                    HCCL_EXEC_TIMEOUT_RANGE[0],
+                    HCCL_EXEC_TIMEOUT_RANGE[1],
+                    description="npu only: HCCL_EXEC_TIMEOUT, how long a chip waits for its "
+                    "peers inside a collective (HCCL's default 1836 when unset); 1-17340, the "
+                    "range every Ascend product accepts",
                 ),
                 "extraArgs": {
                     "type": "array",
@@ -342,6 +358,15 @@ PRINTER_COLUMNS = [
     {"name": "Top1", "type": "number", "jsonPath": ".status.progress.top1"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # `-o wide`: which devices, and which extended resource (empty: the type's default; an
+    # Ascend job may ask for huawei.com/Ascend910 or huawei.com/npu).
+    {"name": "Device", "type": "string", "jsonPath": ".spec.devices.type", "priority": 1},
+    {
+        "name": "Resource",
+        "type": "string",
+        "jsonPath": ".spec.devices.resourceName",
+        "priority": 1,
+    },
 ]
 
 

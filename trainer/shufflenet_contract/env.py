@@ -17,7 +17,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .crd import DEVICE_TYPES
+from .crd import DEVICE_TYPES, HCCL_EXEC_TIMEOUT_RANGE
 
 RANK = "RANK"
 WORLD_SIZE = "WORLD_SIZE"
@@ -35,6 +35,8 @@ POD_NAME = "POD_NAME"
 POD_IP = "POD_IP"
 METRICS_PORT = "METRICS_PORT"
 HCCL_CONNECT_TIMEOUT = "HCCL_CONNECT_TIMEOUT"
+# How long a chip waits for its peers inside a collective (spec.training.hcclExecTimeoutSeconds).
+HCCL_EXEC_TIMEOUT = "HCCL_EXEC_TIMEOUT"
 # The pod's UID and its node's IP: a rank table names one-device pods by UID and whole-node
 # pods by host IP (docs/ranktable.md), so these tell a rank which entry is its own.
 POD_UID = "POD_UID"
@@ -56,8 +58,13 @@ FORCE_CPU = "SHUFFLENET_FORCE_CPU"
 DOWNWARD_API = {POD_IP: "status.podIP", POD_UID: "metadata.uid", HOST_IP: "status.hostIP"}
 
 DEFAULT_MASTER_PORT = 29500
-# HCCL accepts a connect timeout in this range (seconds).
+# HCCL accepts a connect timeout in this range (seconds; hicann/hccl
+# docs/zh/user_guide/hccl_env/HCCL_CONNECT_TIMEOUT.md).
 HCCL_TIMEOUT_RANGE = (120, 7200)
+# What the operator gives NPU pods at least: torch_npu warns below 300 s in rank-table mode
+# (Ascend/pytorch ProcessGroupHCCL.cpp `createHCCLCommEx`), since every rank of a large job
+# must have reached the table's rendezvous by then.
+HCCL_CONNECT_TIMEOUT_MIN = 300
 
 
 class EnvError(ValueError):
@@ -94,9 +101,9 @@ class RankEnv:
 
 
 def hccl_connect_timeout(seconds: float) -> int:
-    """A timeout in seconds clamped into what HCCL accepts."""
-    lo, hi = HCCL_TIMEOUT_RANGE
-    return int(min(max(int(seconds), lo), hi))
+    """A timeout in seconds clamped into what HCCL accepts, and at least what torch_npu wants
+    in rank-table mode (HCCL_CONNECT_TIMEOUT_MIN)."""
+    return int(min(max(int(seconds), HCCL_CONNECT_TIMEOUT_MIN), HCCL_TIMEOUT_RANGE[1]))
 
 
 def rank_env(
@@ -116,12 +123,14 @@ def rank_env(
     rank_table_file: str | None = None,
     connect_timeout: float | None = None,
     attempt: int | None = None,
+    exec_timeout: int | None = None,
 ) -> dict[str, str]:
     """The environment variables of one rank, all strings, as a pod's `env` wants them.
 
     `device_id` is the device index the process binds (0 in a one-device pod, the chip of
     the list on a multi-device host). `rank_table_file` and `connect_timeout` only matter on
-    NPUs, where they become RANK_TABLE_FILE and HCCL_CONNECT_TIMEOUT. `attempt` is the
+    NPUs, where they become RANK_TABLE_FILE and HCCL_CONNECT_TIMEOUT (as does `exec_timeout`,
+    HCCL_EXEC_TIMEOUT, checked against HCCL_EXEC_TIMEOUT_RANGE). `attempt` is the
     whole-job attempt (SHUFFLENET_ATTEMPT). The downward-API variables (DOWNWARD_API) are not
     here: their values exist only in the running pod.
     """
@@ -157,6 +166,11 @@ def rank_env(
             env[RANK_TABLE_FILE] = rank_table_file
         if connect_timeout is not None:
             env[HCCL_CONNECT_TIMEOUT] = str(hccl_connect_timeout(connect_timeout))
+        if exec_timeout is not None:
+            lo, hi = HCCL_EXEC_TIMEOUT_RANGE
+            if not lo <= exec_timeout <= hi:
+                raise ValueError(f"HCCL exec timeout {exec_timeout} must be in [{lo}, {hi}]")
+            env[HCCL_EXEC_TIMEOUT] = str(exec_timeout)
     return env
 
 
@@ -237,6 +251,10 @@ def read_rank_env(environ: Mapping[str, str]) -> RankEnv:
     lo, hi = HCCL_TIMEOUT_RANGE
     if timeout is not None and not lo <= timeout <= hi:
         raise EnvError(f"{HCCL_CONNECT_TIMEOUT}={timeout} must be in [{lo}, {hi}] seconds")
+    exec_timeout = _int(environ, HCCL_EXEC_TIMEOUT)
+    lo, hi = HCCL_EXEC_TIMEOUT_RANGE
+    if exec_timeout is not None and not lo <= exec_timeout <= hi:
+        raise EnvError(f"{HCCL_EXEC_TIMEOUT}={exec_timeout} must be in [{lo}, {hi}] seconds")
     metrics_port = _int(environ, METRICS_PORT, minimum=0)
     if metrics_port is not None and metrics_port > 65535:
         raise EnvError(f"{METRICS_PORT}={metrics_port} must be in [0, 65535]")

@@ -162,6 +162,7 @@ def pod_env(
         rank_table_file=rank_table_file,
         connect_timeout=spec["training"]["distTimeoutSeconds"],
         attempt=attempt,
+        exec_timeout=spec["training"].get("hcclExecTimeoutSeconds"),
     )
 
 

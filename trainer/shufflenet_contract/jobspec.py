@@ -79,14 +79,16 @@ def _table(schema: dict[str, Any], root: str) -> list[str]:
 
 def render_markdown() -> str:
     """The job spec reference as committed in docs/job-spec.md."""
-    columns = ", ".join(c["name"] for c in crd.PRINTER_COLUMNS)
+    columns = ", ".join(c["name"] for c in crd.PRINTER_COLUMNS if not c.get("priority"))
+    wide = ", ".join(c["name"] for c in crd.PRINTER_COLUMNS if c.get("priority"))
     lines = [
         HEADER,
         f"# {crd.KIND} reference",
         "",
         f"`apiVersion: {crd.API_VERSION}`, `kind: {crd.KIND}`, plural `{crd.PLURAL}`, short "
         f"names {', '.join(f'`{n}`' for n in crd.SHORT_NAMES)}. `kubectl get snjob` shows "
-        f"{columns}. Examples: `manifests/examples/`; what the operator makes of a job: "
+        f"{columns}; `-o wide` adds {wide}. Examples: `manifests/examples/`; what the "
+        "operator makes of a job: "
         "[operator.md](operator.md).",
         "",
         "A default applies when the field is absent; objects with defaults inside are filled "
