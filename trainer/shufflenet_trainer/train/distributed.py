@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import inspect
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -54,19 +55,66 @@ def rank_environment(environ: Mapping[str, str] | None = None) -> RankEnv:
         raise ConfigError(f"rank environment: {exc}") from None
 
 
-# Words in the errors torch raises when a peer's connection drops or a collective times out
-# (gloo raises plain RuntimeErrors, so the type alone does not tell).
-_PEER_MARKERS = ("gloo", "nccl", "hccl", "connection", "timed out", "timeout", "socket", "peer")
+class PeerLostError(RuntimeError):
+    """A collective of the control group (votes, metric sums, barriers) failed: its inputs are
+    this process's own small host tensors, so the failure can only be the peers'."""
+
+
+# Peers are lost when a collective fails, and the backends say so in their own ways:
+# - NCCL (and the c10d store, sockets, watchdog timeouts) raise torch's DistBackendError,
+#   DistNetworkError and DistStoreError (torch/distributed/__init__.py), whatever the text.
+# - gloo raises plain RuntimeErrors, prefixed with the gloo source location that threw them;
+#   those of its transport layer (pair/buffer reads and writes: a connection reset, a recv
+#   timed out) are about the peer. Gloo's other errors (enforce failures) are misuse.
+# - torch_npu turns a failed HCCL call into a RuntimeError "HCCL function error: <call>, error
+#   code is <HcclResult>" (HCCL_CHECK_ERROR in Ascend/pytorch
+#   torch_npu/csrc/distributed/HCCLUtils.hpp); the HcclResult values of a lost or unreachable
+#   peer (hccl_types.h) are below. Parameter, memory, file and support errors are not.
+_TORCH_PEER_ERRORS: tuple[type[BaseException], ...] = tuple(
+    t
+    for t in (
+        getattr(dist, "DistBackendError", None),
+        getattr(dist, "DistNetworkError", None),
+        getattr(dist, "DistStoreError", None),
+    )
+    if isinstance(t, type)
+)
+_GLOO_TRANSPORT = re.compile(r"^\[[^\]\s]*\bgloo/transport/[^\]\s]*:\d+\]")
+_HCCL_RESULT = re.compile(r"HCCL function error: .*?, error code is (\d+)", re.DOTALL)
+HCCL_PEER_RESULTS = {
+    9: "HCCL_E_TIMEOUT",
+    11: "HCCL_E_TCP_CONNECT",
+    12: "HCCL_E_ROCE_CONNECT",
+    13: "HCCL_E_TCP_TRANSFER",
+    14: "HCCL_E_ROCE_TRANSFER",
+    19: "HCCL_E_NETWORK",
+    21: "HCCL_E_REMOTE",
+    22: "HCCL_E_SUSPENDING",
+}
 
 
 def is_peer_failure(exc: BaseException) -> bool:
-    """Whether an exception escaping a multi-rank run comes from the collectives layer."""
-    if isinstance(exc, DistributedError):
+    """Whether an exception escaping a multi-rank run is a lost or unreachable peer (exit
+    134, retried), judged by its type, the collective that raised it and the backend's own
+    error code; never by words that any error may contain."""
+    if isinstance(exc, (DistributedError, PeerLostError, *_TORCH_PEER_ERRORS)):
         return True
-    if isinstance(exc, getattr(dist, "DistError", ())):
+    if type(exc) is not RuntimeError:
+        return False
+    text = str(exc)
+    if _GLOO_TRANSPORT.match(text):
         return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(m in text for m in _PEER_MARKERS)
+    hccl = _HCCL_RESULT.search(text)
+    return hccl is not None and int(hccl.group(1)) in HCCL_PEER_RESULTS
+
+
+@contextlib.contextmanager
+def _control_collective(name: str) -> Iterator[None]:
+    """A control-group collective: whatever it raises is the peers' doing (see PeerLostError)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise PeerLostError(f"{name} over the job's ranks failed: {first_line(exc)}") from exc
 
 
 class Watchdog:
@@ -196,14 +244,16 @@ class DistContext:
         if not self.enabled:
             return sums
         host = sums.detach().to("cpu", torch.float64)
-        dist.all_reduce(host, group=self._control)
+        with _control_collective("all_reduce of the metric sums"):
+            dist.all_reduce(host, group=self._control)
         return host
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         if not self.enabled:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=src, group=self._control)
+        with _control_collective("broadcast_object_list"):
+            dist.broadcast_object_list(box, src=src, group=self._control)
         return box[0]
 
     def average_buffers(self, model: torch.nn.Module) -> None:
@@ -219,7 +269,8 @@ class DistContext:
 
     def barrier(self) -> None:
         if self.enabled:
-            dist.barrier(group=self._control)
+            with _control_collective("barrier"):
+                dist.barrier(group=self._control)
 
     def stop_vote(self, local: bool) -> bool:
         """Whether any rank asked to stop, decided the same on every rank, without a stall.
@@ -232,7 +283,8 @@ class DistContext:
             return local
         outcome = self._collect_vote()
         flag = torch.tensor([1 if local else 0], dtype=torch.int32)
-        work = dist.all_reduce(flag, group=self._control, async_op=True)
+        with _control_collective("the stop vote"):
+            work = dist.all_reduce(flag, group=self._control, async_op=True)
         self._vote = (work, flag)
         return outcome
 
@@ -242,7 +294,8 @@ class DistContext:
             return local
         pending = self._collect_vote()
         flag = torch.tensor([1 if local else 0], dtype=torch.int32)
-        dist.all_reduce(flag, group=self._control)
+        with _control_collective("the stop vote"):
+            dist.all_reduce(flag, group=self._control)
         return pending or bool(flag.item())
 
     def _collect_vote(self) -> bool:
@@ -250,7 +303,8 @@ class DistContext:
             return False
         work, flag = self._vote
         self._vote = None
-        work.wait()
+        with _control_collective("the stop vote"):
+            work.wait()
         return bool(flag.item())
 
     def close(self, *, clean: bool) -> None:
