@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,36 @@ def test_bad_flags_and_files(tmp_path: Path, capsys) -> None:
         valprep(val, bad)
     assert snjob.main(["valprep", str(tmp_path / "none"), "--labels", str(bad)]) == 3
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("mode", ["--dry-run", "--link", "move", "mismatch"])
+def test_snjob_valprep_runs_where_torch_is_not_installed(tmp_path: Path, mode: str) -> None:
+    # `snjob valprep` is a data-preparation step on a machine that may have only the base
+    # package: torch, torchvision, numpy and PIL are made unimportable for the whole run.
+    val, labels = _layout(tmp_path), _txt(tmp_path)
+    if mode == "mismatch":
+        (val / f"{_name(N)}.JPEG").unlink()
+    before = _tree(val)
+    args = ["valprep", str(val), "--labels", str(labels)]
+    args += [mode] if mode.startswith("--") else []
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'torchvision', 'numpy', 'PIL', 'simplejpeg', 'kopf'):\n"
+        "    sys.modules[name] = None  # any import of it raises ImportError\n"
+        "from shufflenet_trainer import snjob\n"
+        f"sys.exit(snjob.main({args!r}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if mode == "mismatch":
+        assert proc.returncode == 3, proc.stderr
+        assert "error: " in proc.stderr and len(proc.stderr.splitlines()) == 1
+        assert _tree(val) == before
+        return
+    assert proc.returncode == 0, proc.stderr
+    after = _tree(val)
+    if mode == "--dry-run":
+        assert after == before
+    else:
+        assert sorted(p.split("/")[0] for p in after if "/" in p) == sorted(
+            f"{w}" for w in _labels()
+        )
