@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
-from collections.abc import Iterator
+import os
+import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -38,8 +40,65 @@ def _import_torch_npu() -> Any:
         ) from None
 
 
+# Which Ascend chips a process sees. ASCEND_VISIBLE_DEVICES: the physical chips the device
+# plugin gave the container (Ascend Docker Runtime mounts only those; inside, the runtime
+# numbers them 0..n-1 in ascending order). ASCEND_RT_VISIBLE_DEVICES: the devices the CANN
+# runtime shows this process, renumbered 0..n-1 in the order listed (CANN environment variable
+# reference, "ASCEND_RT_VISIBLE_DEVICES"; ASCEND_DEVICE_ID must then be such an index). Either
+# way torch_npu.npu.set_device takes the visible index, not the chip's physical id.
+ASCEND_VISIBLE_DEVICES = "ASCEND_VISIBLE_DEVICES"
+ASCEND_RT_VISIBLE_DEVICES = "ASCEND_RT_VISIBLE_DEVICES"
+# A device as a visibility variable names it: an id, or a chip name such as `Ascend910-3`.
+_DEVICE_TOKEN = re.compile(r"^(?:[A-Za-z][A-Za-z0-9]*-)?(\d+)$")
+
+
+def visible_devices(text: str | None) -> list[int] | None:
+    """The device ids a visibility variable lists; None when unset or empty.
+
+    As the CANN runtime reads ASCEND_RT_VISIBLE_DEVICES: ids separated by commas, and reading
+    stops at the first token that is not one (`1, 2` reads as `1`; `1,-1,3` as `1`).
+    """
+    if not text or not text.strip():
+        return None
+    ids: list[int] = []
+    for token in text.split(","):
+        match = _DEVICE_TOKEN.match(token)
+        if match is None:
+            break
+        ids.append(int(match.group(1)))
+    return ids
+
+
+def npu_index(device_id: int, environ: Mapping[str, str]) -> int:
+    """The index torch_npu binds for `device_id` under the visibility variables of `environ`.
+
+    `device_id` is meant as a visible index (DEVICE_ID / LOCAL_RANK / --device-id, 0 in a
+    one-chip pod) and is returned as it is when in range. An id beyond the visible count that
+    the variable lists (a physical id, DEVICE_ID=3 in a pod given chip 3) is mapped to its
+    visible index; anything else is a ConfigError naming what is visible.
+    """
+    runtime = visible_devices(environ.get(ASCEND_RT_VISIBLE_DEVICES))
+    if runtime is not None:
+        name, listed = ASCEND_RT_VISIBLE_DEVICES, runtime
+    else:
+        mounted = visible_devices(environ.get(ASCEND_VISIBLE_DEVICES))
+        if mounted is None:
+            return device_id
+        name, listed = ASCEND_VISIBLE_DEVICES, sorted(mounted)
+    if device_id < len(listed):
+        return device_id
+    if device_id in listed:
+        return listed.index(device_id)
+    raise ConfigError(
+        f"--device-id {device_id}: {name}={environ.get(name)} makes {len(listed)} NPU(s) "
+        f"visible, as indexes 0..{len(listed) - 1}; pass one of those"
+    )
+
+
 def select_device(kind: str, device_id: int = 0) -> torch.device:
-    """Resolve and activate the device; ConfigError when it is not there."""
+    """Resolve and activate the device; ConfigError when it is not there.
+
+    On NPUs `device_id` goes through `npu_index` (the visible index, not the physical id)."""
     if kind == "cpu":
         return torch.device("cpu")
     if kind == "cuda":
@@ -59,8 +118,9 @@ def select_device(kind: str, device_id: int = 0) -> torch.device:
         torch_npu = _import_torch_npu()
         if not torch.npu.is_available():  # type: ignore[attr-defined]
             raise ConfigError("--device npu: no Ascend NPU is visible; pass --device cpu")
-        torch_npu.npu.set_device(device_id)
-        return torch.device("npu", device_id)
+        index = npu_index(device_id, os.environ)
+        torch_npu.npu.set_device(index)
+        return torch.device("npu", index)
     raise ConfigError(f"--device {kind!r} is unknown: pass cpu, cuda or npu")
 
 
