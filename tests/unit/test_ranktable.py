@@ -615,3 +615,15 @@ def test_rank_index_must_be_the_pods_index() -> None:
     assert info.value.field == key
     with pytest.raises(RankTableError, match="not a non-negative integer"):
         ranktable.rank_index({key: "-1"}, 3, "j-rank-3")
+
+
+def test_a_rank_takes_a_v12_table_of_its_attempt_and_refuses_a_broken_one() -> None:
+    pods = [annotated(r, a3_note(r, 0)) for r in range(2)]
+    entries = ranktable.pods_from_annotations(pods, 1)
+    table = build_rank_table(entries, super_pod=True)
+    me = Member(rank=1, world_size=2, pod_uid="uid-1", attempt=1)
+    got, state = ranktable.current_table(snapshot(table), me)
+    assert got == table and state == "" and got["version"] == "1.2"
+    del table["super_pod_list"]
+    with pytest.raises(RankTableError, match="super_pod_list"):
+        ranktable.current_table(snapshot(table), me)
