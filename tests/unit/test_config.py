@@ -97,8 +97,9 @@ def test_loss_scale_values() -> None:
     assert parse("/d", "--amp", "fp16").loss_scale == "dynamic"
     assert parse("/d", "--amp", "fp16", "--loss-scale", "128").loss_scale == 128.0
     assert parse("/d", "--device", "cuda", "--amp", "apex-O2").loss_scale == "dynamic"
+    assert parse("/d", "--amp", "fp16", "--loss-scale", "-1").loss_scale == "dynamic"  # ModelZoo
     with pytest.raises(ConfigError, match="--loss-scale"):
-        parse("/d", "--amp", "fp16", "--loss-scale", "-1")
+        parse("/d", "--amp", "fp16", "--loss-scale", "-2")
     with pytest.raises(ConfigError, match="--loss-scale"):
         parse("/d", "--amp", "fp16", "--loss-scale", "big")
     with pytest.raises(ConfigError, match="--loss-scale applies"):

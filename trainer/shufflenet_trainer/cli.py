@@ -21,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .train.device import default_device_type
         from .train.distributed import rank_environment
 
+        argv = _translate(list(sys.argv[1:] if argv is None else argv))
         env = rank_environment()
         world_size = env.world_size
         device_id = env.device_id if env.device_id is not None else env.local_rank
@@ -36,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             node = node_of(env, cfg.nproc)
             # Checked for the world size the ranks will have (-b must divide by it).
             cfg = parse_config(argv, world_size=node.world_size, **common)
-            return launch_nproc(cfg, list(sys.argv[1:] if argv is None else argv), node)
+            return launch_nproc(cfg, argv, node)
         from .metrics.exporter import start_exporter
         from .train.loop import Hooks
         from .train.run import run
@@ -69,6 +70,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Leave at once: interpreter shutdown would tear down a process group whose peers are
         # gone, which can hang (the reason this rank is exiting).
         os._exit(EXIT_DIST)
+
+
+def _translate(argv: list[str]) -> list[str]:
+    """pytorch/examples and ModelZoo process flags (and mpirun's variables) -> ours, their
+    rank environment set here so that this process and the ranks it starts read it as from
+    any other launcher."""
+    from .train import compat
+    from .train.config import parse_namespace
+
+    os.environ.update(compat.mpi_env(os.environ))
+    ns = parse_namespace(argv)
+    out = compat.translate(argv, ns, os.environ, host_devices=lambda: _host_devices(ns))
+    os.environ.update(out.env)
+    return out.argv
+
+
+def _host_devices(ns: object) -> int:
+    """Devices of this host for --multiprocessing-distributed without --device-list
+    (pytorch/examples: the visible CUDA GPUs; ModelZoo on Ascend: $RANK_SIZE)."""
+    from .train.compat import BACKEND_DEVICE
+    from .train.device import default_device_type
+
+    backend = getattr(ns, "dist_backend", None)
+    kind = getattr(ns, "device", None) or (backend and BACKEND_DEVICE[backend])
+    kind = kind or default_device_type()
+    if kind == "npu":
+        return int(os.environ.get("RANK_SIZE") or 1)
+    if kind == "cuda":
+        import torch
+
+        return torch.cuda.device_count()
+    return 1
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from shufflenet_contract.env import RankEnv, rank_env
 from shufflenet_contract.job import TRAINER_DEVICE
 
 from ..errors import EXIT_DIST, ConfigError
+from ..train.compat import strip_flags
 
 if TYPE_CHECKING:  # jobs/ runs without the trainer's training stack: only the type here
     from ..train.config import TrainConfig
@@ -165,19 +166,7 @@ _LAUNCHER_FLAGS = ("--nproc", "--device-list")
 
 
 def strip_launcher_flags(argv: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg in _LAUNCHER_FLAGS:
-            skip = True
-            continue
-        if any(arg.startswith(flag + "=") for flag in _LAUNCHER_FLAGS):
-            continue
-        out.append(arg)
-    return out
+    return strip_flags(argv, _LAUNCHER_FLAGS)
 
 
 def _relay(stream: IO[str], prefix: str) -> None:

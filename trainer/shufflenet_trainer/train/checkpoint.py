@@ -202,3 +202,23 @@ def find_resumable(
             )
         return path, obj, notes
     return None, None, notes
+
+
+def torchvision_weights_file(arch: str, hub_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The torch hub cache file of torchvision's ImageNet weights for `arch` (--pretrained).
+
+    Only the cache is read, never the network: clusters are often offline, and a download by
+    every rank at once is what a pre-seeded cache avoids. A missing file is a one-line
+    ConfigError naming where to put it and where it comes from.
+    """
+    from torchvision.models import get_model_weights
+
+    weights = get_model_weights(arch).DEFAULT  # type: ignore[attr-defined]
+    folder = Path(hub_dir if hub_dir is not None else torch.hub.get_dir()) / "checkpoints"
+    path = folder / os.path.basename(weights.url)
+    if not path.is_file():
+        raise ConfigError(
+            f"--pretrained: torchvision's {weights} weights are not in the torch hub cache: "
+            f"put {weights.url} at {path} (or set $TORCH_HOME), or pass --weights PATH"
+        )
+    return path

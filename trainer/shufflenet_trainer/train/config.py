@@ -1,6 +1,7 @@
 """Command-line flags of `shufflenet-train`, parsed and validated into a frozen `TrainConfig`.
 
-Pure: nothing here touches devices, files or the environment. What must be probed (is CUDA
+Pure: nothing here touches devices, files or the environment (but for telling `--pretrained
+DIR`, a switch and the dataset, from `--pretrained FILE`). What must be probed (is CUDA
 there, is apex importable, does the data folder exist) is checked where it is used, so that
 this module can be tested in milliseconds and reused by the operator side without torch.
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os.path
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +24,7 @@ from typing import Any
 from shufflenet_contract import crd
 
 from ..errors import ConfigError
+from . import compat
 
 # The choices a job manifest allows are the flags' choices: one list, in the contract (torch-free,
 # so flag parsing needs no torch import). A test checks the model registry has every arch.
@@ -65,7 +69,9 @@ class TrainConfig:
     print_freq: int = 10
     resume: str | None = None
     evaluate: bool = False
-    pretrained: str | None = None
+    pretrained: str | None = None  # local weights (--weights PATH, --pretrained PATH)
+    torchvision_weights: bool = False  # --pretrained as a switch: torchvision's, from the hub cache
+    num_classes: int | None = None  # --num-classes: of --dummy data; else checked against the data
     seed: int = 0
     dummy: bool = False
     device: str = "cpu"
@@ -125,8 +131,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _loss_scale(text: str) -> float | str:
-    if text == "dynamic":
-        return text
+    if text in ("dynamic", "-1"):  # ModelZoo: -1 means dynamic
+        return "dynamic"
     try:
         value = float(text)
     except ValueError:
@@ -138,6 +144,30 @@ def _loss_scale(text: str) -> float | str:
             f"--loss-scale {text!r}: pass a positive number or 'dynamic'"
         )
     return value
+
+
+def _amp_mode(text: str) -> str:
+    # Not `choices=`: the bare --amp switch arrives as compat.AMP_SWITCH, which is no mode.
+    if text in AMP_MODES or text == compat.AMP_SWITCH:
+        return text
+    modes = ", ".join(AMP_MODES)
+    raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {modes})")
+
+
+def _device(text: str) -> str:
+    # ModelZoo spells CUDA GPUs "gpu".
+    return "cuda" if text == "gpu" else text
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where the help text does not already say its default,
+    and not for None (resolved later, or the help says what not giving the flag means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is None:
+            return text
+        return super()._get_help_string(action)
 
 
 def _device_list(text: str) -> tuple[int, ...]:
@@ -166,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train ShuffleNetV2 on an ImageFolder dataset (ImageNet layout: "
         "DIR/train/<class>/*.JPEG, DIR/val/<class>/*.JPEG). A drop-in for pytorch/examples "
         "imagenet/main.py.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("data", nargs="?", default=None, help="dataset root (optional with --dummy)")
     p.add_argument("-a", "--arch", default=d.arch, help=f"one of {ARCH_NAMES}")
@@ -186,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="peak learning rate (default: 0.5 x batch/1024)",
     )
-    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--momentum", "--mom", dest="momentum", type=float, default=d.momentum)
     p.add_argument(
         "--wd",
         "--weight-decay",
@@ -207,14 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained",
         default=None,
         metavar="PATH",
-        help="local weights: a torchvision state_dict or a shufflenet-train checkpoint",
+        nargs="?",
+        const=compat.PRETRAINED_SWITCH,
+        help="as a switch: torchvision's ImageNet weights for -a from the torch hub cache "
+        "($TORCH_HOME/hub/checkpoints); with a PATH: as --weights PATH; with --resume PATH "
+        "(ModelZoo): PATH's weights, starting at epoch 0",
     )
     p.add_argument(
         "--seed", type=int, default=d.seed, help="seed (runs are reproducible by default)"
     )
     p.add_argument("--dummy", action="store_true", help="synthetic data, no dataset needed")
     p.add_argument(
-        "--device", choices=DEVICES, default=None, help="default: cuda if available, else cpu"
+        "--device",
+        type=_device,
+        choices=DEVICES,
+        default=None,
+        help="default: cuda if available, else cpu ('gpu' means cuda)",
     )
     p.add_argument(
         "--device-id",
@@ -224,15 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--amp",
-        choices=AMP_MODES,
+        type=_amp_mode,
+        nargs="?",
+        const=compat.AMP_SWITCH,
         default=None,
-        help="mixed precision (default: off on cpu, bf16 on cuda, fp16 on npu)",
+        help=f"mixed precision, one of {', '.join(AMP_MODES)} (default: off on cpu, bf16 on "
+        "cuda, fp16 on npu); bare --amp (ModelZoo): apex at --opt-level, loss scale 64",
     )
     p.add_argument(
         "--loss-scale",
         type=_loss_scale,
         default=None,
-        help="fp16/apex loss scale: a number or 'dynamic' (default: dynamic)",
+        help="fp16/apex loss scale: a number, or 'dynamic' (also -1) (default: dynamic)",
     )
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
@@ -244,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--warmup-epochs",
+        "--warm_up_epochs",
+        "--warm-up-epochs",
+        dest="warmup_epochs",
         type=float,
         default=None,
         help="linear lr warm-up (fractions allowed; must be < --epochs). Default: 5, or a "
@@ -258,8 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--val-resize", type=int, default=d.val_resize, help="val short side before crop"
     )
-    p.add_argument("--eval-freq", type=int, default=d.eval_freq, help="validate every N epochs")
-    p.add_argument("--output-dir", default=d.output_dir, help="root of the result folders")
+    p.add_argument(
+        "-ef", "--eval-freq", type=int, default=d.eval_freq, help="validate every N epochs"
+    )
+    p.add_argument(
+        "--output-dir",
+        "--workspace",
+        dest="output_dir",
+        default=d.output_dir,
+        help="root of the result folders (--workspace: ModelZoo's name)",
+    )
     p.add_argument("--shuffle", choices=SHUFFLES, default=d.shuffle, help="channel shuffle op")
     p.add_argument(
         "--strict-data", action="store_true", help="fail on an unreadable image instead of skip"
@@ -310,7 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="address the metrics endpoint binds (default: $METRICS_ADDR, else 0.0.0.0)",
     )
+    compat.add_flags(p)
     return p
+
+
+def parse_namespace(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed flags, with the switch forms of --amp/--pretrained told apart first."""
+    args = sys.argv[1:] if argv is None else argv
+    # The one file-system read of this module: `--pretrained DIR` is the switch and a dataset.
+    normal = compat.normalize_argv(args, is_dir=os.path.isdir)
+    return build_parser().parse_args(normal)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -388,6 +449,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         f"--metrics-port {cfg.metrics_port} must be in [0, 65535] (0 disables the exporter)",
     )
     _check(cfg.seed >= 0, f"--seed {cfg.seed} must be >= 0")
+    _check(
+        cfg.num_classes is None or cfg.num_classes >= 1,
+        f"--num-classes {cfg.num_classes} must be >= 1",
+    )
     _check(bool(cfg.output_dir), "--output-dir must not be empty")
     if cfg.amp.startswith("apex"):
         _check(
@@ -424,10 +489,13 @@ def parse_config(
     on CPU in the CPU's default precision whatever --device and --amp say: a CPU stand-in
     for a GPU/NPU job's ranks, command line unchanged.
     """
-    ns = build_parser().parse_args(argv)
+    ns = parse_namespace(argv)
+    for name, value in compat.resolve_flags(ns).items():
+        setattr(ns, name, value)
     device = "cpu" if force_cpu else ns.device or default_device
     amp = (None if force_cpu else ns.amp) or DEFAULT_AMP[device]
-    loss_scale = ns.loss_scale
+    # The CPU stand-in drops loss scaling with the precision it drops.
+    loss_scale = None if force_cpu else ns.loss_scale
     if loss_scale is None and amp in ("fp16", "apex-O1", "apex-O2"):
         loss_scale = "dynamic"
     warmup = ns.warmup_epochs

@@ -172,6 +172,7 @@ def build_components(rt: Runtime, resume: Resume | None) -> Components:
         image_size=cfg.image_size,
         val_resize=cfg.val_resize,
         dummy=cfg.dummy,
+        dummy_classes=cfg.num_classes or 1000,
         channels_last=cfg.channels_last,
         strict=cfg.strict_data,
         seed=cfg.seed,
@@ -182,11 +183,20 @@ def build_components(rt: Runtime, resume: Resume | None) -> Components:
         device=device.type,
     )
     torch.manual_seed(cfg.seed)
+    if cfg.num_classes is not None and cfg.num_classes != loaders.num_classes:
+        raise ConfigError(
+            f"--num-classes {cfg.num_classes}: the dataset has {loaders.num_classes} classes; "
+            "drop --num-classes (the classes come from the data)"
+        )
     model = build_model(cfg.arch, num_classes=loaders.num_classes, shuffle=cfg.shuffle)
     pretrained_note = None
-    if cfg.pretrained:
+    weights = cfg.pretrained
+    if cfg.torchvision_weights:
+        weights = str(ckpt.torchvision_weights_file(cfg.arch))
+    if weights:
+        flag = "--pretrained" if cfg.torchvision_weights else "--weights/--pretrained"
         pretrained_note = ckpt.load_pretrained(
-            model, cfg.pretrained, arch=cfg.arch, allow_new_head=not cfg.evaluate
+            model, weights, arch=cfg.arch, allow_new_head=not cfg.evaluate, flag=flag
         )
     if resume is not None:
         try:
@@ -384,10 +394,18 @@ def _train_epochs(
             )
             ctx.barrier()  # every rank exits once rank 0's checkpoint is on disk
             return EXIT_SIGTERM
+        # A stable interface (docs/training.md, "Log lines"). The ModelZoo test scripts read
+        # the loss as the word after "Loss" on the last line with "Epoch" and as the 12th
+        # word of the last line with "Loss"; the throughput as the 7th and as the last-but-two
+        # word of lines with "FPS": hence fixed word positions and an FPS line of its own.
         log.info(
-            f"Epoch {epoch}: FPS@all {stats.images_per_sec:.3f}, TIME@all "
-            f"{stats.seconds:.3f} ({stats.fps_note}); loss {stats.loss:.4f} "
-            f"top1 {stats.top1:.2f} data-wait {100 * stats.data_wait_share:.1f}%"
+            f"Epoch {epoch}: top1 {stats.top1:.2f} top5 {stats.top5:.2f} lr {stats.lr:.6f} "
+            f"data-wait {100 * stats.data_wait_share:.1f}% Loss {stats.loss:.4f} "
+            f"({stats.fps_note})"
+        )
+        log.info(
+            f"[rank {cfg.rank} epoch {epoch}] * FPS@all {stats.images_per_sec:.3f}, "
+            f"TIME@all {stats.seconds:.3f}"
         )
         ctx.average_buffers(parts.model)
         val: EvalStats | None = None
