@@ -297,6 +297,8 @@ def translate(
     mpd = bool(ns.multiprocessing_distributed)
     ws, rank = ns.legacy_world_size, ns.legacy_rank
     env_dist = "RANK" in environ and "WORLD_SIZE" in environ
+    # The world size as the flags count it: nodes with --multiprocessing-distributed, else
+    # processes (-1, their default, as 1).
     nodes = ws if ws is not None and ws >= 1 else 1
     if not mpd and nodes == 1 and ns.gpu is None and ns.local_rank is None and rank in (None, 0):
         return Translation(list(argv))
