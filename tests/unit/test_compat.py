@@ -1,4 +1,4 @@
-"""The mapping of pytorch/examples and Ascend ModelZoo flags onto ours (train/compat.py)."""
+"""The mapping of pytorch/examples and Ascend ModelZoo flags onto ours (compat.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from shufflenet_trainer import compat
 from shufflenet_trainer.errors import ConfigError
 from shufflenet_trainer.train import checkpoint as ckpt
-from shufflenet_trainer.train import compat
 from shufflenet_trainer.train.config import build_parser, parse_config, parse_namespace
 
 # The flags of ModelZoo's scripts/run_8p.sh for one rank of its shell loop (data aside).

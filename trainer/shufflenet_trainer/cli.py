@@ -76,7 +76,7 @@ def _translate(argv: list[str]) -> list[str]:
     """pytorch/examples and ModelZoo process flags (and mpirun's variables) -> ours, their
     rank environment set here so that this process and the ranks it starts read it as from
     any other launcher."""
-    from .train import compat
+    from . import compat
     from .train.config import parse_namespace
 
     os.environ.update(compat.mpi_env(os.environ))
@@ -89,7 +89,7 @@ def _translate(argv: list[str]) -> list[str]:
 def _host_devices(ns: object) -> int:
     """Devices of this host for --multiprocessing-distributed without --device-list
     (pytorch/examples: the visible CUDA GPUs; ModelZoo on Ascend: $RANK_SIZE)."""
-    from .train.compat import BACKEND_DEVICE
+    from .compat import BACKEND_DEVICE
     from .train.device import default_device_type
 
     backend = getattr(ns, "dist_backend", None)

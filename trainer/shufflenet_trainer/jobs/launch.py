@@ -27,8 +27,8 @@ from typing import IO, TYPE_CHECKING, Any
 from shufflenet_contract.env import RankEnv, rank_env
 from shufflenet_contract.job import TRAINER_DEVICE
 
+from ..compat import strip_flags
 from ..errors import EXIT_DIST, ConfigError
-from ..train.compat import strip_flags
 
 if TYPE_CHECKING:  # jobs/ runs without the trainer's training stack: only the type here
     from ..train.config import TrainConfig

@@ -23,8 +23,8 @@ from typing import Any
 
 from shufflenet_contract import crd
 
+from .. import compat
 from ..errors import ConfigError
-from . import compat
 
 # The choices a job manifest allows are the flags' choices: one list, in the contract (torch-free,
 # so flag parsing needs no torch import). A test checks the model registry has every arch.

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 # `--amp` given bare (ModelZoo's switch): apex at --opt-level, as their main script does.
 AMP_SWITCH = "apex"
