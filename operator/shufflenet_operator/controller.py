@@ -11,7 +11,7 @@ from typing import Any
 
 from . import metrics, policy, progress
 from . import status as st
-from .kube import Kube, Rejected
+from .kube import Kube, Refused, Rejected
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,13 @@ class Controller:
                 log.warning("job %s/%s: %s", namespace, name, exc)
                 plan = policy.rejected(observed.job, str(exc), now)
                 self.kube.apply(observed.job, plan, now)
+            except Refused as exc:
+                # Retried with the error backoff like any failed reconcile, but the job's
+                # status says why it waits (else it would sit without a condition).
+                log.warning("job %s/%s: %s", namespace, name, exc)
+                self.kube.apply(observed.job, policy.refused(observed.job, str(exc), now), now)
+                self._retry_later(key)
+                return
             self._errors.pop(key, None)
             metrics.PHASES.set(namespace, name, plan.status.get("phase"))
             if plan.restarted:
@@ -131,13 +138,18 @@ class Controller:
                 wait = min(wait, max(left, 0.0))
             self.queue.add_after(key, wait)
         except Exception:
-            failures = self._errors.get(key, 0) + 1
-            self._errors[key] = failures
-            wait = min(self.resync_seconds, ERROR_BACKOFF_S * 2 ** (failures - 1))
+            wait = self._retry_later(key)
             log.exception("job %s/%s: reconcile failed (retry in %gs)", namespace, name, wait)
-            self.queue.add_after(key, wait)
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+    def _retry_later(self, key: tuple[str, str]) -> float:
+        """Requeue after a failed reconcile, doubling the delay; returns it."""
+        failures = self._errors.get(key, 0) + 1
+        self._errors[key] = failures
+        wait = min(self.resync_seconds, ERROR_BACKOFF_S * 2 ** (failures - 1))
+        self.queue.add_after(key, wait)
+        return wait
 
     def _scrape_progress(
         self, key: tuple[str, str], job: dict[str, Any], pods: list[dict[str, Any]]

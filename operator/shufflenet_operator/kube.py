@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ from .policy import Plan
 log = logging.getLogger(__name__)
 
 _MERGE = "application/merge-patch+json"
+# What Kubernetes takes as a label value.
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_VALUE_MAX = 63
+
 # Pod creations in flight at once for one job (within the client's connection pool).
 CREATE_PARALLELISM = 8
 
@@ -50,6 +55,11 @@ class Rejected(Exception):
         return cls(f"{kind} {name} rejected by the API server: {message}")
 
 
+class Refused(Exception):
+    """The API server refused a child for now (403 from admission: a PriorityClass that does
+    not exist yet, an exhausted quota): the spec may do once the cluster changes."""
+
+
 class PodGroupUnavailable(Rejected):
     """Gang scheduling was asked for, but the cluster has no Volcano PodGroup API."""
 
@@ -60,6 +70,22 @@ class PodGroupUnavailable(Rejected):
             "not serve: install Volcano, or set spec.scheduling.gang to false (and "
             "schedulerName to default-scheduler)",
         )
+
+
+def _client_message(exc: ValueError) -> str:
+    """The first problem the client found, as `field.path: what is wrong`."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            loc = [str(p) for p in first.get("loc", ())]
+            if loc and loc[0].isdigit():  # the argument's position in the call
+                loc = loc[1:]
+            return f"{'.'.join(loc)}: {first.get('msg')}"
+        except (TypeError, IndexError, AttributeError, KeyError):
+            pass
+    lines = str(exc).strip().splitlines()
+    return " ".join(line.strip() for line in lines[:3])
 
 
 def _api_message(exc: ApiException) -> str:
@@ -110,13 +136,18 @@ class Kube:
         job = self.get_job(namespace, name)
         if job is None:
             return Observed(None, [], None, None)
-        selector = f"{render.JOB_LABEL}={name}"
-        # The raw JSON: turning hundreds of pods into client objects and back into dicts
-        # costs ~9x the request itself (measured on a 256-rank job, docs/benchmarks.md).
-        response = self.core.list_namespaced_pod(
-            namespace, label_selector=selector, _preload_content=False
-        )
-        pods = json.loads(response.data)["items"]
+        pods: list[dict[str, Any]] = []
+        # A name the API server takes (up to 253 characters) may not be a label value: no
+        # pod can carry it, and selecting by it is refused (400), which would keep the job
+        # from ever reaching the plan that fails it on its name.
+        if len(name) <= _LABEL_VALUE_MAX and _LABEL_VALUE.match(name):
+            selector = f"{render.JOB_LABEL}={name}"
+            # The raw JSON: turning hundreds of pods into client objects and back into dicts
+            # costs ~9x the request itself (measured on a 256-rank job, docs/benchmarks.md).
+            response = self.core.list_namespaced_pod(
+                namespace, label_selector=selector, _preload_content=False
+            )
+            pods = json.loads(response.data)["items"]
         uid = job["metadata"]["uid"]
         # Only children this job owns: a job re-created under the same name must not adopt
         # the pods of its predecessor that the garbage collector has yet to remove.
@@ -237,10 +268,23 @@ class Kube:
         }[manifest["kind"]]
         try:
             create(namespace, manifest)
+        except ValueError as exc:
+            # The client checks the types of what it sends (pydantic on kubernetes >= 37):
+            # a podTemplate or volume source the CRD keeps as written can fail here, before
+            # the API server sees it. Retrying would fail the same way, forever.
+            raise Rejected(
+                f"{manifest['kind']} {manifest['metadata']['name']} rejected by the "
+                f"Kubernetes client: {_client_message(exc)}"
+            ) from None
         except ApiException as exc:
             if exc.status == 422:
                 raise Rejected.invalid(
                     manifest["kind"], manifest["metadata"]["name"], _api_message(exc)
+                ) from None
+            if exc.status == 403:
+                raise Refused(
+                    f"{manifest['kind']} {manifest['metadata']['name']} refused by the API "
+                    f"server: {_api_message(exc)}"
                 ) from None
             if exc.status != 409:
                 raise

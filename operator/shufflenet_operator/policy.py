@@ -268,6 +268,16 @@ def rejected(obj: Mapping[str, Any], message: str, now: datetime) -> Plan:
     return draft.done()
 
 
+def refused(obj: Mapping[str, Any], message: str, now: datetime) -> Plan:
+    """A child was refused for now (admission: a PriorityClass not there yet, a quota): the
+    job waits for the cluster to change, and its status says why."""
+    draft = Draft(obj, now)
+    if draft.status.get("phase") not in TERMINAL:
+        draft.cond(st.CREATED, False, "PodsRefused", message)
+        draft.status.setdefault("phase", PENDING)
+    return draft.done()
+
+
 def plan(
     obj: Mapping[str, Any],
     pods: Sequence[Mapping[str, Any]],
