@@ -26,7 +26,8 @@ RESULT_ROOT="$(realpath -m "${RESULT_ROOT:-result}")"
 EXAMPLE=manifests/examples/cpu-digits-2rank.yaml
 JOB=cpu-digits
 DATA="$REPO/data/digits"
-CHECKPOINTS="$RESULT_ROOT/cluster"
+# A folder of its own per run: `--resume auto` would otherwise find the finished run before.
+CHECKPOINTS="$RESULT_ROOT/cluster/$(date +%Y%m%d-%H%M%S)"
 RELEASE=shufflenet
 OPERATOR_NAMESPACE=shufflenet-system
 TRAINER_UID=10001  # the trainer image's user
@@ -71,7 +72,7 @@ while true; do
     [[ "$phase" == Succeeded || "$phase" == Failed ]] && break
     sleep 5
 done
-result="$(find "$CHECKPOINTS" -maxdepth 1 -name 'training_*' -newer "$DATA" | sort | tail -n 1)"
+result="$(find "$CHECKPOINTS" -maxdepth 1 -name 'training_*' | sort | tail -n 1)"
 
 cat <<EOF
 

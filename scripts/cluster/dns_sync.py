@@ -20,15 +20,13 @@ re-read its hosts files.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import ssl
 import sys
-import time
-import urllib.request
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from api_poll import add_api_args, api_from, poll, write_atomic
 
 
 def service_records(services: Iterable[Mapping[str, Any]], domain: str) -> list[tuple[str, str]]:
@@ -77,55 +75,32 @@ def hosts_file(
     return "".join(f"{ip} {name}\n" for ip, name in sorted(records, key=lambda r: (r[1], r[0])))
 
 
-def _get(server: str, path: str, ctx: ssl.SSLContext, header: str) -> list[dict[str, Any]]:
-    name, _, value = header.partition(":")
-    req = urllib.request.Request(server + path, headers={name.strip(): value.strip()})
-    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
-        return list(json.load(resp)["items"])
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--server", required=True)
-    p.add_argument("--ca", required=True)
-    p.add_argument("--token-file", required=True, help="a file holding 'Authorization: Bearer ...'")
+    add_api_args(p)
     p.add_argument("--hosts", required=True)
     p.add_argument("--domain", default="cluster.local")
     p.add_argument("--dnsmasq-pid", required=True)
-    p.add_argument("--interval", type=float, default=1.0)
     args = p.parse_args(argv)
+    api = api_from(args)
 
-    ctx = ssl.create_default_context(cafile=args.ca)
-    with open(args.token_file, encoding="utf-8") as f:
-        header = f.read().strip()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    current = None
-    while True:
+    def render() -> str:
+        return hosts_file(
+            api.items("/api/v1/services"), api.items("/api/v1/endpoints"), args.domain
+        )
+
+    def publish(text: str) -> bool:
+        write_atomic(args.hosts, text)
         try:
-            text = hosts_file(
-                _get(args.server, "/api/v1/services", ctx, header),
-                _get(args.server, "/api/v1/endpoints", ctx, header),
-                args.domain,
-            )
-        except OSError as exc:  # the API server restarting: try again next round
-            print(f"dns-sync: {exc}", file=sys.stderr, flush=True)
-            text = current
-        if text is not None and text != current:
-            _write_atomic(args.hosts, text)
-            try:
-                with open(args.dnsmasq_pid, encoding="utf-8") as f:
-                    os.kill(int(f.read().strip()), signal.SIGHUP)
-                current = text
-            except (OSError, ValueError) as exc:  # dnsmasq not up yet: resend next round
-                print(f"dns-sync: dnsmasq: {exc}", file=sys.stderr, flush=True)
-        time.sleep(args.interval)
+            with open(args.dnsmasq_pid, encoding="utf-8") as f:
+                os.kill(int(f.read().strip()), signal.SIGHUP)
+        except (OSError, ValueError) as exc:  # dnsmasq not up yet: resend next round
+            print(f"dns-sync: dnsmasq: {exc}", file=sys.stderr, flush=True)
+            return False
+        return True
+
+    poll("dns-sync", render, publish, args.interval)
+    return 0
 
 
 if __name__ == "__main__":

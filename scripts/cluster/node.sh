@@ -271,6 +271,7 @@ sys.exit(0 if ready and not tainted else 1)'
 # container through containerd, then every other process left in the namespace.
 stop_node() {
     stop prometheus
+    stop scrape-targets
     stop kube-proxy
     stop kubelet
     stop dns-sync

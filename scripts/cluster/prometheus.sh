@@ -32,51 +32,28 @@ command -v prometheus >/dev/null || {
 }
 
 mkdir -p "$DIR/data"
-sed -E 's/^Authorization: Bearer //' "$STATE/auth-header" >"$DIR/token"
-chmod 600 "$DIR/token"
-# The same selection as the chart's PodMonitors (templates/monitoring/): every metrics port
-# of every rank pod (`metrics`, `metrics-<k>`), labelled with the job and rank; the
-# operator's `metrics` port. honor_labels keeps the trainer's own `job` and `rank`.
+# The same selection as the chart's PodMonitors (templates/monitoring/), as file_sd targets:
+# Debian's prometheus has no Kubernetes service discovery, so scrape_targets.py writes them
+# from the API. honor_labels keeps the trainer's own `job` and `rank`.
 cat >"$DIR/prometheus.yml" <<EOF
 global: {scrape_interval: 5s, evaluation_interval: 5s}
 rule_files: ["$HERE/../../charts/shufflenet-operator/rules/*.yaml"]
 scrape_configs:
-  - job_name: shufflenet-trainer
+  - job_name: shufflenet
     honor_labels: true
-    kubernetes_sd_configs:
-      - role: pod
-        api_server: https://127.0.0.1:6443
-        tls_config: {ca_file: "$PKI/ca.crt"}
-        authorization: {credentials_file: "$DIR/token"}
-    relabel_configs:
-      - source_labels: [__meta_kubernetes_pod_label_training_shufflenet_io_job_name]
-        regex: .+
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_container_port_name]
-        regex: metrics(-[0-9]+)?
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_label_training_shufflenet_io_job_name]
-        target_label: job
-      - source_labels: [__meta_kubernetes_pod_label_training_shufflenet_io_rank]
-        target_label: rank
-  - job_name: shufflenet-operator
-    honor_labels: true
-    kubernetes_sd_configs:
-      - role: pod
-        api_server: https://127.0.0.1:6443
-        tls_config: {ca_file: "$PKI/ca.crt"}
-        authorization: {credentials_file: "$DIR/token"}
-    relabel_configs:
-      - source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_name]
-        regex: shufflenet-operator
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_container_port_name]
-        regex: metrics
-        action: keep
+    file_sd_configs:
+      - files: ["$DIR/targets.json"]
+        refresh_interval: 5s
 EOF
+echo '[]' >"$DIR/targets.json"
 
 read -r port < <(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 holder="$(cat "$STATE/pids/holder.pid")"
+setsid nsenter -t "$holder" -n -m -- python3 "$HERE/scrape_targets.py" \
+    --server https://127.0.0.1:6443 --ca "$PKI/ca.crt" --token-file "$STATE/auth-header" \
+    --out "$DIR/targets.json" </dev/null >"$STATE/logs/scrape-targets.log" 2>&1 &
+echo $! >"$STATE/pids/scrape-targets.pid"
+echo python3 >"$STATE/pids/scrape-targets.cmd"
 setsid nsenter -t "$holder" -n -m -- prometheus --config.file "$DIR/prometheus.yml" \
     --storage.tsdb.path "$DIR/data" --web.listen-address 127.0.0.1:9090 \
     </dev/null >"$STATE/logs/prometheus.log" 2>&1 &
@@ -85,7 +62,12 @@ echo prometheus >"$STATE/pids/prometheus.cmd"
 forward prometheus "$port" 127.0.0.1:9090
 echo "$port" >"$STATE/ports/prometheus"
 for ((i = 0; i < 100; i++)); do
-    curl -sf "http://127.0.0.1:$port/-/ready" >/dev/null 2>&1 && break
+    if curl -sf "http://127.0.0.1:$port/-/ready" >/dev/null 2>&1; then
+        echo "$port"
+        exit 0
+    fi
     sleep 0.3
 done
-echo "$port"
+log "Prometheus did not become ready; its log:"
+tail -n 5 "$STATE/logs/prometheus.log" >&2
+exit 1
