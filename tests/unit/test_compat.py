@@ -95,6 +95,8 @@ def test_setting_flag(argv: list[str], field: str, value: object) -> None:
         (["--data", "/a", "/b"], "pass one of them"),
         (["--weights", "a", "--pretrained", "b"], "--weights"),
         (["--num-classes", "0"], "--num-classes"),
+        (["--checkpoint-freq", "5"], "written every epoch .* drop the flag"),
+        (["--checkpoint-nameprefix", "shufflenet"], "checkpoint.pth.tar .* --output-dir"),
     ],
 )
 def test_setting_flag_errors(argv: list[str], says: str) -> None:

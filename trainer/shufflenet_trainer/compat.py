@@ -135,6 +135,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="classes of --dummy data; with a dataset, checked against its classes",
     )
+    # ModelZoo's checkpoint naming and frequency: accepted only to say what happens here.
+    g.add_argument("--checkpoint-nameprefix", "--checkpoint_nameprefix", dest="ckpt_prefix")
+    g.add_argument("--checkpoint-freq", "--checkpoint_freq", dest="ckpt_freq", type=int)
     g.add_argument(
         "--weights",
         dest="weights",
@@ -177,6 +180,16 @@ def resolve_flags(ns: argparse.Namespace) -> dict[str, object]:
                 f"two datasets: DATA {ns.data} and --data {ns.data_option}: pass one of them"
             )
         out["data"] = ns.data_option
+    for flag, value in (
+        ("--checkpoint-nameprefix", ns.ckpt_prefix),
+        ("--checkpoint-freq", ns.ckpt_freq),
+    ):
+        if value is not None:
+            raise ConfigError(
+                f"{flag} {value}: the checkpoint here is checkpoint.pth.tar in the result "
+                "folder, written every epoch (and on SIGTERM); drop the flag, and use "
+                "--output-dir for where it goes"
+            )
     if ns.benchmark == 1:
         raise ConfigError(
             "--benchmark 1 (ModelZoo's gradient accumulation to a batch of 2048) is not "
