@@ -59,7 +59,7 @@ class RealNode:
 
     cp: ControlPlane
     images: dict[str, str]
-    plugin: AscendDevicePlugin
+    plugins: list[AscendDevicePlugin]
 
     @property
     def containerd(self) -> Path:
@@ -115,10 +115,12 @@ def helm_install_operator(node: RealNode, *values: str) -> None:
     )  # fmt: skip
 
 
-def start_device_plugin(cp: ControlPlane) -> AscendDevicePlugin:
-    """The Ascend device plugin stand-in, registered with the node's kubelet."""
+def start_device_plugin(cp: ControlPlane, resource: str) -> AscendDevicePlugin:
+    """The Ascend device plugin stand-in for `resource` (huawei.com/Ascend910, or
+    huawei.com/npu of newer plugins), registered with the node's kubelet."""
     plugin = AscendDevicePlugin(
         PluginConfig(
+            resource=resource,
             # The kubelet's pod-resources socket is under its --root-dir; its device-plugin
             # registry is at a fixed path inside the node's namespace, which up.sh binds to
             # the state dir's kubelet/device-plugins.

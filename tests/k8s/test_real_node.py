@@ -49,18 +49,19 @@ def real_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNode]:
     images = build_images()
     state = tmp_path_factory.mktemp("node") / "cluster"
     cp = start_control_plane(state, node=True)
-    plugin = None
+    plugins = []
     try:
         import_images(cp, images["OPERATOR_IMAGE"], images["TRAINER_IMAGE"])
-        plugin = start_device_plugin(cp)
-        node = RealNode(cp, images, plugin)
+        for resource in ranktable.DEVICE_ANNOTATIONS:
+            plugins.append(start_device_plugin(cp, resource))
+        node = RealNode(cp, images, plugins)
         # Quick restarts and progress scrapes, so the tests do not wait on production pacing.
         helm_install_operator(
             node, "--set", "operator.restartBackoff=1", "--set", "operator.progressInterval=3"
         )
         yield node
     finally:
-        if plugin is not None:
+        for plugin in plugins:
             plugin.stop()
         cp.api.close()
         stop_control_plane(state)
@@ -146,13 +147,14 @@ def test_digits_job_succeeds_in_real_pods_from_the_images(
     assert op.status.phase == "Running"
 
 
+@pytest.mark.parametrize("resource", sorted(ranktable.DEVICE_ANNOTATIONS))
 def test_npu_job_hands_hccl_a_regular_copy_of_the_completed_table(
-    real_node: RealNode, jobs: Jobs, digits: Path, checkpoints: Path
+    real_node: RealNode, jobs: Jobs, digits: Path, checkpoints: Path, resource: str
 ) -> None:
     copies = checkpoints / "ranktable"
     job = digits_job(
         real_node, "npu", digits, checkpoints,
-        **{"devices": {"type": "npu", "count": 2, "resourceName": "huawei.com/Ascend910"}},
+        **{"devices": {"type": "npu", "count": 2, "resourceName": resource}},
     )  # fmt: skip
     (trainer,) = job["spec"]["podTemplate"]["spec"]["containers"]
     # The test-only override: the ranks train on CPU with gloo but run the whole NPU
@@ -176,7 +178,9 @@ def test_npu_job_hands_hccl_a_regular_copy_of_the_completed_table(
     # device plugin gave it through the kubelet (its annotation).
     assert [s["server_id"] for s in table["server_list"]] == [p.metadata.uid for p in pods]
     for rank, pod in enumerate(pods):
-        annotation = json.loads(pod.metadata.annotations[ranktable.ANNOTATION])
+        # The key of the resource's device plugin (ascend-910- or ascend-npu-configuration).
+        annotation = json.loads(pod.metadata.annotations[ranktable.DEVICE_ANNOTATIONS[resource]])
+        assert pod.metadata.annotations[ranktable.RANK_INDEX_ANNOTATION] == str(rank)
         (entry,) = [s for s in table["server_list"] if s["server_id"] == pod.metadata.uid]
         assert [d["device_id"] for d in entry["device"]] == [
             d["device_id"] for d in annotation["devices"]

@@ -356,3 +356,24 @@ def test_contract_imports_without_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            [{"name": "X", "value": 0}],
+            r"^spec\.podTemplate\.spec\.containers\[0\]\.env\[0\]\.value: 0 must be a string",
+        ),
+        ([{"value": "1"}], r"^spec\.podTemplate\.spec\.containers\[0\]\.env\[0\]\.name: every env"),
+    ],
+)
+def test_pod_template_env_that_would_make_invalid_pods_is_refused(
+    env: list[dict[str, Any]], message: str
+) -> None:
+    obj = minimal()
+    obj["spec"]["podTemplate"] = {"spec": {"containers": [{"name": "trainer", "env": env}]}}
+    with pytest.raises(job.ManifestError, match=message):
+        job.validate_job(obj)
+    obj["spec"]["podTemplate"]["spec"]["containers"][0]["env"] = [{"name": "X", "value": "0"}]
+    job.validate_job(obj)

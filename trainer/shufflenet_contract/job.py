@@ -73,6 +73,7 @@ def validate_job(obj: Any) -> dict[str, Any]:
             f"spec.devices.count: {ranks} devices make {ranks // per_pod} pods, more than "
             f"{MAX_PODS}: raise spec.devices.perPod"
         )
+    _check_pod_template_env(job["spec"].get("podTemplate") or {})
     batch = job["spec"]["training"]["batchSize"]
     if batch % ranks:
         raise ManifestError(
@@ -80,6 +81,28 @@ def validate_job(obj: Any) -> dict[str, Any]:
             f"spec.devices.count {ranks}"
         )
     return job
+
+
+def _check_pod_template_env(template: Mapping[str, Any]) -> None:
+    """Env entries of the podTemplate's containers are merged into ours by name: one without
+    a name, or with a value that is not a string, would make every rank pod invalid (the API
+    server refuses a number where EnvVar.value is a string)."""
+    spec = template.get("spec") if isinstance(template, Mapping) else None
+    containers = spec.get("containers") if isinstance(spec, Mapping) else None
+    for i, container in enumerate(containers if isinstance(containers, list) else []):
+        env = container.get("env") if isinstance(container, Mapping) else None
+        for j, var in enumerate(env if isinstance(env, list) else []):
+            where = f"spec.podTemplate.spec.containers[{i}].env[{j}]"
+            if (
+                not isinstance(var, Mapping)
+                or not isinstance(var.get("name"), str)
+                or not var["name"]
+            ):
+                raise ManifestError(f"{where}.name: every env entry needs a name (a string)")
+            if "value" in var and not isinstance(var["value"], str):
+                raise ManifestError(
+                    f"{where}.value: {var['value']!r} must be a string: quote it in the YAML"
+                )
 
 
 def _check_ascend_ranks(per_pod: int) -> None:
