@@ -51,7 +51,7 @@ class Rejected(Exception):
 
     @classmethod
     def invalid(cls, kind: str, name: str, message: str) -> Rejected:
-        """A child refused as invalid (422)."""
+        """A child refused as invalid or undecodable (422, 400)."""
         return cls(f"{kind} {name} rejected by the API server: {message}")
 
 
@@ -277,7 +277,10 @@ class Kube:
                 f"Kubernetes client: {_client_message(exc)}"
             ) from None
         except ApiException as exc:
-            if exc.status == 422:
+            # 422: invalid; 400: not even decodable (a quantity such as an emptyDir's
+            # sizeLimit "lots" fails while the body is read). Both come from the job's spec
+            # and would fail the same way on every retry.
+            if exc.status in (400, 422):
                 raise Rejected.invalid(
                     manifest["kind"], manifest["metadata"]["name"], _api_message(exc)
                 ) from None

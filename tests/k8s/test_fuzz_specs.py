@@ -150,6 +150,21 @@ def test_a_volume_the_client_refuses_fails_the_job_naming_the_field(
     wait_for(lambda: jobs.pods("badvolume") == [], what="no pods left")
 
 
+def test_a_pod_the_api_server_cannot_decode_fails_the_job(
+    operator: OperatorProcess, jobs: Jobs
+) -> None:
+    # A quantity that does not parse makes the pod's body undecodable: the API server
+    # answers 400, not 422. Found by the fuzzed specs above: the job was retried forever,
+    # without a condition.
+    manifest = job_manifest("badsize", device="cpu", count=2)
+    manifest["spec"]["data"] = {"volume": {"emptyDir": {"sizeLimit": "lots"}}, "path": "/data"}
+    jobs.create(manifest)
+    jobs.wait_phase("badsize", "Failed")
+    failed = jobs.condition("badsize", "Failed")
+    assert failed["reason"] == "InvalidSpec" and "rejected by the API server" in failed["message"]
+    assert jobs.status("badsize")["restarts"] == 0
+
+
 def test_a_name_too_long_for_a_label_fails_the_job_naming_the_field(
     operator: OperatorProcess, jobs: Jobs
 ) -> None:
