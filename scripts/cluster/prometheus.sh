@@ -59,6 +59,10 @@ setsid nsenter -t "$holder" -n -m -- prometheus --config.file "$DIR/prometheus.y
     </dev/null >"$STATE/logs/prometheus.log" 2>&1 &
 echo $! >"$STATE/pids/prometheus.pid"
 echo prometheus >"$STATE/pids/prometheus.cmd"
+# A forward left by an earlier Prometheus of this cluster would otherwise outlive its pid file.
+if [[ -s "$STATE/pids/forward-prometheus.pid" ]]; then
+    kill "$(cat "$STATE/pids/forward-prometheus.pid")" 2>/dev/null || true
+fi
 forward prometheus "$port" 127.0.0.1:9090
 echo "$port" >"$STATE/ports/prometheus"
 for ((i = 0; i < 100; i++)); do
