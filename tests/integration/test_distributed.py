@@ -184,13 +184,17 @@ def test_one_two_and_four_ranks_reach_the_same_weights(digits32: Path, tmp_path:
         assert diff < 1e-6, (n, diff)
 
 
+# Two epochs of four steps, logged every other step: room for a stop at any step.
+TWO_SHORT_EPOCHS = [
+    *SMALL, "-b", "16", "--epochs", "2", "--max-steps-per-epoch", "4",
+    "--lr", "0.1", "--warmup-epochs", "0.5", "-p", "2",
+]  # fmt: skip
+
+
 def test_sigterm_in_process_checkpoints_mid_epoch_and_resumes_exactly(
     digits32: Path, tmp_path: Path
 ) -> None:
-    flags = [
-        str(digits32), *SMALL, "-b", "16", "--epochs", "2", "--max-steps-per-epoch", "4",
-        "--lr", "0.1", "--warmup-epochs", "0.5", "-p", "2",
-    ]  # fmt: skip
+    flags = [str(digits32), *TWO_SHORT_EPOCHS]
     assert run(parse_config([*flags, "--output-dir", str(tmp_path / "whole")])) == 0
 
     def term_at_second_step(event: StepEvent) -> None:
@@ -222,10 +226,7 @@ def test_sigterm_at_the_last_step_of_an_epoch_resumes_or_finishes(
     # The stop vote can agree on the step that ends an epoch. The epoch is then complete:
     # it must end as epochs end (validated, an epoch-end checkpoint that resumes at the next
     # epoch), not as a mid-epoch stop after all of its steps, which no run could resume.
-    flags = [
-        str(digits32), *SMALL, "-b", "16", "--epochs", "2", "--max-steps-per-epoch", "4",
-        "--lr", "0.1", "--warmup-epochs", "0.5", "-p", "2",
-    ]  # fmt: skip
+    flags = [str(digits32), *TWO_SHORT_EPOCHS]
     assert run(parse_config([*flags, "--output-dir", str(tmp_path / "whole")])) == 0
 
     def term_at_last_step(event: StepEvent) -> None:
