@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 RESULT_ROOT ?= result
 
 .PHONY: venv demo test test-fast test-deps manifests lint format bench bench-gpu clean \
-	k8s-bins cluster-up cluster-down images demo-cluster demo-cluster-down
+	k8s-bins cluster-up cluster-down images demo-cluster demo-cluster-down soak
 
 venv: $(STAMP)
 
@@ -37,6 +37,17 @@ test: venv lint test-deps
 # The unit tier: needs nothing but the venv (no cluster binaries, prometheus or npm tools).
 test-fast: venv
 	$(PY) -m pytest -q -ra tests/unit
+
+# Fault injection, measured (docs/reliability.md): seeded faults against jobs on a real control
+# plane with the simulated node agent for SOAK_SECONDS, then SOAK_KILLS SIGKILLs of a training
+# run. Each prints one summary line and exits non-zero on any violation; `make test` runs short
+# versions of both.
+SOAK_SECONDS ?= 1800
+SOAK_KILLS ?= 200
+SOAK_SEED ?= 1
+soak: venv k8s-bins
+	PYTHONPATH=tests $(PY) -m soak.cluster --seconds $(SOAK_SECONDS) --seed $(SOAK_SEED)
+	PYTHONPATH=tests $(PY) -m soak.trainer_kills --kills $(SOAK_KILLS) --seed $(SOAK_SEED)
 
 # Tools the monitoring tests run for real (they fail, not skip, without them): Debian's
 # prometheus and promtool; TypeScript and Grafana's published schema (npm, into the ignored
