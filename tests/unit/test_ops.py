@@ -89,9 +89,9 @@ def test_gradcheck_and_second_order() -> None:
 @pytest.mark.parametrize(
     "op, args",
     [
-        (ops.channel_shuffle_split, 2),
-        (ops.channel_shuffle_cat, 2),
-        (ops.channel_shuffle, 1),
+        (ops.channel_shuffle_split_op, 2),
+        (ops.channel_shuffle_cat_op, 2),
+        (ops.channel_shuffle_op, 1),
     ],
 )
 def test_opcheck(op, args) -> None:

@@ -22,10 +22,16 @@ kernels of :mod:`shufflenet_trainer.model.ops_npu` are registered when torch_npu
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from . import kernel_choice
 
 __all__ = [
     "channel_shuffle",
@@ -71,24 +77,44 @@ def _concat_into(out: Tensor, first: Tensor, second: Tensor) -> None:
     out[:, half:].copy_(second)
 
 
-# --- concat + shuffle + split -------------------------------------------------------------
+def _check_groups(x: Tensor, groups: int) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"channel_shuffle expects an NCHW tensor, got shape {tuple(x.shape)}")
+    if groups < 1 or x.shape[1] % groups:
+        raise ValueError(
+            f"channel_shuffle: {x.shape[1]} channels do not split into {groups} groups"
+        )
 
 
-@torch.library.custom_op("shufflenet::channel_shuffle_split", mutates_args=())
-def channel_shuffle_split(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
-    """Fused ``cat((x1, x2), 1)`` -> ``channel_shuffle(groups=2)`` -> ``chunk(2, 1)``."""
-    _check_pair(x1, x2, even=True)
+def _empty_like(like: Tensor) -> Tensor:
+    # empty_like keeps a dense input's strides (NCHW or channels_last) and is the cheapest
+    # allocation call; other strides get the format torch suggests for them.
+    return torch.empty_like(like)
+
+
+def _empty_with_channels(like: Tensor, channels: int) -> Tensor:
+    """An uninitialised tensor like ``like`` with another channel count, same memory format."""
+    # A tensor contiguous in both formats (C == 1 or H == W == 1) counts as NCHW.
+    channels_last = not like.is_contiguous() and like.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    shape = (like.shape[0], channels, *like.shape[2:])
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
+# --- kernels: each computes one op's permutation; kernel_choice picks one per call key ------
+
+
+def _copy_split(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
     half = x1.shape[1] // 2
     a, b = _empty_like(x1), _empty_like(x2)
-    _interleave_into(a, x1[:, :half], x2[:, :half])
-    _interleave_into(b, x1[:, half:], x2[:, half:])
+    _interleave_into(a, x1.narrow(1, 0, half), x2.narrow(1, 0, half))
+    _interleave_into(b, x1.narrow(1, half, half), x2.narrow(1, half, half))
     return a, b
 
 
-@torch.library.custom_op("shufflenet::channel_unshuffle_split", mutates_args=())
-def _channel_unshuffle_split(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Inverse of channel_shuffle_split, i.e. its backward."""
-    _check_pair(a, b, even=True)
+def _copy_unsplit(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     a_pairs, b_pairs = a.unflatten(1, (-1, 2)), b.unflatten(1, (-1, 2))
     x1, x2 = _empty_like(a), _empty_like(b)
     _concat_into(x1, a_pairs.select(2, 0), b_pairs.select(2, 0))
@@ -96,13 +122,142 @@ def _channel_unshuffle_split(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return x1, x2
 
 
-@channel_shuffle_split.register_fake
+def _copy_cat(x1: Tensor, x2: Tensor) -> Tensor:
+    out = _empty_with_channels(x1, 2 * x1.shape[1])
+    _interleave_into(out, x1, x2)
+    return out
+
+
+def _copy_uncat(grad: Tensor) -> tuple[Tensor, Tensor]:
+    pairs = grad.unflatten(1, (-1, 2))
+    first = _empty_with_channels(grad, grad.shape[1] // 2)
+    second = _empty_with_channels(grad, grad.shape[1] // 2)
+    first.copy_(pairs.select(2, 0))
+    second.copy_(pairs.select(2, 1))
+    return first, second
+
+
+def _gather_split(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    # torchvision's order of work (concatenate, then one transposed copy), but each output
+    # written straight in the inputs' memory format and as its own tensor.
+    c = x1.shape[1]
+    # cat channel p * C + h * C/2 + i goes to output h, channel 2i + p.
+    both = torch.cat((x1, x2), dim=1).unflatten(1, (2, 2, c // 2))
+    a, b = _empty_like(x1), _empty_like(x2)
+    a.unflatten(1, (c // 2, 2)).copy_(both.select(2, 0).transpose(1, 2))
+    b.unflatten(1, (c // 2, 2)).copy_(both.select(2, 1).transpose(1, 2))
+    return a, b
+
+
+def _gather_unsplit(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    c = a.shape[1]
+    # cat channel h * C + 2i + p holds x_p's channel h * C/2 + i.
+    both = torch.cat((a, b), dim=1).unflatten(1, (2, c // 2, 2))
+    x1, x2 = _empty_like(a), _empty_like(b)
+    x1.unflatten(1, (2, c // 2)).copy_(both.select(3, 0))
+    x2.unflatten(1, (2, c // 2)).copy_(both.select(3, 1))
+    return x1, x2
+
+
+def _gather_cat(x1: Tensor, x2: Tensor) -> Tensor:
+    c = x1.shape[1]
+    out = _empty_with_channels(x1, 2 * c)
+    both = torch.cat((x1, x2), dim=1).unflatten(1, (2, c))
+    out.unflatten(1, (c, 2)).copy_(both.transpose(1, 2))
+    return out
+
+
+def _reference_unsplit(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    both = torch.cat((a, b), dim=1)
+    return both[:, 0::2], both[:, 1::2]
+
+
+def _reference_uncat(grad: Tensor) -> tuple[Tensor, Tensor]:
+    return grad[:, 0::2], grad[:, 1::2]
+
+
+_COPY = {"split": _copy_split, "unsplit": _copy_unsplit, "cat": _copy_cat, "uncat": _copy_uncat}
+# De-interleaving one tensor needs no concatenation: there the gather is the copy kernel.
+_GATHER = {
+    "split": _gather_split,
+    "unsplit": _gather_unsplit,
+    "cat": _gather_cat,
+    "uncat": _copy_uncat,
+}
+
+
+def _reference(op: str) -> Callable[..., Any]:
+    return {
+        "split": reference_channel_shuffle_split,
+        "unsplit": _reference_unsplit,
+        "cat": reference_channel_shuffle_cat,
+        "uncat": _reference_uncat,
+    }[op]
+
+
+@functools.lru_cache(maxsize=16)
+def _candidates(op: str, with_triton: bool) -> dict[str, Callable[..., Any]]:
+    found: dict[str, Callable[..., Any]] = {"copy": _COPY[op], "gather": _GATHER[op]}
+    if with_triton:
+        from . import ops_triton
+
+        found["triton"] = getattr(ops_triton, op)
+    return found
+
+
+def _kernel(op: str, *args: Tensor) -> Any:
+    """Run ``op`` with the kernel chosen for these inputs (kernel_choice)."""
+    policy = kernel_choice.policy()
+    candidates = _candidates(op, _triton_usable(args[0].device.type, policy))
+    if policy == "auto" and args[0].device.type != "cpu":
+        # Nothing is measured there yet: the default kernel, without a lookup per call.
+        return candidates["copy"](*args)
+    return kernel_choice.choose(op, candidates, _reference(op), args)(*args)
+
+
+def _triton_usable(device_type: str, policy: str) -> bool:
+    """Triton kernels are candidates on CUDA when triton is installed; on the CPU only when
+    forced under Triton's interpreter (the tests): interpreted, they are far too slow to
+    be measured against the others."""
+    if device_type == "cuda":
+        return _has_triton()
+    return (
+        device_type == "cpu"
+        and policy == "triton"
+        and os.environ.get("TRITON_INTERPRET") == "1"
+        and _has_triton()
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+# --- the registered operators (torch.compile, non-CPU/CUDA devices such as Ascend NPUs) -----
+
+
+@torch.library.custom_op("shufflenet::channel_shuffle_split", mutates_args=())
+def channel_shuffle_split_op(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    """Fused ``cat((x1, x2), 1)`` -> ``channel_shuffle(groups=2)`` -> ``chunk(2, 1)``."""
+    _check_pair(x1, x2, even=True)
+    return _kernel("split", x1, x2)
+
+
+@torch.library.custom_op("shufflenet::channel_unshuffle_split", mutates_args=())
+def channel_unshuffle_split_op(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of channel_shuffle_split, i.e. its backward."""
+    _check_pair(a, b, even=True)
+    return _kernel("unsplit", a, b)
+
+
+@channel_shuffle_split_op.register_fake
 def _(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
     _check_pair(x1, x2, even=True)
     return _empty_like(x1), _empty_like(x2)
 
 
-@_channel_unshuffle_split.register_fake
+@channel_unshuffle_split_op.register_fake
 def _(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     _check_pair(a, b, even=True)
     return _empty_like(a), _empty_like(b)
@@ -123,78 +278,69 @@ def _no_context(ctx, inputs, output) -> None:
 
 
 def _split_backward(ctx, grad_a: Tensor | None, grad_b: Tensor | None):
-    return _channel_unshuffle_split(*_both(grad_a, grad_b))
+    return channel_unshuffle_split_op(*_both(grad_a, grad_b))
 
 
 def _unsplit_backward(ctx, grad_1: Tensor | None, grad_2: Tensor | None):
-    return channel_shuffle_split(*_both(grad_1, grad_2))
+    return channel_shuffle_split_op(*_both(grad_1, grad_2))
 
 
-channel_shuffle_split.register_autograd(_split_backward, setup_context=_no_context)
-_channel_unshuffle_split.register_autograd(_unsplit_backward, setup_context=_no_context)
-
-
-# --- concat + shuffle (the end of a stage) ------------------------------------------------
+channel_shuffle_split_op.register_autograd(_split_backward, setup_context=_no_context)
+channel_unshuffle_split_op.register_autograd(_unsplit_backward, setup_context=_no_context)
 
 
 @torch.library.custom_op("shufflenet::channel_shuffle_cat", mutates_args=())
-def channel_shuffle_cat(x1: Tensor, x2: Tensor) -> Tensor:
+def channel_shuffle_cat_op(x1: Tensor, x2: Tensor) -> Tensor:
     """Fused ``channel_shuffle(cat((x1, x2), 1), groups=2)``: one write per element."""
     _check_pair(x1, x2, even=False)
-    out = _empty_with_channels(x1, 2 * x1.shape[1])
-    _interleave_into(out, x1, x2)
-    return out
+    return _kernel("cat", x1, x2)
 
 
 @torch.library.custom_op("shufflenet::channel_unshuffle_cat", mutates_args=())
-def _channel_unshuffle_cat(grad: Tensor) -> tuple[Tensor, Tensor]:
+def channel_unshuffle_cat_op(grad: Tensor) -> tuple[Tensor, Tensor]:
     """Inverse of channel_shuffle_cat: de-interleave into the two halves."""
-    pairs = grad.unflatten(1, (-1, 2))
-    first = _empty_with_channels(grad, grad.shape[1] // 2)
-    second = _empty_with_channels(grad, grad.shape[1] // 2)
-    first.copy_(pairs.select(2, 0))
-    second.copy_(pairs.select(2, 1))
-    return first, second
+    return _kernel("uncat", grad)
 
 
-@channel_shuffle_cat.register_fake
+@channel_shuffle_cat_op.register_fake
 def _(x1: Tensor, x2: Tensor) -> Tensor:
     _check_pair(x1, x2, even=False)
     return _empty_with_channels(x1, 2 * x1.shape[1])
 
 
-@_channel_unshuffle_cat.register_fake
+@channel_unshuffle_cat_op.register_fake
 def _(grad: Tensor) -> tuple[Tensor, Tensor]:
     half = grad.shape[1] // 2
     return _empty_with_channels(grad, half), _empty_with_channels(grad, half)
 
 
 def _cat_backward(ctx, grad: Tensor):
-    return _channel_unshuffle_cat(grad)
+    return channel_unshuffle_cat_op(grad)
 
 
 def _uncat_backward(ctx, grad_1: Tensor | None, grad_2: Tensor | None):
-    return channel_shuffle_cat(*_both(grad_1, grad_2))
+    return channel_shuffle_cat_op(*_both(grad_1, grad_2))
 
 
-channel_shuffle_cat.register_autograd(_cat_backward, setup_context=_no_context)
-_channel_unshuffle_cat.register_autograd(_uncat_backward, setup_context=_no_context)
-
-
-# --- single-tensor shuffle ----------------------------------------------------------------
+channel_shuffle_cat_op.register_autograd(_cat_backward, setup_context=_no_context)
+channel_unshuffle_cat_op.register_autograd(_uncat_backward, setup_context=_no_context)
 
 
 @torch.library.custom_op("shufflenet::channel_shuffle", mutates_args=())
-def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+def channel_shuffle_op(x: Tensor, groups: int) -> Tensor:
     """``out[:, j * groups + g] = x[:, g * (C // groups) + j]``, keeping x's memory format."""
     _check_groups(x, groups)
+    return _copy_shuffle(x, groups)
+
+
+def _copy_shuffle(x: Tensor, groups: int) -> Tensor:
     out = _empty_like(x)
     per_group = x.shape[1] // groups
     out.unflatten(1, (per_group, groups)).copy_(x.unflatten(1, (groups, per_group)).transpose(1, 2))
     return out
 
 
-@channel_shuffle.register_fake
+@channel_shuffle_op.register_fake
 def _(x: Tensor, groups: int) -> Tensor:
     _check_groups(x, groups)
     return _empty_like(x)
@@ -208,34 +354,119 @@ def _shuffle_setup(ctx, inputs, output) -> None:
 
 def _shuffle_backward(ctx, grad: Tensor):
     # Shuffling C channels with g groups is undone by shuffling with C // g groups.
-    return channel_shuffle(grad, ctx.channels // ctx.groups), None
+    return channel_shuffle_op(grad, ctx.channels // ctx.groups), None
 
 
-channel_shuffle.register_autograd(_shuffle_backward, setup_context=_shuffle_setup)
+channel_shuffle_op.register_autograd(_shuffle_backward, setup_context=_shuffle_setup)
 
 
-def _check_groups(x: Tensor, groups: int) -> None:
-    if x.dim() != 4:
-        raise ValueError(f"channel_shuffle expects an NCHW tensor, got shape {tuple(x.shape)}")
-    if groups < 1 or x.shape[1] % groups:
-        raise ValueError(
-            f"channel_shuffle: {x.shape[1]} channels do not split into {groups} groups"
-        )
+# --- the eager fast path: the same kernels under plain autograd Functions -----------------
+#
+# A call through the registered operator crosses the C++ dispatcher twice (autograd, then
+# the device kernel) and runs custom_op's Python layers on both sides. In eager mode on CPU
+# and CUDA, where the registered kernel is this module's own, the public functions below
+# call the kernels through autograd.Function instead (docs/benchmarks.md: where the time of
+# a call goes). Under torch.compile, for other devices (Ascend kernels register against the
+# operator) and for tensor subclasses, they call the operator. The backward of each
+# Function is the inverse Function, so higher-order gradients work as with the operator.
 
 
-def _empty_like(like: Tensor) -> Tensor:
-    return _empty_with_channels(like, like.shape[1])
+class _Split(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        return _kernel("split", x1, x2)
+
+    @staticmethod
+    def backward(ctx, grad_a: Tensor, grad_b: Tensor):  # type: ignore[override]
+        return _Unsplit.apply(grad_a, grad_b)
 
 
-def _empty_with_channels(like: Tensor, channels: int) -> Tensor:
-    """An uninitialised tensor like ``like`` with another channel count, same memory format."""
-    # A tensor contiguous in both formats (C == 1 or H == W == 1) counts as NCHW.
-    channels_last = not like.is_contiguous() and like.is_contiguous(
-        memory_format=torch.channels_last
+class _Unsplit(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        return _kernel("unsplit", a, b)
+
+    @staticmethod
+    def backward(ctx, grad_1: Tensor, grad_2: Tensor):  # type: ignore[override]
+        return _Split.apply(grad_1, grad_2)
+
+
+class _Cat(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x1: Tensor, x2: Tensor) -> Tensor:  # type: ignore[override]
+        return _kernel("cat", x1, x2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return _Uncat.apply(grad)
+
+
+class _Uncat(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        return _kernel("uncat", grad)
+
+    @staticmethod
+    def backward(ctx, grad_1: Tensor, grad_2: Tensor):  # type: ignore[override]
+        return _Cat.apply(grad_1, grad_2)
+
+
+class _Shuffle(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, groups: int) -> Tensor:  # type: ignore[override]
+        ctx.inverse_groups = x.shape[1] // groups
+        return _copy_shuffle(x, groups)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return _Shuffle.apply(grad, ctx.inverse_groups), None
+
+
+_EAGER_DEVICES = frozenset({"cpu", "cuda"})
+
+
+def _eager(x: Tensor) -> bool:
+    return (
+        type(x) is Tensor and x.device.type in _EAGER_DEVICES and not torch.compiler.is_compiling()
     )
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    shape = (like.shape[0], channels, *like.shape[2:])
-    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
+def channel_shuffle_split(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    """Fused ``cat((x1, x2), 1)`` -> ``channel_shuffle(groups=2)`` -> ``chunk(2, 1)``.
+
+    Two new tensors in the inputs' memory format. Operator: ``shufflenet::channel_shuffle_split``.
+    """
+    if _eager(x1):
+        _check_pair(x1, x2, even=True)
+        return _Split.apply(x1, x2)
+    return channel_shuffle_split_op(x1, x2)
+
+
+def channel_shuffle_cat(x1: Tensor, x2: Tensor) -> Tensor:
+    """Fused ``channel_shuffle(cat((x1, x2), 1), groups=2)``: one write per element.
+
+    Operator: ``shufflenet::channel_shuffle_cat``.
+    """
+    if _eager(x1):
+        _check_pair(x1, x2, even=False)
+        return _Cat.apply(x1, x2)
+    return channel_shuffle_cat_op(x1, x2)
+
+
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """``out[:, j * groups + g] = x[:, g * (C // groups) + j]``, keeping x's memory format.
+
+    Operator: ``shufflenet::channel_shuffle``.
+    """
+    if _eager(x):
+        _check_groups(x, groups)
+        return _Shuffle.apply(x, groups)
+    return channel_shuffle_op(x, groups)
+
+
+# Old private names, kept for callers of the inverse operators.
+_channel_unshuffle_split = channel_unshuffle_split_op
+_channel_unshuffle_cat = channel_unshuffle_cat_op
 
 
 # --- the reference (torchvision's formulation), selected by --shuffle reference -----------

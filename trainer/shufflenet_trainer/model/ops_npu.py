@@ -83,8 +83,8 @@ def register() -> None:  # pragma: no cover - needs torch_npu and an Ascend devi
 
     from . import ops
 
-    ops.channel_shuffle_split.register_kernel("npu")(index_shuffle_split)
-    ops._channel_unshuffle_split.register_kernel("npu")(index_unshuffle_split)
-    ops.channel_shuffle_cat.register_kernel("npu")(index_shuffle_cat)
-    ops._channel_unshuffle_cat.register_kernel("npu")(index_unshuffle_cat)
-    ops.channel_shuffle.register_kernel("npu")(index_shuffle)
+    ops.channel_shuffle_split_op.register_kernel("npu")(index_shuffle_split)
+    ops.channel_unshuffle_split_op.register_kernel("npu")(index_unshuffle_split)
+    ops.channel_shuffle_cat_op.register_kernel("npu")(index_shuffle_cat)
+    ops.channel_unshuffle_cat_op.register_kernel("npu")(index_unshuffle_cat)
+    ops.channel_shuffle_op.register_kernel("npu")(index_shuffle)
