@@ -14,6 +14,7 @@ numbers move with the machine's load.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import statistics
@@ -24,6 +25,7 @@ import torch
 import torchvision
 from torch import nn
 
+from shufflenet_trainer.model import kernel_choice
 from shufflenet_trainer.model import shufflenetv2 as models
 from shufflenet_trainer.train.device import synchronize
 
@@ -126,7 +128,14 @@ def main() -> None:
         default="ours,torchvision",
         help="comma list of ours, torchvision, ours-reference (our blocks, torchvision's shuffle)",
     )
+    parser.add_argument(
+        "--shuffle-kernel",
+        default="auto",
+        choices=kernel_choice.POLICIES,
+        help="kernel policy of the fused shuffle ops (model/kernel_choice.py)",
+    )
     args = parser.parse_args()
+    kernel_choice.set_policy(args.shuffle_kernel)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -146,10 +155,16 @@ def main() -> None:
     for r in rows:
         cells = "".join(f"{r[n + '_images_per_s']:>22.1f}" for n in names)
         print(f"{r['variant']:<15}{cells}" + (f"{r['ratio']:>7.2f}x" if with_ratio else ""))
+    choices = kernel_choice.report()
+    counts = collections.Counter(line.split(": ")[1].split(" ")[0] for line in choices)
+    print(
+        f"shuffle kernels ({args.shuffle_kernel}): "
+        + (", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "none chosen")
+    )
     if args.json:
         meta = {"device": name, "torch": torch.__version__, **vars(args)}
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+            json.dump({"meta": meta, "rows": rows, "shuffle_kernels": choices}, f, indent=2)
 
 
 if __name__ == "__main__":

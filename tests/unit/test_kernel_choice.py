@@ -114,7 +114,7 @@ def test_bad_policies_name_the_flag_and_the_choices(monkeypatch) -> None:
         kernel_choice.policy()
 
 
-@pytest.mark.parametrize("policy", ["copy", "gather", "auto"])
+@pytest.mark.parametrize("policy", ["copy", "stack", "gather", "auto"])
 @pytest.mark.parametrize("memory_format", FORMATS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_every_kernel_computes_the_ops(policy, memory_format, dtype) -> None:
@@ -133,7 +133,7 @@ def test_every_kernel_computes_the_ops(policy, memory_format, dtype) -> None:
     f1, f2 = ops.channel_unshuffle_cat_op(cat)
     assert torch.equal(f1, x1) and torch.equal(f2, x2)
     chosen = set(kernel_choice.choices().values())
-    assert chosen == {policy} if policy != "auto" else chosen <= {"copy", "gather"}
+    assert chosen == {policy} if policy != "auto" else chosen <= {"copy", "stack", "gather"}
 
 
 def test_the_model_trains_identically_under_every_policy() -> None:
@@ -141,14 +141,14 @@ def test_the_model_trains_identically_under_every_policy() -> None:
     reference = shufflenetv2.build_model("shufflenet_v2_x0_5", num_classes=10).train()
     images = torch.randn(2, 3, 64, 64)
     results = {}
-    for policy in ("copy", "gather", "auto"):
+    for policy in ("copy", "stack", "gather", "auto"):
         kernel_choice.set_policy(policy)
         model = shufflenetv2.build_model("shufflenet_v2_x0_5", num_classes=10).train()
         model.load_state_dict(reference.state_dict())
         out = model(images)
         out.square().sum().backward()
         results[policy] = (out.detach(), model.conv1[0].weight.grad)
-    for policy in ("gather", "auto"):
+    for policy in ("stack", "gather", "auto"):
         assert torch.equal(results[policy][0], results["copy"][0])
         assert torch.equal(results[policy][1], results["copy"][1])
 

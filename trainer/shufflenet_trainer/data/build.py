@@ -33,7 +33,7 @@ from .loader import (
     TrainFolderDataset,
     ValFolderDataset,
 )
-from .synthetic import SyntheticDataset
+from .synthetic import DeviceSyntheticBatches
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -120,8 +120,6 @@ def build_loaders(
         if dummy_classes < 1 or dummy_size < 1:
             raise ConfigError("dummy data needs at least 1 class and 1 sample: raise the sizes")
         val_n = max(1, dummy_size // 10)
-        train_ds = SyntheticDataset(dummy_size, dummy_classes, image_size, seed, 0)
-        val_ds = SyntheticDataset(val_n, dummy_classes, image_size, seed, dummy_size)
         class_names = [f"class{i:04d}" for i in range(dummy_classes)]
         train_n = dummy_size
     else:
@@ -145,7 +143,12 @@ def build_loaders(
         )
     train: Iterable[tuple[Tensor, Tensor]]
     val: Iterable[tuple[Tensor, Tensor]]
-    if path == "gpu-nvjpeg":
+    if dummy:
+        # Made on the training device itself: no workers, no copy to the device per step.
+        synth = {"num_classes": dummy_classes, "size": image_size, "seed": seed, "device": device}
+        train = DeviceSyntheticBatches(train_sampler, offset=0, **synth)
+        val = DeviceSyntheticBatches(val_sampler, offset=dummy_size, **synth)
+    elif path == "gpu-nvjpeg":
         from .gpu import GpuBatchLoader, RawDataset
 
         dev = torch.device(device)

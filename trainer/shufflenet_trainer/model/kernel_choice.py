@@ -2,6 +2,7 @@
 
 Every op of :mod:`shufflenet_trainer.model.ops` has several kernels that compute the same
 permutation (:data:`KERNELS`): ``copy`` (strided copies into the output, the default),
+``stack`` (one ``stack``/``cat`` per output into a pair-split view of it: fewer calls),
 ``gather`` (concatenate the inputs, then one strided copy per output: torchvision's
 formulation, writing the op's output memory format), and ``triton`` (one gather kernel per
 output; CUDA, or CPU under Triton's interpreter). At the first call for a key (op, device,
@@ -15,7 +16,7 @@ dtype, memory format, shapes) the policy decides:
   noise. On other devices ``copy`` is used unmeasured until a GPU run has proven the
   alternatives (docs/benchmarks.md).
 - ``measure``: the same measurement on every device, Triton included on CUDA (opt-in).
-- ``copy`` / ``gather`` / ``triton``: that kernel, checked against the reference at its
+- ``copy`` / ``stack`` / ``gather`` / ``triton``: that kernel, checked against the reference at its
   first call for each key (a wrong or failing forced kernel is an error, not a fallback).
 
 The choice is cached per key for the process. Every kernel is an exact permutation, so the
@@ -55,7 +56,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-KERNELS = ("copy", "gather", "triton")
+KERNELS = ("copy", "stack", "gather", "triton")
 POLICIES = ("auto", "measure", *KERNELS)
 ENV = "SHUFFLENET_SHUFFLE_KERNEL"
 DEFAULT = "copy"

@@ -137,6 +137,34 @@ def _copy_uncat(grad: Tensor) -> tuple[Tensor, Tensor]:
     return first, second
 
 
+def _stack_split(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    # One stack per output, written through a pair-split view: fewer calls than the copies
+    # (what wins at small sizes), a different memory walk at large ones.
+    half = x1.shape[1] // 2
+    a, b = _empty_like(x1), _empty_like(x2)
+    torch.stack(
+        (x1.narrow(1, 0, half), x2.narrow(1, 0, half)), dim=2, out=a.unflatten(1, (half, 2))
+    )
+    torch.stack(
+        (x1.narrow(1, half, half), x2.narrow(1, half, half)), dim=2, out=b.unflatten(1, (half, 2))
+    )
+    return a, b
+
+
+def _stack_unsplit(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    x1, x2 = _empty_like(a), _empty_like(b)
+    torch.cat((a[:, 0::2], b[:, 0::2]), dim=1, out=x1)
+    torch.cat((a[:, 1::2], b[:, 1::2]), dim=1, out=x2)
+    return x1, x2
+
+
+def _stack_cat(x1: Tensor, x2: Tensor) -> Tensor:
+    c = x1.shape[1]
+    out = _empty_with_channels(x1, 2 * c)
+    torch.stack((x1, x2), dim=2, out=out.unflatten(1, (c, 2)))
+    return out
+
+
 def _gather_split(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
     # torchvision's order of work (concatenate, then one transposed copy), but each output
     # written straight in the inputs' memory format and as its own tensor.
@@ -177,7 +205,13 @@ def _reference_uncat(grad: Tensor) -> tuple[Tensor, Tensor]:
 
 
 _COPY = {"split": _copy_split, "unsplit": _copy_unsplit, "cat": _copy_cat, "uncat": _copy_uncat}
-# De-interleaving one tensor needs no concatenation: there the gather is the copy kernel.
+# De-interleaving one tensor needs no concatenation or stack: there both are the copy kernel.
+_STACK = {
+    "split": _stack_split,
+    "unsplit": _stack_unsplit,
+    "cat": _stack_cat,
+    "uncat": _copy_uncat,
+}
 _GATHER = {
     "split": _gather_split,
     "unsplit": _gather_unsplit,
@@ -197,7 +231,11 @@ def _reference(op: str) -> Callable[..., Any]:
 
 @functools.lru_cache(maxsize=16)
 def _candidates(op: str, with_triton: bool) -> dict[str, Callable[..., Any]]:
-    found: dict[str, Callable[..., Any]] = {"copy": _COPY[op], "gather": _GATHER[op]}
+    found: dict[str, Callable[..., Any]] = {
+        "copy": _COPY[op],
+        "stack": _STACK[op],
+        "gather": _GATHER[op],
+    }
     if with_triton:
         from . import ops_triton
 
