@@ -94,6 +94,7 @@ class TrainConfig:
     shuffle: str = "fused"
     strict_data: bool = False
     max_steps_per_epoch: int | None = None
+    checkpoint_steps: int | None = None  # also save every N training steps (None: epoch ends)
     # None: not given on the command line; the exporter then reads METRICS_PORT / METRICS_ADDR
     # (this module stays free of environment reads). Port 0 disables the exporter.
     metrics_port: int | None = None
@@ -323,6 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap train and val steps per epoch (smoke runs and tests)",
     )
     p.add_argument(
+        "--checkpoint-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also save the checkpoint every N training steps inside an epoch, so that a "
+        "killed run (preempted node, OOM kill) loses at most N steps (default: at epoch ends "
+        "and on SIGTERM only)",
+    )
+    p.add_argument(
         "--freeze-bn",
         action="store_true",
         help="BatchNorm uses and keeps its running statistics while training (fine-tuning; "
@@ -431,6 +441,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(
         cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1,
         f"--max-steps-per-epoch {cfg.max_steps_per_epoch} must be >= 1",
+    )
+    _check(
+        cfg.checkpoint_steps is None or cfg.checkpoint_steps >= 1,
+        f"--checkpoint-steps {cfg.checkpoint_steps} must be >= 1 (leave it out to save at "
+        "epoch ends only)",
     )
     _check(cfg.device_id >= 0, f"--device-id {cfg.device_id} must be >= 0")
     _check(cfg.dist_timeout > 0, f"--dist-timeout {cfg.dist_timeout} must be > 0 seconds")

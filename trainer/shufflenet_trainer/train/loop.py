@@ -172,8 +172,14 @@ class Trainer:
         steps: int,
         global_step: int,
         start_step: int = 0,
+        save: Callable[[int, int], None] | None = None,
     ) -> EpochStats:
-        """Train steps `start_step`..`steps`-1 of `epoch` (the loader starts at `start_step`)."""
+        """Train steps `start_step`..`steps`-1 of `epoch` (the loader starts at `start_step`).
+
+        `save(done, global_step)` is called every --checkpoint-steps steps inside the epoch
+        (not on its last step, which the epoch-end checkpoint covers, nor on a stop, which
+        the caller saves).
+        """
         cfg, ws = self.cfg, self.cfg.world_size
         self.model.train()
         if cfg.freeze_bn:
@@ -244,6 +250,9 @@ class Trainer:
             self.log.progress.advance(f"Epoch {epoch}", done, steps)
             if stopped:
                 break
+            every = cfg.checkpoint_steps
+            if save is not None and every and global_step % every == 0 and done < steps:
+                save(done, global_step)
 
         dev.synchronize(self.device)
         t_done = time.perf_counter()

@@ -97,6 +97,16 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None) -> int:
 def _run(rt: Runtime) -> int:
     cfg = rt.cfg
     resume = _resolve_resume(cfg, rt.log, rt.ctx)
+    if cfg.resume == "auto" and resume is not None and not cfg.evaluate:
+        epoch = int(resume.state["epoch"])
+        if epoch >= cfg.epochs:
+            # A rank killed after its last checkpoint (while plotting or exiting) and
+            # restarted: the job is done. An error would make the operator fail it for good.
+            rt.log.info(
+                f"=> --resume auto: {resume.path} already finished epoch {epoch} of --epochs "
+                f"{cfg.epochs}: nothing left to train"
+            )
+            return 0
     parts = build_components(rt, resume)
     state = _start_state(cfg, parts, resume)
     train_model = distributed.wrap_ddp(parts.model, rt.device, rt.ctx)
@@ -354,6 +364,41 @@ def save_checkpoint(
     return time.perf_counter() - t0
 
 
+def _save_mid_epoch(
+    rt: Runtime,
+    parts: Components,
+    state: RunState,
+    folder: Path | None,
+    done: int,
+    global_step: int,
+) -> None:
+    """The --checkpoint-steps checkpoint after step `done` of the epoch `state` is in.
+
+    Every rank averages its BatchNorm buffers first (a collective), as before a SIGTERM
+    checkpoint, so that the saved model is the one every rank goes on with and a resumed
+    run computes the same steps as one that was never stopped.
+    """
+    rt.ctx.average_buffers(parts.model)
+    mid = RunState(
+        epoch=state.epoch,
+        step_in_epoch=done,
+        global_step=global_step,
+        best_top1=state.best_top1,
+        history=state.history,
+    )
+    seconds = save_checkpoint(rt, parts, mid, folder, is_best=False)
+    if folder is not None:
+        rt.log.record(
+            {
+                "kind": "checkpoint",
+                "epoch": state.epoch,
+                "step": done,
+                "global_step": global_step,
+                "checkpoint_seconds": seconds,
+            }
+        )
+
+
 def _seed_epoch(seed: int, epoch: int) -> None:
     # Any randomness inside the step (none in ShuffleNetV2 today, but dropout or stochastic
     # ops could come) restarts from the same point whether or not the run was resumed.
@@ -382,6 +427,9 @@ def _train_epochs(
             steps=steps,
             global_step=state.global_step,
             start_step=first_step,
+            save=lambda done, global_step: _save_mid_epoch(
+                rt, parts, state, folder, done, global_step
+            ),
         )
         state.global_step += stats.ran
         if stats.stopped:
