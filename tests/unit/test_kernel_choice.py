@@ -168,3 +168,20 @@ def test_compiled_graphs_use_the_eager_choice() -> None:
     ops_seen = {key[0] for key in kernel_choice.choices()}
     assert {"split", "cat"} <= ops_seen
     assert set(kernel_choice.choices().values()) == {"gather"}
+
+
+def test_the_trainer_flag_offers_every_policy() -> None:
+    from shufflenet_trainer.train.config import SHUFFLE_KERNELS, parse_config
+
+    assert SHUFFLE_KERNELS == kernel_choice.POLICIES
+    cfg = parse_config(["--dummy", "--shuffle-kernel", "stack"], world_size=1, rank=0)
+    assert cfg.shuffle_kernel == "stack"
+    assert parse_config(["--dummy"], world_size=1, rank=0).shuffle_kernel == "auto"
+
+
+def test_summary_counts_the_choices() -> None:
+    assert kernel_choice.summary() == "auto: none chosen yet"
+    kernel_choice.set_policy("stack")
+    ops.channel_shuffle_split(*pair())
+    ops.channel_shuffle_cat(*pair())
+    assert kernel_choice.summary() == "stack: stack x2"

@@ -116,3 +116,5 @@ def test_a_dummy_training_run_uses_device_batches_and_no_workers(tmp_path) -> No
     assert children_per_step == [[], []]
     log = next(tmp_path.rglob("train.log")).read_text()
     assert "decode synthetic" in log
+    # The kernel choices, made during the first steps, are logged after the first epoch.
+    assert "=> shuffle kernels auto: " in log

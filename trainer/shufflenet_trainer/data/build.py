@@ -10,6 +10,7 @@ normalize_on_device lays them out as asked, on the device.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ from .loader import (
     ValFolderDataset,
 )
 from .synthetic import DeviceSyntheticBatches
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -95,8 +98,9 @@ def build_loaders(
 ) -> Loaders:
     """Train and val loaders for one rank; ``batch_size`` is per process.
 
-    ``decoder``: "auto" (the GPU path when ``device`` is an available CUDA device, else
-    sj-jpeg when simplejpeg is installed, else tv-jpeg), "sj-jpeg" (host: libjpeg-turbo via
+    ``decoder``: "auto" (the GPU path when ``device`` is an available CUDA device where
+    nvJPEG decodes, else sj-jpeg when simplejpeg is installed, else tv-jpeg), "sj-jpeg"
+    (host: libjpeg-turbo via
     simplejpeg for RGB JPEGs, train and val, at reduced scale for large crops; other files
     as tv-jpeg), "tv-jpeg" (host: libjpeg-turbo via torchvision for JPEG training crops,
     Pillow with reduced-scale decoding for large crops, other formats and validation),
@@ -185,9 +189,11 @@ def _pick_decoder(decoder: str, device: str, dummy: bool) -> str:
         return "synthetic"
     gpu = _on_cuda(device)
     if decoder == "auto":
-        if gpu:
-            return "gpu-nvjpeg"
-        return "sj-jpeg" if simplejpeg_available() else "tv-jpeg"
+        return auto_decoder(
+            on_cuda=gpu,
+            nvjpeg_works=gpu and nvjpeg_works(device),
+            simplejpeg=simplejpeg_available(),
+        )
     if decoder == "sj-jpeg" and not simplejpeg_available():
         raise ConfigError(
             "decoder sj-jpeg needs the simplejpeg package (in the trainer extra): install it "
@@ -199,6 +205,31 @@ def _pick_decoder(decoder: str, device: str, dummy: bool) -> str:
             "use decoder auto or tv-jpeg"
         )
     return decoder
+
+
+def auto_decoder(*, on_cuda: bool, nvjpeg_works: bool, simplejpeg: bool) -> str:
+    """What ``decoder auto`` picks: nvJPEG on a CUDA device where it decodes (25x one host
+    thread on an H200, docs/benchmarks.md), else the fastest host decoder installed."""
+    if on_cuda and nvjpeg_works:
+        return "gpu-nvjpeg"
+    return "sj-jpeg" if simplejpeg else "tv-jpeg"
+
+
+@functools.lru_cache(maxsize=8)
+def nvjpeg_works(device: str) -> bool:
+    """Whether torchvision decodes a JPEG on ``device`` (a build without nvJPEG, or a driver
+    that refuses it, raises): probed once with a small encoded image."""
+    from torchvision.io import encode_jpeg
+
+    from .decode import decode_jpeg
+
+    image = torch.arange(3 * 16 * 16, dtype=torch.int64).remainder(256).to(torch.uint8)
+    try:
+        decoded = decode_jpeg(encode_jpeg(image.view(3, 16, 16)), device=device)
+        return tuple(decoded.shape) == (3, 16, 16)
+    except Exception as exc:  # any failure means: decode on the host, as before
+        log.warning("nvJPEG decode on %s failed (%s): decoding on the host", device, exc)
+        return False
 
 
 def _check_config(

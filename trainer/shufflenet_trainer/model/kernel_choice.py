@@ -52,6 +52,7 @@ __all__ = [
     "report",
     "reset",
     "set_policy",
+    "summary",
 ]
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,15 @@ def report() -> list[str]:
             line += " (" + ", ".join(f"{n} {t * 1e6:.0f} us" for n, t in times.items()) + ")"
         lines.append(line)
     return lines
+
+
+def summary() -> str:
+    """One line for the run's log: the policy and how many op shapes each kernel serves."""
+    counts: dict[str, int] = {}
+    for name in _cache.values():
+        counts[name] = counts.get(name, 0) + 1
+    made = ", ".join(f"{name} x{n}" for name, n in sorted(counts.items()))
+    return f"{policy()}: {made or 'none chosen yet'}"
 
 
 def choices() -> dict[Key, str]:

@@ -34,6 +34,8 @@ AMP_MODES: tuple[str, ...] = tuple(crd.AMP_MODES)
 SCHEDULES: tuple[str, ...] = tuple(crd.SCHEDULES)
 OPTIMIZERS: tuple[str, ...] = tuple(crd.OPTIMIZERS)
 SHUFFLES = ("fused", "reference")
+# model/kernel_choice.POLICIES (kept torch-free here; a test keeps the two equal).
+SHUFFLE_KERNELS = ("auto", "measure", "copy", "stack", "gather", "triton")
 
 # The recipe's reference point: lr 0.5 at a global batch of 1024, scaled linearly.
 REFERENCE_LR = 0.5
@@ -92,6 +94,7 @@ class TrainConfig:
     eval_freq: int = 1
     output_dir: str = "result"
     shuffle: str = "fused"
+    shuffle_kernel: str = "auto"
     strict_data: bool = False
     max_steps_per_epoch: int | None = None
     checkpoint_steps: int | None = None  # also save every N training steps (None: epoch ends)
@@ -314,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="root of the result folders (--workspace: ModelZoo's name)",
     )
     p.add_argument("--shuffle", choices=SHUFFLES, default=d.shuffle, help="channel shuffle op")
+    p.add_argument(
+        "--shuffle-kernel",
+        choices=SHUFFLE_KERNELS,
+        default=d.shuffle_kernel,
+        help="kernel of the fused shuffle ops: auto (measured on CPU, copy elsewhere), measure "
+        "(measured on every device), or one kernel (docs/training.md)",
+    )
     p.add_argument(
         "--strict-data", action="store_true", help="fail on an unreadable image instead of skip"
     )

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..data.build import Loaders, build_loaders
 from ..errors import EXIT_SIGTERM, ConfigError, first_line
+from ..model import kernel_choice
 from ..model.shufflenetv2 import build_model
 from . import checkpoint as ckpt
 from . import device as dev
@@ -198,6 +199,7 @@ def build_components(rt: Runtime, resume: Resume | None) -> Components:
             f"--num-classes {cfg.num_classes}: the dataset has {loaders.num_classes} classes; "
             "drop --num-classes (the classes come from the data)"
         )
+    kernel_choice.set_policy(cfg.shuffle_kernel)
     model = build_model(cfg.arch, num_classes=loaders.num_classes, shuffle=cfg.shuffle)
     pretrained_note = None
     weights = cfg.pretrained
@@ -415,6 +417,7 @@ def _train_epochs(
         f"{cfg.batch_size} ({cfg.per_process_batch} per process), lr {cfg.lr:g} "
         f"{cfg.lr_schedule} with {cfg.warmup_epochs:g} warm-up epochs, {cfg.optimizer}"
     )
+    kernels_logged = False
     while state.epoch < cfg.epochs:
         epoch, first_step = state.epoch, state.step_in_epoch
         parts.loaders.set_epoch(epoch, first_step)
@@ -432,6 +435,10 @@ def _train_epochs(
             ),
         )
         state.global_step += stats.ran
+        if not kernels_logged:
+            # Made at the first call of each op shape, so known only once steps have run.
+            log.info(f"=> shuffle kernels {kernel_choice.summary()}")
+            kernels_logged = True
         if stats.stopped:
             ctx.average_buffers(parts.model)
             state.step_in_epoch = stats.steps
