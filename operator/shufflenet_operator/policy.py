@@ -25,6 +25,7 @@ from . import status as st
 PENDING, CREATING, RUNNING = "Pending", "Creating", "Running"
 RESTARTING, SUCCEEDED, FAILED, SUSPENDED = "Restarting", "Succeeded", "Failed", "Suspended"
 TERMINAL = (SUCCEEDED, FAILED)
+CLEAN_POD_POLICIES = ("All", "Running", "None")
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,15 @@ def _rank_table_reset(
         _rank_table(draft, job, {}, configmap)
 
 
+def _clean_pod_policy(obj: Mapping[str, Any]) -> str:
+    """spec.runPolicy.cleanPodPolicy of a job that may not validate: its default (Running)
+    unless it is set to one of the policies."""
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    run_policy = spec.get("runPolicy") if isinstance(spec.get("runPolicy"), dict) else {}
+    value = run_policy.get("cleanPodPolicy")
+    return value if value in CLEAN_POD_POLICIES else "Running"
+
+
 def rejected(obj: Mapping[str, Any], message: str, now: datetime) -> Plan:
     """The job fails: the API server refused one of its children (e.g. a podTemplate that
     makes an invalid pod). Retrying would be refused the same way."""
@@ -306,9 +316,13 @@ def plan(
         job = jobs.validate_job({k: obj.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
     except jobs.ManifestError as exc:
         # The schema cannot say everything (the batch must divide over the ranks...): such
-        # a job fails for good, with the field in the message; no pod is ever created.
-        if status.get("phase") != FAILED:
+        # a job fails for good, with the field in the message; no pod is ever created. A job
+        # that has already ended keeps how it ended (a spec edited after the fact changes
+        # no outcome), and the pods of a running job edited so stop as the job's
+        # cleanPodPolicy says: they ran a spec the job no longer has.
+        if status.get("phase") not in TERMINAL:
             draft.fail("InvalidSpec", str(exc))
+        _cleanup(draft, pods, _clean_pod_policy(obj))
         return draft.done()
     status["restarts"] = int(status.get("restarts") or 0)
     if progress:

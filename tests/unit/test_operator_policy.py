@@ -621,3 +621,36 @@ def test_a_super_pod_job_gets_a_v12_table_grouped_by_super_pod(
     c.reconcile()
     assert c.table() == {"status": "initializing"}
     assert "no super_pod_id" in c.cond(st.RANKTABLE_READY)["message"]
+
+
+def test_a_finished_job_keeps_its_outcome_when_its_spec_is_edited_invalid() -> None:
+    # An invalid edit racing the job's end (the cluster soak's spec-edit fault) made it
+    # Failed InvalidSpec, with its Succeeded condition still True.
+    c = started()
+    for r in range(4):
+        c.finish(r, 0)
+    c.reconcile(5)
+    assert c.status["phase"] == "Succeeded"
+    c.job["spec"]["training"]["batchSize"] = 10
+    plan = c.reconcile(1)
+    assert c.status["phase"] == "Succeeded"
+    assert not st.condition_true(c.status["conditions"], "Failed")
+    assert plan.events == []
+
+
+@pytest.mark.parametrize(("clean", "left"), [("Running", 1), ("All", 0), ("None", 4)])
+def test_a_running_job_edited_invalid_fails_and_its_pods_stop_as_its_policy_says(
+    clean: str, left: int
+) -> None:
+    # In the cluster soak, a job an edit failed InvalidSpec kept its rank pods running.
+    c = Cluster(runPolicy={"cleanPodPolicy": clean})
+    c.reconcile()
+    c.schedule()
+    c.run_all()
+    c.reconcile()
+    c.finish(3, 0)
+    c.job["spec"]["training"]["batchSize"] = 10
+    c.reconcile(1)
+    assert c.status["phase"] == "Failed"
+    assert c.cond("Failed")["reason"] == "InvalidSpec"
+    assert len(c.pods) == left
