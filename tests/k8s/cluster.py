@@ -6,9 +6,14 @@ A thin layer over scripts/cluster/{build,up,down}.sh, usable from pytest fixture
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
+import ssl
 import subprocess
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,3 +116,62 @@ def stop_control_plane(state_dir: Path) -> None:
     """Stop what start_control_plane started and remove state_dir (a no-op if not there)."""
     env = {**os.environ, "SHUFFLENET_CLUSTER_DIR": str(state_dir)}
     _run_script("down.sh", env, 300)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (reaped here when it is a child of this process)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def api_ready(cp: ControlPlane) -> bool:
+    """Whether the API server answers /readyz with ok (as up.sh's api_ready asks it)."""
+    port = (cp.state_dir / "ports" / "apiserver").read_text().strip()
+    name, value = (cp.state_dir / "auth-header").read_text().strip().split(": ", 1)
+    request = urllib.request.Request(f"https://127.0.0.1:{port}/readyz", headers={name: value})
+    context = ssl.create_default_context(cafile=str(cp.state_dir / "pki" / "ca.crt"))
+    try:
+        with urllib.request.urlopen(request, timeout=3, context=context) as resp:
+            return resp.read() == b"ok"
+    except OSError:  # refused, reset, 500 while it starts: not ready
+        return False
+
+
+def restart_apiserver(cp: ControlPlane, *, down_s: float = 0.0, timeout: float = 120) -> float:
+    """SIGKILL the control plane's kube-apiserver and start it again with the command line
+    up.sh gave it (same flags, certificates and etcd, so the cluster's state stays), after
+    `down_s` seconds; the seconds from the kill until /readyz answered again.
+
+    The new process is recorded in the pid files as up.sh records it, so down.sh stops it.
+    """
+    pids = cp.state_dir / "pids"
+    pid = int((pids / "kube-apiserver.pid").read_text())
+    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    killed = time.monotonic()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    while _running(pid):
+        time.sleep(0.05)
+    time.sleep(down_s)
+    with (cp.state_dir / "logs" / "kube-apiserver.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [c.decode() for c in cmd],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    (pids / "kube-apiserver.pid").write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+    while not api_ready(cp):
+        if proc.poll() is not None:
+            raise RuntimeError(f"kube-apiserver exited {proc.returncode} after a restart")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"kube-apiserver not ready {timeout:g}s after a restart")
+        time.sleep(0.2)
+    return time.monotonic() - killed

@@ -450,10 +450,16 @@ class NodeAgent:
             rec = None
         try:
             if pod.metadata.deletion_timestamp is not None:
-                # kubelet stops the containers, then removes the pod for good.
+                # kubelet stops the containers, then removes the pod for good: with a
+                # runtime, only once its processes are gone (a rank stopped by SIGSTOP takes
+                # the grace period), so a new pod of the name never meets the old processes.
+                uid = pod.metadata.uid
                 if rec is not None:
                     self._release(rec)
-                self._force_delete(*key, pod.metadata.uid)
+                if self.runtime is not None:
+                    self.runtime.stop(uid, then=lambda: self._force_delete(*key, uid))
+                else:
+                    self._force_delete(*key, uid)
                 return
             if pod.status.phase in ("Succeeded", "Failed"):
                 if rec is not None:
@@ -461,6 +467,13 @@ class NodeAgent:
                 return
             if rec is None:
                 self._admit(pod, node)
+            elif not rec.terminal:
+                # Updates the API server missed (it was restarting) are posted again.
+                annotations = pod.metadata.annotations or {}
+                if rec.npu_ids and self.npu.config_annotation not in annotations:
+                    self._annotate_devices(rec)
+                if rec.started and pod.status.phase == "Pending":
+                    self._post_status(rec)
         except ApiException as e:
             if e.status not in (404, 409):
                 raise
@@ -500,14 +513,18 @@ class NodeAgent:
             containers=containers,
         )
         self._pods[(ns, name)] = rec
-        if npu_ids and config_key not in annotations:
-            self._annotate_devices(rec)
-        if self.auto_start:
-            self._post_running(rec)
-            if self.runtime is not None:
+        try:
+            if npu_ids and config_key not in annotations:
+                self._annotate_devices(rec)
+            if self.auto_start:
+                self._post_running(rec)
+            else:
+                self._post_status(rec)
+        finally:
+            # The containers start even when the API server missed an update: _reconcile
+            # posts it again at the next look, as kubelet's status manager does.
+            if self.auto_start and self.runtime is not None:
                 self.runtime.start(pod, rec.pod_ip, lambda code: self._exited(rec, code))
-        else:
-            self._post_status(rec)
 
     def pod_ip(self, namespace: str, name: str) -> str | None:
         """The IP of a live pod on this agent's nodes (what cluster DNS would answer)."""
@@ -522,8 +539,28 @@ class NodeAgent:
                 return
             try:
                 self.finish((rec.namespace, rec.name), exit_code=code)
+                return
             except (ApiException, RuntimeError) as e:
                 log.warning("pod %s/%s: exit %s not posted: %s", rec.namespace, rec.name, code, e)
+                return
+            except Exception as e:  # the API server is away (restarting)
+                log.warning(
+                    "pod %s/%s: exit %s not posted yet: %s", rec.namespace, rec.name, code, e
+                )
+        # kubelet's status manager keeps the update until the API server takes it.
+        while not self._stop.is_set():
+            time.sleep(1.0)
+            with self._lock:
+                if self._pods.get((rec.namespace, rec.name)) is not rec or rec.terminal:
+                    return
+                try:
+                    self._post_status(rec)
+                    return
+                except ApiException as e:
+                    if e.status in (404, 409):
+                        return
+                except Exception:
+                    continue
 
     def _annotate_devices(self, rec: _PodRecord) -> None:
         # What the Ascend device plugin writes after Allocate: the chips, their RoCE addresses
