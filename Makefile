@@ -108,6 +108,7 @@ format: venv
 # The operator bench starts a real control plane: the k8s binaries must be built first.
 bench: venv k8s-bins
 	$(PY) bench/bench_shuffle.py
+	$(PY) bench/bench_op_overhead.py
 	$(PY) bench/bench_train_step.py
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_metrics.py

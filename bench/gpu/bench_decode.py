@@ -40,7 +40,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=512)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument(
+        "--require-cuda", action="store_true", help="fail (exit 1) when no CUDA device is seen"
+    )
     args = parser.parse_args()
+    if args.require_cuda and not torch.cuda.is_available():
+        raise SystemExit("bench_decode: --require-cuda and no CUDA device: nothing to measure")
     files = realistic_jpegs(args.count)
     datas = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
     mean_kb = sum(map(len, files)) / len(files) / 1024

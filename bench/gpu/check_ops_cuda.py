@@ -1,21 +1,30 @@
 """CUDA correctness of the channel-shuffle ops against torchvision's formulation.
 
-Fresh random inputs for every case; the CUDA caching allocator is first filled with NaN and
-released, so an output element the op failed to write shows up as NaN instead of passing by
-luck. Exits non-zero on any mismatch.
+Every kernel (``--shuffle-kernel`` copy, stack, gather, triton: model/kernel_choice.py) is
+forced in turn. Fresh random inputs for every case; the CUDA caching allocator is first
+filled with NaN and released, so an output element the op failed to write shows up as NaN
+instead of passing by luck. Exits non-zero on any mismatch, or when a kernel that should be
+there (Triton on CUDA) cannot run.
+
+Run: python bench/gpu/check_ops_cuda.py [--device cuda] [--quick]
+``--device cpu --quick`` is the smoke test of this script (tests/unit/test_bench_gpu.py):
+small shapes, no compile, kernels the CPU has.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
 
-from shufflenet_trainer.model import ops
+from shufflenet_trainer.model import kernel_choice, ops
 from shufflenet_trainer.model import shufflenetv2 as models
 
 
 def poison_allocator(device: torch.device) -> None:
+    if device.type != "cuda":
+        return
     blocks = [torch.full((64, 1 << 20), float("nan"), device=device) for _ in range(8)]
     del blocks  # freed into the cache, reused by the next allocations
 
@@ -27,9 +36,30 @@ def check(name: str, ok: bool, failures: list[str]) -> None:
 
 
 def main() -> int:
-    device = torch.device("cuda")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true", help="small shapes, no compile")
+    args = parser.parse_args()
+    device = torch.device(args.device)
     failures: list[str] = []
     shapes = [(2, 6, 3, 4), (64, 58, 28, 28), (32, 116, 14, 14), (7, 232, 7, 7)]
+    if args.quick:
+        shapes = [(2, 6, 3, 4), (1, 2, 5, 3)]
+    # On the CPU the Triton kernels run only under the interpreter (the unit tests).
+    kernels = [k for k in kernel_choice.KERNELS if device.type == "cuda" or k != "triton"]
+    for kernel in kernels:
+        kernel_choice.set_policy(kernel)
+        check_kernel(kernel, device, shapes, failures)
+    kernel_choice.reset()
+    if not args.quick:
+        check_compile_and_model(device, failures)
+    print(f"{len(failures)} failed" if failures else f"all {device.type} op checks passed")
+    return 1 if failures else 0
+
+
+def check_kernel(
+    kernel: str, device: torch.device, shapes: list[tuple[int, ...]], failures: list[str]
+) -> None:
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for fmt in (torch.contiguous_format, torch.channels_last):
             for shape in shapes:
@@ -56,8 +86,10 @@ def main() -> int:
                     and not torch.isnan(a).any().item()
                 )
                 tag = "channels_last" if fmt == torch.channels_last else "NCHW"
-                check(f"split/cat/shuffle fwd+bwd {dtype} {tag} {shape}", same, failures)
+                check(f"{kernel}: split/cat/shuffle fwd+bwd {dtype} {tag} {shape}", same, failures)
 
+
+def check_compile_and_model(device: torch.device, failures: list[str]) -> None:
     # torch.compile (inductor, CUDA) of the ops and of the whole model.
     def join(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         a, b = ops.channel_shuffle_split(x1, x2)
@@ -99,9 +131,6 @@ def main() -> int:
     with torch.no_grad():
         rel = ((compiled_model(x) - ours(x)).norm() / ours(x).norm()).item()
     check(f"compiled model (fullgraph) vs eager: rel {rel:.1e}", rel < 1e-3, failures)
-
-    print(f"{len(failures)} failed" if failures else "all CUDA op checks passed")
-    return 1 if failures else 0
 
 
 if __name__ == "__main__":
