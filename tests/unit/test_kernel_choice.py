@@ -185,3 +185,12 @@ def test_summary_counts_the_choices() -> None:
     ops.channel_shuffle_split(*pair())
     ops.channel_shuffle_cat(*pair())
     assert kernel_choice.summary() == "stack: stack x2"
+
+
+def test_a_triton_kernel_off_cuda_is_refused_at_startup() -> None:
+    from shufflenet_trainer.train.config import parse_config
+
+    with pytest.raises(ConfigError, match="--shuffle-kernel triton runs on CUDA only"):
+        parse_config(
+            ["--dummy", "--device", "cpu", "--shuffle-kernel", "triton"], world_size=1, rank=0
+        )

@@ -53,6 +53,8 @@ DEFAULT_AMP = {"cpu": "off", "cuda": "bf16", "npu": "fp16"}
 # step) before it gives up and ends the job: long enough for a first step that compiles or
 # a rank 0 that writes a large checkpoint, short enough not to hold a cluster for hours.
 DEFAULT_DIST_TIMEOUT = 1800.0
+# A year: longer waits are no timeout, and torch's timedelta overflows past about 1e14 s.
+MAX_DIST_TIMEOUT = 365 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,14 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(f"{message} (see shufflenet-train --help)")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        # argparse joins the words it does not know with spaces: quoted, an empty or blank
+        # word is still seen in the error line.
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(map(repr, extra))}")
+        return ns
 
 
 def _loss_scale(text: str) -> float | str:
@@ -425,7 +435,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(cfg.workers >= 0, f"-j/--workers {cfg.workers} must be >= 0")
     _check(cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr {cfg.lr} must be a positive number")
     _check(0 <= cfg.momentum < 1, f"--momentum {cfg.momentum} must be in [0, 1)")
-    _check(cfg.weight_decay >= 0, f"--wd {cfg.weight_decay} must be >= 0")
+    _check(
+        cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay),
+        f"--wd {cfg.weight_decay} must be a number >= 0",
+    )
     _check(cfg.print_freq >= 1, f"-p/--print-freq {cfg.print_freq} must be >= 1")
     _check(
         0 <= cfg.label_smoothing < 1,
@@ -437,7 +450,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         f"--warmup-epochs {cfg.warmup_epochs:g} must be smaller than --epochs {cfg.epochs}: "
         "pass a smaller --warmup-epochs (0 disables warm-up)",
     )
-    _check(cfg.lars_eta > 0, f"--lars-eta {cfg.lars_eta} must be > 0")
+    _check(
+        cfg.lars_eta > 0 and math.isfinite(cfg.lars_eta),
+        f"--lars-eta {cfg.lars_eta} must be a number > 0",
+    )
     _check(
         not (cfg.nesterov and cfg.momentum == 0),
         "--nesterov needs --momentum > 0",
@@ -458,7 +474,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         "epoch ends only)",
     )
     _check(cfg.device_id >= 0, f"--device-id {cfg.device_id} must be >= 0")
-    _check(cfg.dist_timeout > 0, f"--dist-timeout {cfg.dist_timeout} must be > 0 seconds")
+    _check(
+        cfg.shuffle_kernel != "triton" or cfg.device == "cuda",
+        f"--shuffle-kernel triton runs on CUDA only (device is {cfg.device}): "
+        "use --shuffle-kernel auto",
+    )
+    _check(
+        0 < cfg.dist_timeout <= MAX_DIST_TIMEOUT,
+        f"--dist-timeout {cfg.dist_timeout} must be in (0, {MAX_DIST_TIMEOUT:.0f}] seconds",
+    )
     _check(cfg.nproc is None or cfg.nproc >= 1, f"--nproc {cfg.nproc} must be >= 1")
     _check(
         cfg.device_list is None or cfg.nproc is None or len(cfg.device_list) == cfg.nproc,
