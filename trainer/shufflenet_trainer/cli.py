@@ -5,8 +5,54 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .errors import EXIT_DIST, TrainerError, first_line
+from .errors import EXIT_DIST, TrainerError, first_line, one_line
+
+if TYPE_CHECKING:
+    from .jobs.launch import Node
+    from .train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a command line asks for, checked: the config, the flags as ours (pytorch/examples
+    and ModelZoo ones translated), and for --nproc the job its ranks form."""
+
+    cfg: TrainConfig
+    argv: list[str]
+    node: Node | None
+    env_world_size: int  # of this process's rank environment (1 without one)
+
+
+def configure(argv: Sequence[str]) -> Plan:
+    """Parse and check a command line as `main` does before anything runs; raises TrainerError.
+
+    Nothing is written (no folder, no file, no port); the rank environment a pytorch/examples
+    or ModelZoo command line implies (compat.translate) is set in os.environ, as the ranks
+    read it from there.
+    """
+    from .jobs.launch import node_of
+    from .train.config import parse_config
+    from .train.device import default_device_type
+    from .train.distributed import rank_environment
+
+    ours = _translate(list(argv))
+    env = rank_environment()
+    device_id = env.device_id if env.device_id is not None else env.local_rank
+    common = {
+        "default_device": default_device_type(),
+        "env_device_id": device_id,
+        "force_cpu": env.force_cpu,
+    }
+    cfg = parse_config(ours, world_size=env.world_size, rank=env.rank, **common)
+    node = None
+    if cfg.nproc is not None:
+        node = node_of(env, cfg.nproc)
+        # Checked for the world size the ranks will have (-b must divide by it).
+        cfg = parse_config(ours, world_size=node.world_size, **common)
+    return Plan(cfg, ours, node, env.world_size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -17,27 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     world_size = 1
     try:
-        from .train.config import parse_config
-        from .train.device import default_device_type
-        from .train.distributed import rank_environment
+        plan = configure(sys.argv[1:] if argv is None else argv)
+        world_size = plan.env_world_size
+        if plan.node is not None:
+            from .jobs.launch import launch_nproc
 
-        argv = _translate(list(sys.argv[1:] if argv is None else argv))
-        env = rank_environment()
-        world_size = env.world_size
-        device_id = env.device_id if env.device_id is not None else env.local_rank
-        common = {
-            "default_device": default_device_type(),
-            "env_device_id": device_id,
-            "force_cpu": env.force_cpu,
-        }
-        cfg = parse_config(argv, world_size=env.world_size, rank=env.rank, **common)
-        if cfg.nproc is not None:
-            from .jobs.launch import launch_nproc, node_of
-
-            node = node_of(env, cfg.nproc)
-            # Checked for the world size the ranks will have (-b must divide by it).
-            cfg = parse_config(argv, world_size=node.world_size, **common)
-            return launch_nproc(cfg, argv, node)
+            return launch_nproc(plan.cfg, plan.argv, plan.node)
         from .metrics.exporter import start_exporter
         from .train.loop import Hooks
         from .train.run import run
@@ -45,15 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         hooks = Hooks()
         # Bound before training starts: a taken port is a configuration error (exit 2), not
         # a crash hours into the run.
-        exporter = start_exporter(cfg, hooks)
+        exporter = start_exporter(plan.cfg, hooks)
         try:
-            return run(cfg, hooks=hooks)
+            return run(plan.cfg, hooks=hooks)
         finally:
             if exporter is not None:
                 exporter.close()
     except TrainerError as exc:
         sys.stdout.flush()
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
         from .train.distributed import is_peer_failure
@@ -70,6 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Leave at once: interpreter shutdown would tear down a process group whose peers are
         # gone, which can hang (the reason this rank is exiting).
         os._exit(EXIT_DIST)
+
+
+def error_line(exc: TrainerError) -> str:
+    """The one line a TrainerError ends a run with."""
+    return f"error: {one_line(str(exc))}"
 
 
 def _translate(argv: list[str]) -> list[str]:

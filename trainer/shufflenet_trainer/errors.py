@@ -17,7 +17,13 @@ __all__ = [
     "DistributedError",
     "TrainerError",
     "first_line",
+    "one_line",
 ]
+
+# An error line stays readable whatever the user passed: a 3,000-character value or a list
+# of every flag an abbreviation could mean is cut, a control character is escaped.
+WORD_LIMIT = 80
+LINE_LIMIT = 400
 
 
 def first_line(exc: BaseException, limit: int | None = None, *, with_type: bool = True) -> str:
@@ -33,6 +39,17 @@ def first_line(exc: BaseException, limit: int | None = None, *, with_type: bool 
     if not with_type:
         return head
     return f"{type(exc).__name__}: {head}" if head else type(exc).__name__
+
+
+def one_line(text: str) -> str:
+    """`text` as one printable line of at most LINE_LIMIT characters: control characters
+    (a newline or carriage return inside a value) escaped, words over WORD_LIMIT cut."""
+    printable = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text.strip())
+    words = [
+        w if len(w) <= WORD_LIMIT else f"{w[: WORD_LIMIT - 3]}..." for w in printable.split(" ")
+    ]
+    line = " ".join(words)
+    return line if len(line) <= LINE_LIMIT else f"{line[: LINE_LIMIT - 3]}..."
 
 
 class TrainerError(Exception):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import Any, NoReturn
 
-from .errors import TrainerError
+from .atomic import atomic_write
+from .errors import EXIT_CONFIG, ConfigError, TrainerError, one_line
 
 
 def _valprep(args: argparse.Namespace) -> int:
@@ -118,9 +120,17 @@ def _render(args: argparse.Namespace) -> int:
     text = render_yaml() if args.what == "crd" else render_markdown()
     if args.output in (None, "-"):
         sys.stdout.write(text)
-    else:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
+        return 0
+    if not args.output.strip():
+        raise ConfigError("-o/--output is empty: pass a file path, or - for stdout")
+    try:
+        with atomic_write(args.output) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"-o/--output {args.output}: {exc.strerror or exc}: pass a file path in an "
+            "existing, writable folder"
+        ) from None
     return 0
 
 
@@ -156,8 +166,30 @@ def add_status(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_status)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage error is one line, `snjob [COMMAND]: error: ...`, exit 2 (not the
+    usage text first); the subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviated flags: with them `--=` reads as `--help` with a value, and an error
+        # names a flag the command line does not have.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        # Quoted, an empty or blank word that argparse does not know is seen in the error.
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(map(repr, extra))}")
+        return ns
+
+    def error(self, message: str) -> NoReturn:
+        line = one_line(f"{message} (see {self.prog} --help)")
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {line}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="snjob", description="ShuffleNet training jobs")
+    parser = _Parser(prog="snjob", description="ShuffleNet training jobs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_valprep(sub)
     add_run_local(sub)
@@ -167,13 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run a subcommand; a TrainerError is one `error:` line on stderr and its exit code
+    (docs/training.md). Bad arguments exit 2 from the parser (SystemExit), one line too."""
+    args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except TrainerError as exc:
-        print(f"snjob {args.command}: error: {exc}", file=sys.stderr)
+        print(f"snjob {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
 
 
