@@ -23,7 +23,9 @@ The choice is cached per key for the process. Every kernel is an exact permutati
 choice never changes a value: ranks that choose differently still compute identical
 numbers. Under ``torch.compile`` the ops are opaque to the compiler; the compiled graph
 calls the op at run time, and its kernel looks up (or, the first time, makes) the same
-cached choice eagerly, outside tracing (fake tensors never reach this module).
+cached choice eagerly, outside tracing (fake tensors never reach this module). During a
+CUDA graph capture (``mode="reduce-overhead"``) a key not chosen yet gets ``copy`` without
+caching; the eager warm-up iterations before capture normally make the choice first.
 
 Set the policy with :func:`set_policy` (the trainer's ``--shuffle-kernel``) or the
 ``SHUFFLENET_SHUFFLE_KERNEL`` environment variable; :func:`report` lists the choices made.
@@ -209,6 +211,10 @@ def choose(
         return candidates[name]
     mode = policy()
     device = tensors[0].device
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        # Inside a CUDA graph capture nothing may synchronise: the default, not cached, so
+        # the choice is still made at the next eager call.
+        return candidates[DEFAULT]
     if mode in KERNELS:
         if mode not in candidates:
             raise ConfigError(
