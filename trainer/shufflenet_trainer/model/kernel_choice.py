@@ -72,6 +72,7 @@ Kernel = Callable[..., Any]
 Key = tuple[Any, ...]
 
 _policy: str | None = None
+_env_policy: str | None = None
 _cache: dict[Key, str] = {}
 _timings: dict[Key, dict[str, float]] = {}
 _dropped: set[tuple[str, str, str]] = set()
@@ -89,9 +90,9 @@ def set_policy(name: str) -> None:
 
 
 def reset() -> None:
-    """Back to the environment's policy (or auto), with an empty cache."""
-    global _policy
-    _policy = None
+    """Back to the environment's policy (read again; auto when unset), with an empty cache."""
+    global _policy, _env_policy
+    _policy = _env_policy = None
     clear()
 
 
@@ -99,12 +100,16 @@ def policy() -> str:
     """The policy in force: set_policy's, else $SHUFFLENET_SHUFFLE_KERNEL, else auto."""
     if _policy is not None:
         return _policy
-    name = os.environ.get(ENV, "auto") or "auto"
-    if name not in POLICIES:
-        raise ConfigError(
-            f"{ENV}={name!r} is not a kernel policy: set one of {', '.join(POLICIES)} or unset it"
-        )
-    return name
+    global _env_policy
+    if _env_policy is None:  # read once: this runs at every op call
+        name = os.environ.get(ENV, "auto") or "auto"
+        if name not in POLICIES:
+            raise ConfigError(
+                f"{ENV}={name!r} is not a kernel policy: set one of {', '.join(POLICIES)} "
+                "or unset it"
+            )
+        _env_policy = name
+    return _env_policy
 
 
 def clear() -> None:
@@ -123,16 +128,9 @@ def memory_format_tag(x: Tensor) -> str:
 
 
 def key_of(op: str, tensors: Sequence[Tensor], extra: tuple = ()) -> Key:
+    # Hashable objects as they are (device, dtype): this runs at every op call.
     x = tensors[0]
-    return (
-        op,
-        x.device.type,
-        x.device.index,
-        str(x.dtype).removeprefix("torch."),
-        memory_format_tag(x),
-        tuple(tuple(t.shape) for t in tensors),
-        extra,
-    )
+    return (op, x.device, x.dtype, memory_format_tag(x), *(t.shape for t in tensors), extra)
 
 
 def _same(got: Any, want: Any) -> bool:
@@ -244,10 +242,12 @@ def report() -> list[str]:
     """One line per choice made: key, kernel, and the measured times when measured."""
     lines = []
     for key, name in sorted(_cache.items(), key=lambda kv: repr(kv[0])):
-        op, dev_type, index, dtype, fmt, shapes, extra = key
-        where = dev_type if index is None else f"{dev_type}:{index}"
-        shape = "x".join(str(s) for s in shapes[0])
-        line = f"{op} {where} {dtype} {fmt} {shape}{' ' + repr(extra) if extra else ''}: {name}"
+        op, device, dtype, fmt, first, *_, extra = key
+        shape = "x".join(str(s) for s in first)
+        dtype_name = str(dtype).removeprefix("torch.")
+        line = (
+            f"{op} {device} {dtype_name} {fmt} {shape}{' ' + repr(extra) if extra else ''}: {name}"
+        )
         times = _timings.get(key)
         if times:
             line += " (" + ", ".join(f"{n} {t * 1e6:.0f} us" for n, t in times.items()) + ")"
