@@ -609,14 +609,19 @@ def read_mounted(path: str | Path) -> Snapshot:
     data = path.parent / DATA_LINK
     base = Path(os.path.realpath(data)) if data.is_dir() else path.parent
 
+    def text(file: Path) -> str:
+        # Bytes that are not UTF-8 read as replacement characters: such a table is then
+        # "not JSON", reported like any table being written, not a UnicodeDecodeError.
+        return file.read_bytes().decode("utf-8", errors="replace")
+
     def key(name: str) -> str | None:
         try:
-            return (base / name).read_text(encoding="utf-8").strip()
+            return text(base / name).strip()
         except FileNotFoundError:
             return None
 
     source = base / path.name
-    return Snapshot(source, source.read_text(encoding="utf-8"), key(VERSION_KEY), key(ATTEMPT_KEY))
+    return Snapshot(source, text(source), key(VERSION_KEY), key(ATTEMPT_KEY))
 
 
 def current_table(snapshot: Snapshot, member: Member) -> tuple[dict[str, Any] | None, str]:

@@ -21,9 +21,10 @@ __all__ = [
 ]
 
 # An error line stays readable whatever the user passed: a 3,000-character value or a list
-# of every flag an abbreviation could mean is cut, a control character is escaped.
-WORD_LIMIT = 80
-LINE_LIMIT = 400
+# of every flag an abbreviation could mean is cut, a control character is escaped. The
+# limits leave room for the longest messages of their own (a path, then how to fix it).
+WORD_LIMIT = 200
+LINE_LIMIT = 800
 
 
 def first_line(exc: BaseException, limit: int | None = None, *, with_type: bool = True) -> str:

@@ -16,10 +16,19 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError as exc:  # a link to itself or in a ring: ELOOP
+        raise DataError(
+            f"{entry.path}: {exc.strerror}: remove the link or point it at a folder"
+        ) from None
+
+
 def find_classes(split_dir: Path) -> list[str]:
     """Sorted class folder names of one split; hidden folders are ignored."""
     with os.scandir(split_dir) as it:
-        names = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+        names = sorted(e.name for e in it if _is_dir(e) and not e.name.startswith("."))
     if not names:
         raise DataError(
             f"no class folders in {split_dir}: expected {split_dir}/<class>/<image>, "
@@ -34,8 +43,18 @@ def list_samples(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
     for idx, name in enumerate(classes):
         class_dir = split_dir / name
         files: list[str] = []
-        # os.walk follows the torchvision convention of allowing nested folders per class.
+        seen: dict[str, str] = {}
+        # os.walk follows the torchvision convention of allowing nested folders per class,
+        # links to folders included; a folder reached twice (a link back up the tree) would
+        # be walked again without end, each time adding its images again.
         for root, dirs, fnames in os.walk(class_dir, followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen:
+                raise DataError(
+                    f"{root} leads to {real}, which {seen[real]} already is (a symlink loop or "
+                    "a second link to one folder): remove the link"
+                )
+            seen[real] = root
             dirs.sort()
             files.extend(os.path.join(root, f) for f in sorted(fnames) if is_image_file(f))
         if not files:
