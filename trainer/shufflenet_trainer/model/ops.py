@@ -406,7 +406,8 @@ channel_shuffle_op.register_autograd(_shuffle_backward, setup_context=_shuffle_s
 # call the kernels through autograd.Function instead (docs/benchmarks.md: where the time of
 # a call goes). Under torch.compile, for other devices (Ascend kernels register against the
 # operator) and for tensor subclasses, they call the operator. The backward of each
-# Function is the inverse Function, so higher-order gradients work as with the operator.
+# Function is the inverse kernel; under create_graph it is the inverse Function, so
+# higher-order gradients work as with the operator.
 
 
 class _Split(torch.autograd.Function):
@@ -416,7 +417,9 @@ class _Split(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_a: Tensor, grad_b: Tensor):  # type: ignore[override]
-        return _Unsplit.apply(grad_a, grad_b)
+        if torch.is_grad_enabled():  # create_graph: this backward is differentiated too
+            return _Unsplit.apply(grad_a, grad_b)
+        return _kernel("unsplit", grad_a, grad_b)
 
 
 class _Unsplit(torch.autograd.Function):
@@ -426,7 +429,9 @@ class _Unsplit(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_1: Tensor, grad_2: Tensor):  # type: ignore[override]
-        return _Split.apply(grad_1, grad_2)
+        if torch.is_grad_enabled():
+            return _Split.apply(grad_1, grad_2)
+        return _kernel("split", grad_1, grad_2)
 
 
 class _Cat(torch.autograd.Function):
@@ -436,7 +441,9 @@ class _Cat(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return _Uncat.apply(grad)
+        if torch.is_grad_enabled():
+            return _Uncat.apply(grad)
+        return _kernel("uncat", grad)
 
 
 class _Uncat(torch.autograd.Function):
@@ -446,7 +453,9 @@ class _Uncat(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_1: Tensor, grad_2: Tensor):  # type: ignore[override]
-        return _Cat.apply(grad_1, grad_2)
+        if torch.is_grad_enabled():
+            return _Cat.apply(grad_1, grad_2)
+        return _kernel("cat", grad_1, grad_2)
 
 
 class _Shuffle(torch.autograd.Function):
