@@ -194,3 +194,16 @@ def test_a_triton_kernel_off_cuda_is_refused_at_startup() -> None:
         parse_config(
             ["--dummy", "--device", "cpu", "--shuffle-kernel", "triton"], world_size=1, rank=0
         )
+
+
+def test_one_kernel_under_two_names_is_measured_once() -> None:
+    runs = {"copy": 0}
+
+    def copy(x):
+        runs["copy"] += 1
+        return x * 2
+
+    kernel_choice.choose("toy", {"copy": copy, "gather": copy}, _reference, (torch.ones(2),))
+    assert runs["copy"] == 1 + kernel_choice.REPEATS
+    (line,) = kernel_choice.report()
+    assert line.endswith(": copy (copy " + line.split("(copy ")[1]) and "gather" not in line

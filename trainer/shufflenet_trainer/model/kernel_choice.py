@@ -224,10 +224,15 @@ def choose(
     elif mode == "auto" and device.type not in measurable:
         name = DEFAULT if DEFAULT in candidates else next(iter(candidates))
     else:
+        # A kernel listed under two names (one that serves as another) is measured once.
+        distinct = {}
+        for n, k in candidates.items():
+            if all(k is not seen for seen in distinct.values()):
+                distinct[n] = k
         with torch.no_grad():
             ok = {
                 n: k
-                for n, k in candidates.items()
+                for n, k in distinct.items()
                 if _checked(op, n, k, reference, args, forced=False)
             }
             if not ok:
