@@ -156,6 +156,8 @@ class Soak:
         self.world: dict[str, int] = {}
         self.uids: dict[str, str] = {}  # job name -> uid
         self.deleted: dict[str, str] = {}  # uid -> job name
+        self.deleted_at: dict[str, float] = {}
+        self.gc_seconds: dict[str, float] = {}  # uid -> seconds until its last child went
         self.ended: dict[str, str] = {}  # job -> terminal phase first seen
         self.last_key: dict[str, tuple[Any, ...]] = {}
         self.last_change: dict[str, float] = {}
@@ -274,6 +276,7 @@ class Soak:
         with contextlib.suppress(client.ApiException):
             self.jobs.delete(name)
         self.deleted[self.uids[name]] = name
+        self.deleted_at[self.uids[name]] = self.now()
         self.note(name, "deleted")
 
     # -- faults ----------------------------------------------------------------------------
@@ -302,6 +305,8 @@ class Soak:
         kind = self.next_kind()
         fault = getattr(self, f"fault_{kind}")()
         if fault is None:
+            # No target for it now (no running pod, no job): its turn comes again.
+            self.cycle.insert(0, kind)
             return
         self.faults.append(fault)
         self.note(fault.target, f"FAULT {fault.kind}: {fault.detail}")
@@ -504,6 +509,9 @@ class Soak:
         findings += inv.no_pods_while_suspended(jobs, pods, procs)
         findings += inv.cleanup_after_finish(jobs, pods)
         findings += inv.no_orphans_after_delete(self.deleted, pods + cms + svcs)
+        owners = {uid for child in pods + cms + svcs for uid in inv.owner_uids(child)}
+        for uid in set(self.deleted) - owners - set(self.gc_seconds):
+            self.gc_seconds[uid] = now - self.deleted_at[uid]
         findings += inv.restarts_within_backoff_limit(jobs)
         findings += inv.terminal_phase_is_final(jobs, self.ended)
         cm_by_name = {inv._name(c): c for c in cms}
@@ -747,7 +755,7 @@ class Soak:
         deadline = self.now() + inv.GRACE_S["no_orphans_after_delete"] + 5
         while self.now() < deadline:
             self.poll()
-            if not any(inv.owner_uids(p) & set(self.deleted) for p in self.pods_seen):
+            if set(self.deleted) <= set(self.gc_seconds):
                 break
             time.sleep(1.0)
 
@@ -817,6 +825,7 @@ def run_soak(
                 "violations": [v.__dict__ for v in result.violations],
                 "outcomes": dict(result.outcomes),
                 "fault_classes": result.fault_table(),
+                "gc_seconds": sorted(round(v, 1) for v in soak.gc_seconds.values()),
             },
             indent=2,
         )
