@@ -353,11 +353,13 @@ class Soak:
         if not nodes:
             return None
         node = self.rng.choice(nodes)
-        mine = [p for p in pods if p["spec"].get("nodeName") == node]
+        # Every pod bound to it goes, started or not (the pod garbage collector's part).
         # A lost machine: its processes die with it, then the Node and its pods go.
+        self.agent.delete_node(node)
+        bound = self.core.list_namespaced_pod(self.ns, field_selector=f"spec.nodeName={node}")
+        mine = _sanitize(self.cp.api, bound.items, "Pod")
         for p in mine:
             self.runtime.signal(p["metadata"]["uid"], signal.SIGKILL)
-        self.agent.delete_node(node)
         for p in mine:
             with contextlib.suppress(client.ApiException):
                 self.core.delete_namespaced_pod(
