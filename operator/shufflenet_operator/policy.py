@@ -390,8 +390,12 @@ def ensure_children(draft: Draft, seen: Observed) -> Plan | None:
 def suspended(draft: Draft, seen: Observed) -> Plan | None:
     """spec.runPolicy.suspend: no pods, no start time (the deadline restarts on resume)."""
     if not seen.run_policy["suspend"]:
+        draft.clear(st.SUSPENDED, "Resumed", "spec.runPolicy.suspend is false: the job runs again")
         return None
     _delete(draft, list(seen.current.values()))
+    # A condition, as batch/v1 Jobs and Kubeflow's jobs have one: a job created suspended
+    # would otherwise have none saying why nothing runs.
+    draft.cond(st.SUSPENDED, True, "Suspended", "spec.runPolicy.suspend is true: no rank pods run")
     draft.clear(st.CREATED, "Suspended", "spec.runPolicy.suspend is true: rank pods deleted")
     draft.clear(st.RUNNING, "Suspended", "spec.runPolicy.suspend is true")
     draft.status["phase"] = SUSPENDED

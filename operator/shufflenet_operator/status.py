@@ -22,9 +22,19 @@ SCHEDULED = "Scheduled"
 RANKTABLE_READY = "RankTableReady"
 RUNNING = "Running"
 RESTARTING = "Restarting"
+SUSPENDED = "Suspended"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
-CONDITION_TYPES = (CREATED, SCHEDULED, RANKTABLE_READY, RUNNING, RESTARTING, SUCCEEDED, FAILED)
+CONDITION_TYPES = (
+    CREATED,
+    SCHEDULED,
+    RANKTABLE_READY,
+    RUNNING,
+    RESTARTING,
+    SUSPENDED,
+    SUCCEEDED,
+    FAILED,
+)
 
 
 def format_time(t: datetime) -> str:

@@ -349,6 +349,18 @@ def test_deadline_and_suspend() -> None:
     assert c.status["phase"] == "Creating" and len(c.pods) == 4 and c.status["restarts"] == 0
 
 
+def test_a_job_created_suspended_says_so_in_a_condition_until_resumed() -> None:
+    c = Cluster(runPolicy={"suspend": True})
+    c.reconcile()
+    assert c.status["phase"] == "Suspended" and c.pods == {}
+    suspended = c.cond("Suspended")
+    assert suspended["status"] == "True" and "spec.runPolicy.suspend" in suspended["message"]
+    c.job["spec"]["runPolicy"] = {"suspend": False}
+    c.reconcile(1)
+    assert c.cond("Suspended")["status"] == "False" and c.cond("Suspended")["reason"] == "Resumed"
+    assert c.status["phase"] == "Creating" and len(c.pods) == 4
+
+
 @pytest.mark.parametrize("backoff_limit", [0, 3])
 def test_resume_while_the_suspended_pods_terminate_is_no_failure(backoff_limit: int) -> None:
     c = Cluster(runPolicy={"backoffLimit": backoff_limit})

@@ -303,8 +303,8 @@ STATUS: dict[str, Any] = _obj(
         "conditions": {
             "type": "array",
             "items": _CONDITION,
-            "description": "Created, Scheduled, RankTableReady, Running, Restarting, Succeeded, "
-            "Failed: status, reason, message, lastTransitionTime",
+            "description": "Created, Scheduled, RankTableReady, Running, Restarting, Suspended, "
+            "Succeeded, Failed: status, reason, message, lastTransitionTime",
         },
         "ranks": _obj(
             {
