@@ -703,11 +703,19 @@ class NodeAgent:
         if rec.terminal:
             return
         rec.terminal = True
+
+        def free() -> None:
+            with self._lock:
+                rec.node.free_npus |= set(rec.npu_ids)
+                rec.node.free_gpus |= set(rec.gpu_ids)
+                self._used_pod_ips.discard(rec.pod_ip)
+
         if self.runtime is not None:
-            self.runtime.stop(rec.uid)
-        rec.node.free_npus |= set(rec.npu_ids)
-        rec.node.free_gpus |= set(rec.gpu_ids)
-        self._used_pod_ips.discard(rec.pod_ip)
+            # Only once the processes are gone, as kubelet tears down a pod's sandbox: a
+            # new pod given the address at once could not bind the ports the old one holds.
+            self.runtime.stop(rec.uid, then=free)
+        else:
+            free()
 
     def _forget(self, pod: V1Pod) -> None:
         key = (pod.metadata.namespace, pod.metadata.name)
