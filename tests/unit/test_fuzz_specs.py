@@ -71,12 +71,9 @@ def _check_invalid(case: Case, plan: policy.Plan) -> None:
 def _check_accepted(
     case: Case, job: dict[str, Any], obj: dict[str, Any], plan: policy.Plan
 ) -> None:
+    assert plan.status.get("conditions"), case.describe()
     pods = [m for m in plan.create if m["kind"] == "Pod"]
     suspended = job["spec"]["runPolicy"]["suspend"]
-    # A job created suspended says so by its phase alone, with no condition yet (batch/v1
-    # Jobs get Suspended=True; an open point in docs/reliability.md).
-    created_suspended = suspended and plan.status["phase"] == "Suspended"
-    assert plan.status.get("conditions") or created_suspended, case.describe()
     assert len(pods) == (0 if suspended else jobs.pod_count(job)), case.describe()
     for pod in pods:
         name = pod["metadata"]["name"]
@@ -90,7 +87,7 @@ def _check_accepted(
     for i, pod in enumerate(created):
         pod["metadata"]["uid"] = f"uid-{i}"
     again = _reconcile(obj, created)
-    assert again.status.get("conditions") or created_suspended, case.describe()
+    assert again.status.get("conditions"), case.describe()
     assert not [m for m in again.create if m["kind"] == "Pod"], case.describe()
 
 
