@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -225,7 +226,10 @@ def nvjpeg_works(device: str) -> bool:
 
     image = torch.arange(3 * 16 * 16, dtype=torch.int64).remainder(256).to(torch.uint8)
     try:
-        decoded = decode_jpeg(encode_jpeg(image.view(3, 16, 16)), device=device)
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs (decode.py)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            encoded = encode_jpeg(image.view(3, 16, 16))
+        decoded = decode_jpeg(encoded, device=device)
         return tuple(decoded.shape) == (3, 16, 16)
     except Exception as exc:  # any failure means: decode on the host, as before
         log.warning("nvJPEG decode on %s failed (%s): decoding on the host", device, exc)
