@@ -16,8 +16,17 @@ the forward, so higher-order gradients and ``torch.compile(fullgraph=True)`` bot
 ``channel_shuffle_cat(x1, x2)`` is the same join without the split (the end of a stage)
 and ``channel_shuffle(x, groups)`` the general single-tensor shuffle.
 
-Kernels: the generic one below serves CPU and CUDA tensors. On Ascend, the index-based
-kernels of :mod:`shufflenet_trainer.model.ops_npu` are registered when torch_npu is installed.
+Kernels: on CPU and CUDA several kernels compute each permutation (``copy``, ``stack``,
+``gather``, and ``triton`` from :mod:`shufflenet_trainer.model.ops_triton`);
+:mod:`shufflenet_trainer.model.kernel_choice` picks one per (op, device, dtype, memory format,
+shapes) by measurement, checked against the reference. On Ascend, the index-based kernels of
+:mod:`shufflenet_trainer.model.ops_npu` are registered when torch_npu is installed.
+
+Two ways in: the public functions below (what the model calls) and the registered operators
+(``torch.ops.shufflenet.*``, the ``*_op`` objects). In eager mode on CPU and CUDA the public
+functions run the kernels under ``torch.autograd.Function`` (cheaper per call); under
+``torch.compile``, on other devices and for tensor subclasses they call the operator, which
+the compiled graph runs opaquely with the same eager-cached kernel choice.
 """
 
 from __future__ import annotations
