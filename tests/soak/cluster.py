@@ -158,6 +158,7 @@ class Soak:
         self.deleted: dict[str, str] = {}  # uid -> job name
         self.deleted_at: dict[str, float] = {}
         self.gc_seconds: dict[str, float] = {}  # uid -> seconds until its last child went
+        self.api_down_since: float | None = None
         self.ended: dict[str, str] = {}  # job -> terminal phase first seen
         self.last_key: dict[str, tuple[Any, ...]] = {}
         self.last_change: dict[str, float] = {}
@@ -388,6 +389,7 @@ class Soak:
     def fault_apiserver_restart(self) -> Fault | None:
         fault = self._fault("apiserver_restart", "*", "", [inv._name(j) for j in self.active()])
         took = restart_apiserver(self.cp, down_s=self.rng.uniform(0, 3))
+        self.monitor.unavailable(took)
         fault.detail = f"SIGKILL, ready again after {took:.1f}s"
         return fault
 
@@ -495,7 +497,11 @@ class Soak:
             )
         except Exception as exc:  # the API server is restarting
             self.log(f"[{self.now():7.1f}s] poll: API not answering ({type(exc).__name__})")
+            self.api_down_since = self.api_down_since or self.now()
             return
+        if self.api_down_since is not None:
+            self.monitor.unavailable(self.now() - self.api_down_since)
+            self.api_down_since = None
         procs = self.processes()
         now = self.now()
         self.jobs_seen, self.pods_seen = jobs, pods

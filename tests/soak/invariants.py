@@ -427,6 +427,12 @@ class Monitor:
         self.violations: list[Violation] = []
         self.reported: set[tuple[str, str]] = set()
 
+    def unavailable(self, seconds: float) -> None:
+        """The API server was away for `seconds`: no one could act on a finding meanwhile,
+        so that time does not count towards any grace period."""
+        for key in self.since:
+            self.since[key] += seconds
+
     def observe(
         self, findings: Iterable[Finding], now: float, checks: Iterable[str]
     ) -> list[Violation]:

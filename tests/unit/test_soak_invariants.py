@@ -160,3 +160,12 @@ def test_the_monitor_reports_a_finding_only_after_its_grace_period_and_once() ->
     assert m.observe([f], 100.0, {f.check}) == []
     now = inv.Finding("one_live_pod_per_rank", "j", "2 live")
     assert len(m.observe([now], 100.0, {now.check})) == 1  # no grace
+
+
+def test_time_without_an_api_server_does_not_count_towards_the_grace() -> None:
+    m = inv.Monitor()
+    f = inv.Finding("status_counts_match_pods", "j", "off")
+    m.observe([f], 0.0, {f.check})
+    m.unavailable(20.0)
+    assert m.observe([f], inv.GRACE_S[f.check] + 1, {f.check}) == []
+    assert len(m.observe([f], inv.GRACE_S[f.check] + 21, {f.check})) == 1
