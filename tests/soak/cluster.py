@@ -323,21 +323,20 @@ class Soak:
         pods = self.running_pods()
         return self.rng.choice(pods) if pods else None
 
-    def fault_rank_kill(self) -> Fault | None:
+    def _signal_rank(self, kind: str, sig: signal.Signals) -> Fault | None:
         pod = self._pick_pod()
         if pod is None:
             return None
-        self.runtime.signal(pod["metadata"]["uid"], signal.SIGKILL)
+        self.runtime.signal(pod["metadata"]["uid"], sig)
         job = inv.job_of(pod)
-        return self._fault("rank_kill", job, f"SIGKILL {pod['metadata']['name']}", [job])
+        return self._fault(kind, job, f"{sig.name} {pod['metadata']['name']}", [job])
+
+    def fault_rank_kill(self) -> Fault | None:
+        return self._signal_rank("rank_kill", signal.SIGKILL)
 
     def fault_rank_stop(self) -> Fault | None:
-        pod = self._pick_pod()
-        if pod is None:
-            return None
-        self.runtime.signal(pod["metadata"]["uid"], signal.SIGSTOP)
-        job = inv.job_of(pod)
-        return self._fault("rank_stop", job, f"SIGSTOP {pod['metadata']['name']}", [job])
+        # A hung rank: its peers time out in their next collective and exit 134.
+        return self._signal_rank("rank_stop", signal.SIGSTOP)
 
     def fault_pod_delete(self) -> Fault | None:
         pod = self._pick_pod()
