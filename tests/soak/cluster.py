@@ -794,27 +794,12 @@ class Soak:
 
 
 def run_soak(
-    seconds: float,
-    seed: int,
-    work_dir: Path,
-    *,
-    max_active: int = 4,
-    fault_interval: float = 4.0,
-    settle_s: float = 90.0,
-    log: Callable[[str], None] = print,
+    seconds: float, seed: int, work_dir: Path, **options: Any
 ) -> tuple[SoakResult, list[str]]:
     """Run the soak for `seconds` (then let the jobs settle); the result and the report lines
     (the summary first). The cluster's state, the pods' and the operator's logs stay in
     `work_dir`."""
-    soak = Soak(
-        seconds,
-        seed,
-        work_dir,
-        max_active=max_active,
-        fault_interval=fault_interval,
-        settle_s=settle_s,
-        log=log,
-    )
+    soak = Soak(seconds, seed, work_dir, **options)  # options: Soak's keyword arguments
     try:
         soak.start()
         result = soak.run()

@@ -205,3 +205,14 @@ def test_help_lists_the_flags() -> None:
     text = build_parser().format_help()
     for flag in ("--arch", "--batch-size", "--max-steps-per-epoch", "--amp", "--bn-weight-decay"):
         assert flag in text
+
+
+def test_the_shuffle_kernel_variable_is_the_flags_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHUFFLENET_SHUFFLE_KERNEL", "stack")
+    assert parse("--dummy").shuffle_kernel == "stack"
+    assert parse("--dummy", "--shuffle-kernel", "gather").shuffle_kernel == "gather"
+    monkeypatch.setenv("SHUFFLENET_SHUFFLE_KERNEL", "fast")
+    with pytest.raises(ConfigError, match="SHUFFLENET_SHUFFLE_KERNEL='fast' is not a kernel"):
+        parse("--dummy")
+    monkeypatch.delenv("SHUFFLENET_SHUFFLE_KERNEL")
+    assert parse("--dummy").shuffle_kernel == "auto"

@@ -102,6 +102,8 @@ def test_a_dummy_training_run_uses_device_batches_and_no_workers(tmp_path) -> No
             "2",
             "--num-classes",
             "3",
+            "--shuffle-kernel",  # the measured choice, whatever the session's default
+            "auto",
             "--output-dir",
             str(tmp_path),
         ],

@@ -52,6 +52,8 @@ RANK_TABLE_DIR = "SHUFFLENET_RANK_TABLE_DIR"
 # `snjob run-local --cpu` and the real-node tests of NPU jobs use it; a job on real NPUs never
 # sets it.
 FORCE_CPU = "SHUFFLENET_FORCE_CPU"
+# The channel-shuffle kernel policy when --shuffle-kernel is not given (model/kernel_choice.py).
+SHUFFLE_KERNEL = "SHUFFLENET_SHUFFLE_KERNEL"
 
 # Variables the kubelet fills in from the pod (downward API fieldRefs), known only once the
 # pod exists: the operator renders them as `valueFrom`, a local launcher sets stand-ins.

@@ -42,6 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from shufflenet_contract import env as contract_env
+
 from ..errors import ConfigError
 
 __all__ = [
@@ -61,7 +63,7 @@ log = logging.getLogger(__name__)
 
 KERNELS = ("copy", "stack", "gather", "triton")
 POLICIES = ("auto", "measure", *KERNELS)
-ENV = "SHUFFLENET_SHUFFLE_KERNEL"
+ENV = contract_env.SHUFFLE_KERNEL
 DEFAULT = "copy"
 # A measured kernel replaces the default only when this much faster: the timing of a
 # sub-millisecond op on a shared machine moves by more than a few percent between repeats.

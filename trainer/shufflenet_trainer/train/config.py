@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shufflenet_contract import crd
+from shufflenet_contract import env as contract_env
 
 from .. import compat
 from ..errors import ConfigError
@@ -330,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shuffle-kernel",
         choices=SHUFFLE_KERNELS,
-        default=d.shuffle_kernel,
+        # The variable sets the default, so a pod or a test session can choose without
+        # touching every command line; argparse does not check a default against choices.
+        default=os.environ.get(contract_env.SHUFFLE_KERNEL) or d.shuffle_kernel,
         help="kernel of the fused shuffle ops: auto (measured on CPU, copy elsewhere), measure "
         "(measured on every device), or one kernel (docs/training.md)",
     )
@@ -474,6 +477,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         "epoch ends only)",
     )
     _check(cfg.device_id >= 0, f"--device-id {cfg.device_id} must be >= 0")
+    _check(
+        cfg.shuffle_kernel in SHUFFLE_KERNELS,
+        f"{contract_env.SHUFFLE_KERNEL}={cfg.shuffle_kernel!r} is not a kernel policy: set one "
+        f"of {', '.join(SHUFFLE_KERNELS)} or unset it",
+    )
     _check(
         cfg.shuffle_kernel != "triton" or cfg.device == "cuda",
         f"--shuffle-kernel triton runs on CUDA only (device is {cfg.device}): "
