@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # A real 2-rank data-parallel job on CPU (gloo), from the example job manifest, run the way
 # the operator runs it: scikit-learn's handwritten digits as an ImageFolder dataset, 15
-# epochs of ShuffleNetV2 x0.5 (about a minute on 2 cores, val top-1 about 92%).
+# epochs of ShuffleNetV2 x0.5 (its time and accuracy: docs/benchmarks.md).
 demo: venv
 	$(PY) -m shufflenet_trainer.data.prep.demo_data data/digits
 	$(VENV)/bin/snjob run-local manifests/examples/cpu-digits-2rank.yaml --data data/digits \

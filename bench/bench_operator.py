@@ -66,6 +66,7 @@ from shufflenet_contract import job as jobs
 from shufflenet_operator import policy, render
 from shufflenet_operator import status as st
 from shufflenet_operator.kube import Kube
+from shufflenet_operator.observed import Observed
 
 REPO = Path(__file__).resolve().parents[1]
 # The control-plane helpers and the simulated nodes live with the tests (as `k8s`, `sim`).
@@ -198,19 +199,15 @@ def bench_ranktable(sizes: Sequence[int], repeat: int) -> list[dict[str, Any]]:
             }
         obj, pods, service = annotated_job(n)
         first = policy.plan(
-            obj,
-            pods,
-            service=service,
-            configmap=None,
-            now=datetime.now(timezone.utc),
-            settings=settings,
+            Observed(obj, pods, service=service), now=datetime.now(timezone.utc), settings=settings
         )
         assert first.ranktable_completed, "the plan did not complete the rank table"
         created_cm = {"data": first.configmap_data}
 
         def plan(configmap: dict[str, Any] | None, o=obj, p=pods, s=service) -> policy.Plan:
             now = datetime.now(timezone.utc)
-            return policy.plan(o, p, service=s, configmap=configmap, now=now, settings=settings)
+            observed = Observed(o, p, service=s, configmap=configmap)
+            return policy.plan(observed, now=now, settings=settings)
 
         initial_cm = render.render_configmap(jobs.validate_job(obj))
         row["plan_write"] = summary_ms(timed(lambda c=initial_cm: plan(c), repeat))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from shufflenet_trainer.data.build import build_loaders
+from shufflenet_trainer.data.build import LoaderSettings, build_loaders
 from shufflenet_trainer.data.decode import simplejpeg_available
 
 # The photo fixtures live with the tests (as `helpers`), not in the runtime package.
@@ -61,12 +61,14 @@ def reference_loader(root: Path, batch_size: int, train: bool) -> Iterable:
 def ours_loader(root: Path, batch_size: int, train: bool, decoder: str) -> Iterable:
     device = "cuda" if decoder.startswith("gpu") else "cpu"
     loaders = build_loaders(
-        str(root),
-        batch_size=batch_size,
-        workers=0,
-        drop_last=False,
-        decoder=decoder,
-        device=device,
+        LoaderSettings(
+            str(root),
+            batch_size=batch_size,
+            workers=0,
+            drop_last=False,
+            decoder=decoder,
+            device=device,
+        )
     )
     return loaders.train if train else loaders.val
 

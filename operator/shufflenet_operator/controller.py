@@ -1,4 +1,9 @@
-"""Worker threads that reconcile jobs: observe -> policy.plan -> apply, with metrics."""
+"""Worker threads that reconcile jobs: observe -> policy.plan -> apply, with metrics.
+
+One reconcile (`Controller.reconcile`): observe the job (gone: forget it) -> scrape rank 0's
+progress while it runs -> plan -> apply (a rejected child fails the job, a refused one makes
+it wait) -> record metrics -> requeue for the next look.
+"""
 
 from __future__ import annotations
 
@@ -84,64 +89,63 @@ class Controller:
         started = time.perf_counter()
         try:
             observed = self.kube.observe(namespace, name)
-            if observed.job is None:
-                # Gone: a job made again under this name starts without its error backoff.
-                metrics.PHASES.forget(namespace, name)
-                self._errors.pop(key, None)
-                self._scrape_due.pop(key, None)
-                self._scrape_misses.pop(key, None)
+            if observed is None:
+                self._forget(key)
                 return
             now = self.clock()
             scraped = self._scrape_progress(key, observed.job, observed.pods)
-            plan = policy.plan(
-                observed.job,
-                observed.pods,
-                service=observed.service,
-                configmap=observed.configmap,
-                now=now,
-                settings=self.settings,
-                foreign_pods=observed.foreign_pods,
-                has_podgroup=observed.has_podgroup,
-                progress=scraped,
-            )
-            try:
-                self.kube.apply(observed.job, plan, now)
-            except Rejected as exc:
-                log.warning("job %s/%s: %s", namespace, name, exc)
-                plan = policy.rejected(observed.job, str(exc), now)
-                self.kube.apply(observed.job, plan, now)
-            except Refused as exc:
-                # Retried with the error backoff like any failed reconcile, but the job's
-                # status says why it waits (else it would sit without a condition).
-                log.warning("job %s/%s: %s", namespace, name, exc)
-                self.kube.apply(observed.job, policy.refused(observed.job, str(exc), now), now)
-                self._retry_later(key)
+            plan = policy.plan(observed, now=now, settings=self.settings, progress=scraped)
+            applied = self._apply(key, observed.job, plan, now)
+            if applied is None:  # refused: requeued with the error backoff
                 return
             self._errors.pop(key, None)
-            metrics.PHASES.set(namespace, name, plan.status.get("phase"))
-            if plan.restarted:
-                metrics.RESTARTS.labels(namespace, name).inc()
-                restarts = plan.status["restarts"]
-                log.warning("job %s/%s: whole-job restart %s", namespace, name, restarts)
-            if plan.ranktable_completed:
-                created = st.get_condition(plan.status.get("conditions") or [], st.CREATED)
-                since = st.parse_time((created or {}).get("lastTransitionTime"))
-                if since is not None:
-                    metrics.RANKTABLE_SECONDS.observe(max((now - since).total_seconds(), 0.0))
-            wait = self.resync_seconds
-            if plan.requeue_after is not None:
-                wait = min(wait, plan.requeue_after)
-            if plan.status.get("phase") == policy.RUNNING and self.progress_seconds > 0:
-                # Back when the next scrape is due (later while an endpoint stays silent).
-                due = self._scrape_due.get(key)
-                left = self.progress_seconds if due is None else due - time.monotonic()
-                wait = min(wait, max(left, 0.0))
-            self.queue.add_after(key, wait)
+            _record_metrics(key, applied, now)
+            self.queue.add_after(key, self._next_look(key, applied))
         except Exception:
             wait = self._retry_later(key)
             log.exception("job %s/%s: reconcile failed (retry in %gs)", namespace, name, wait)
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        """The job is gone: a job made again under this name starts without its error
+        backoff."""
+        metrics.PHASES.forget(*key)
+        self._errors.pop(key, None)
+        self._scrape_due.pop(key, None)
+        self._scrape_misses.pop(key, None)
+
+    def _apply(
+        self, key: tuple[str, str], job: dict[str, Any], plan: policy.Plan, now: datetime
+    ) -> policy.Plan | None:
+        """The plan applied: the one given, or the one that fails the job when the API
+        server rejected a child; None when a child was refused for now."""
+        try:
+            self.kube.apply(job, plan, now)
+        except Rejected as exc:
+            log.warning("job %s/%s: %s", *key, exc)
+            plan = policy.rejected(job, str(exc), now)
+            self.kube.apply(job, plan, now)
+        except Refused as exc:
+            # Retried with the error backoff like any failed reconcile, but the job's
+            # status says why it waits (else it would sit without a condition).
+            log.warning("job %s/%s: %s", *key, exc)
+            self.kube.apply(job, policy.refused(job, str(exc), now), now)
+            self._retry_later(key)
+            return None
+        return plan
+
+    def _next_look(self, key: tuple[str, str], plan: policy.Plan) -> float:
+        """Seconds until the job is reconciled again, unless an event comes first."""
+        wait = self.resync_seconds
+        if plan.requeue_after is not None:
+            wait = min(wait, plan.requeue_after)
+        if plan.status.get("phase") == policy.RUNNING and self.progress_seconds > 0:
+            # Back when the next scrape is due (later while an endpoint stays silent).
+            due = self._scrape_due.get(key)
+            left = self.progress_seconds if due is None else due - time.monotonic()
+            wait = min(wait, max(left, 0.0))
+        return wait
 
     def _retry_later(self, key: tuple[str, str]) -> float:
         """Requeue after a failed reconcile, doubling the delay; returns it."""
@@ -176,3 +180,18 @@ class Controller:
         wait = min(self.progress_seconds * 2**misses, longest)
         self._scrape_due[key] = now + wait
         return found
+
+
+def _record_metrics(key: tuple[str, str], plan: policy.Plan, now: datetime) -> None:
+    """The job's phase, a whole-job restart, the time its rank table took to complete."""
+    namespace, name = key
+    metrics.PHASES.set(namespace, name, plan.status.get("phase"))
+    if plan.restarted:
+        metrics.RESTARTS.labels(namespace, name).inc()
+        restarts = plan.status["restarts"]
+        log.warning("job %s/%s: whole-job restart %s", namespace, name, restarts)
+    if plan.ranktable_completed:
+        created = st.get_condition(plan.status.get("conditions") or [], st.CREATED)
+        since = st.parse_time((created or {}).get("lastTransitionTime"))
+        if since is not None:
+            metrics.RANKTABLE_SECONDS.observe(max((now - since).total_seconds(), 0.0))

@@ -12,7 +12,6 @@ import logging
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +22,7 @@ from shufflenet_contract import crd
 
 from . import policy, render
 from . import status as st
+from .observed import Observed
 from .policy import Plan
 
 log = logging.getLogger(__name__)
@@ -95,16 +95,6 @@ def _api_message(exc: ApiException) -> str:
         return str(exc.reason)
 
 
-@dataclass
-class Observed:
-    job: dict[str, Any] | None
-    pods: list[dict[str, Any]]
-    service: dict[str, Any] | None
-    configmap: dict[str, Any] | None
-    foreign_pods: int = 0
-    has_podgroup: bool = False
-
-
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
@@ -132,10 +122,11 @@ class Kube:
             name,
         )
 
-    def observe(self, namespace: str, name: str) -> Observed:
+    def observe(self, namespace: str, name: str) -> Observed | None:
+        """The job and its children as they are now; None when the job is gone."""
         job = self.get_job(namespace, name)
         if job is None:
-            return Observed(None, [], None, None)
+            return None
         pods: list[dict[str, Any]] = []
         # A name the API server takes (up to 253 characters) may not be a label value: no
         # pod can carry it, and selecting by it is refused (400), which would keep the job
@@ -159,7 +150,7 @@ class Kube:
         foreign = len(pods) - len(owned)
         if (job.get("status") or {}).get("phase") in policy.TERMINAL:
             # A finished job's plan looks at its pods only (cleanup, TTL).
-            return Observed(job, owned, None, None, foreign)
+            return Observed(job, owned, foreign_pods=foreign)
         spec = job.get("spec") or {}
         service = self._get(self.core.read_namespaced_service, render.service_name(job), namespace)
         configmap = None
@@ -198,42 +189,63 @@ class Kube:
             raise
 
     def apply(self, job: dict[str, Any], plan: Plan, now: datetime) -> None:
+        """Carry out `plan` for `job` (as read), in the order Plan documents: create,
+        configmap, status, delete; then its Events and, past its TTL, the job itself."""
         namespace = job["metadata"]["namespace"]
-        name = job["metadata"]["name"]
+        self._create_children(namespace, plan.create)
+        if plan.configmap_data is not None:
+            self._write_rank_table(job, plan.configmap_data)
+        self._write_status(job, plan.status)
+        # Pods are deleted after the status is written: should the operator die in between,
+        # the status already says why (a restart's reason, Failed), and their stale restart
+        # label has them deleted, not mistaken for a new failure, next time.
+        self._delete_pods(namespace, plan.delete_pods)
+        for event in plan.events:
+            self.post_event(job, event, now)
+        if plan.delete_job:
+            self._delete_job(job)
+
+    def _create_children(self, namespace: str, manifests: list[dict[str, Any]]) -> None:
         # Pods last (the PodGroup and the rank-table ConfigMap they use come first), several
         # at a time: one by one, creating a 256-rank job's pods took half its start time.
-        children = [m for m in plan.create if m["kind"] != "Pod"]
-        pods = [m for m in plan.create if m["kind"] == "Pod"]
+        children = [m for m in manifests if m["kind"] != "Pod"]
+        pods = [m for m in manifests if m["kind"] == "Pod"]
         for manifest in children:
             self._create(namespace, manifest)
         if pods:
             with ThreadPoolExecutor(min(CREATE_PARALLELISM, len(pods))) as pool:
                 for done in [pool.submit(self._create, namespace, m) for m in pods]:
                     done.result()
-        if plan.configmap_data is not None:
-            self.core.patch_namespaced_config_map(
-                render.configmap_name(job),
-                namespace,
-                {"data": plan.configmap_data},
-                _content_type=_MERGE,
-            )
+
+    def _write_rank_table(self, job: dict[str, Any], data: dict[str, str]) -> None:
+        self.core.patch_namespaced_config_map(
+            render.configmap_name(job),
+            job["metadata"]["namespace"],
+            {"data": data},
+            _content_type=_MERGE,
+        )
+
+    def _write_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
+        """The job's status subresource, when it changed."""
         old = job.get("status") or {}
-        if plan.status != old:
-            # A merge patch keeps what it does not mention: dropped fields are set to null.
-            patch = {**{k: None for k in old if k not in plan.status}, **plan.status}
-            self.custom.patch_namespaced_custom_object_status(
-                crd.GROUP,
-                crd.VERSION,
-                namespace,
-                crd.PLURAL,
-                name,
-                {"status": patch},
-                _content_type=_MERGE,
-            )
-        # Pods are deleted after the status is written: should the operator die in between,
-        # the status already says why (a restart's reason, Failed), and their stale restart
-        # label has them deleted, not mistaken for a new failure, next time.
-        for pod_name, uid in plan.delete_pods:
+        if status == old:
+            return
+        # A merge patch keeps what it does not mention: dropped fields are set to null.
+        patch = {**{k: None for k in old if k not in status}, **status}
+        namespace, name = _key(job)
+        self.custom.patch_namespaced_custom_object_status(
+            crd.GROUP,
+            crd.VERSION,
+            namespace,
+            crd.PLURAL,
+            name,
+            {"status": patch},
+            _content_type=_MERGE,
+        )
+
+    def _delete_pods(self, namespace: str, pods: list[tuple[str, str]]) -> None:
+        """Each (name, uid): only that very pod (a namesake created since is kept)."""
+        for pod_name, uid in pods:
             try:
                 self.core.delete_namespaced_pod(
                     pod_name,
@@ -243,21 +255,22 @@ class Kube:
             except ApiException as exc:
                 if exc.status not in (404, 409):
                     raise
-        for event in plan.events:
-            self.post_event(job, event, now)
-        if plan.delete_job:
-            try:
-                self.custom.delete_namespaced_custom_object(
-                    crd.GROUP,
-                    crd.VERSION,
-                    namespace,
-                    crd.PLURAL,
-                    name,
-                    body=client.V1DeleteOptions(propagation_policy="Background"),
-                )
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+
+    def _delete_job(self, job: dict[str, Any]) -> None:
+        """ttlSecondsAfterFinished: the job goes, its children with it (garbage collector)."""
+        namespace, name = _key(job)
+        try:
+            self.custom.delete_namespaced_custom_object(
+                crd.GROUP,
+                crd.VERSION,
+                namespace,
+                crd.PLURAL,
+                name,
+                body=client.V1DeleteOptions(propagation_policy="Background"),
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def _create(self, namespace: str, manifest: dict[str, Any]) -> None:
         create = {

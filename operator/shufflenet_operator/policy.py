@@ -6,6 +6,13 @@ again after a crash, or twice for one event, does no harm. The only memory is th
 status: `restarts` (the current attempt; pods carry it as a label), the `Created` condition
 (all pods of this attempt were created: a missing pod now means a deleted one), and the
 `Restarting` condition's transition time (start of the backoff).
+
+`plan()` reads what `kube` observed (an `Observed`) through steps: the PREPARE steps sort the
+pods into this attempt's and stale ones (`partition_pods`) and, for a job still alive, create
+its missing Service, PodGroup and rank-table ConfigMap (`ensure_children`); then the DECIDE
+steps, in order, until one decides: `finished` (clean-up and TTL), `suspended`, `deadline`,
+`failures_and_backoff` (fail, or restart every pod), `succeeded`, `create_pods` (after the
+backoff) and `steady`. What the rank-table ConfigMap says is decided in `ranktable_policy`.
 """
 
 from __future__ import annotations
@@ -16,11 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from shufflenet_contract import exitcodes, ranktable
+from shufflenet_contract import exitcodes
 from shufflenet_contract import job as jobs
 
-from . import render
+from . import ranktable_policy, render
 from . import status as st
+from .observed import Observed
 
 PENDING, CREATING, RUNNING = "Pending", "Creating", "Running"
 RESTARTING, SUCCEEDED, FAILED, SUSPENDED = "Restarting", "Succeeded", "Failed", "Suspended"
@@ -91,6 +99,11 @@ class Draft:
         if st.get_condition(self.status["conditions"], type_) is not None:
             self.cond(type_, False, reason, message)
 
+    @property
+    def ended(self) -> bool:
+        """Succeeded or Failed: as read, or as this plan decided."""
+        return self.status.get("phase") in TERMINAL
+
     def fail(self, reason: str, message: str) -> None:
         self.cond(st.FAILED, True, reason, message)
         self.clear(st.RUNNING, reason, message)
@@ -104,16 +117,14 @@ class Draft:
 
 
 @dataclass
-class Observed:
+class Seen:
     """A valid job and what exists of it, as the steps of `plan` read it."""
 
-    job: Mapping[str, Any]
-    pods: Sequence[Mapping[str, Any]]  # all pods the job owns
-    service: Mapping[str, Any] | None
-    configmap: Mapping[str, Any] | None
-    has_podgroup: bool
-    foreign_pods: int
+    job: Mapping[str, Any]  # validated (defaults filled in)
+    observed: Observed
     settings: Settings
+    # As read, or the one ensure_children creates (its pods mount it).
+    configmap: Mapping[str, Any] | None
     # Filled by partition_pods: this attempt's pods by pod index, and all others.
     current: dict[int, Mapping[str, Any]] = field(default_factory=dict)
     stale: list[Mapping[str, Any]] = field(default_factory=list)
@@ -168,96 +179,20 @@ def _finished(
     return draft.done()
 
 
-def _version_of(configmap: Mapping[str, Any] | None) -> int:
-    text = ((configmap or {}).get("data") or {}).get(ranktable.VERSION_KEY, "0")
-    return int(text) if str(text).isdigit() else 0
+def _rank_table(draft: Draft, seen: Seen, current: Mapping[int, Mapping[str, Any]]) -> None:
+    """Keep the rank-table ConfigMap equal to what the `current` rank pods imply."""
+    table = ranktable_policy.decide(seen.job, current, seen.configmap, draft.status["restarts"])
+    if table.configmap_data is not None:
+        draft.plan.configmap_data = table.configmap_data
+        draft.plan.ranktable_completed = table.complete
+    draft.status["rankTable"] = {"status": table.status, "version": table.version}
+    draft.cond(st.RANKTABLE_READY, table.complete, table.reason, table.message)
 
 
-# Why the table stays initializing, by the annotation whose content blocks it.
-_BLOCKED_BY = {ranktable.RANK_INDEX_ANNOTATION: "InvalidRankIndex"}
-
-
-def _annotated_pods(
-    job: Mapping[str, Any], current: Mapping[int, Mapping[str, Any]]
-) -> list[ranktable.AnnotatedPod]:
-    """The current rank pods that got their NPUs (scheduled, carrying the device plugin's
-    annotation), with the rank index each will have in the table (RankTableError when its
-    `hccl/rankIndex` disagrees with its index)."""
-    resource = jobs.resource_name(job)
-    out = []
-    for index, pod in sorted(current.items()):
-        meta = pod.get("metadata") or {}
-        found = ranktable.device_annotation(meta.get("annotations"), resource)
-        if found is None or not st.is_scheduled(pod) or st.is_deleting(pod):
-            continue
-        name = str(meta.get("name"))
-        rank = ranktable.rank_index(meta.get("annotations"), index, name)
-        out.append(ranktable.AnnotatedPod(rank, str(meta.get("uid")), name, found[1], found[0]))
-    return out
-
-
-def _rank_table(
-    draft: Draft,
-    job: Mapping[str, Any],
-    current: Mapping[int, Mapping[str, Any]],
-    configmap: Mapping[str, Any] | None,
-) -> None:
-    """Keep the rank-table ConfigMap equal to what the current rank pods imply."""
-    pods = jobs.pod_count(job)
-    table: dict[str, Any] = ranktable.initializing_table()
-    text = ranktable.dump(table)
-    try:
-        annotated = _annotated_pods(job, current)
-        reason = "WaitingForDevices"
-        message = f"{len(annotated)} of {pods} rank pods have their NPUs"
-        if len(annotated) == pods:
-            entries = ranktable.pods_from_annotations(annotated, jobs.devices_per_pod(job))
-            scheduling = job["spec"]["scheduling"]
-            super_pod = ranktable.wants_super_pod(
-                job["metadata"].get("annotations"), scheduling.get("nodeSelector")
-            )
-            built = ranktable.build_rank_table(entries, super_pod=super_pod)
-            world = jobs.world_size(job)
-            # What every rank will check before HCCL sees it: a table the ranks would refuse
-            # is not written (the reason says why) rather than found wrong in each pod.
-            ranktable.validate_rank_table(built, 0, world)
-            built_text = ranktable.dump(built)
-            size = len(built_text.encode())
-            if size > ranktable.MAX_CONFIGMAP_BYTES:
-                reason = "RankTableTooLarge"
-                message = (
-                    f"spec.devices.perPod: the rank table of {pods} pods takes {size} bytes, "
-                    "more than a ConfigMap holds: put several devices in each pod (perPod 8)"
-                )
-            else:
-                table, text = built, built_text
-                reason = "RankTableWritten"
-                message = f"HCCL rank table v{built['version']} of {world} ranks written"
-    except ranktable.RankTableError as exc:
-        reason, message = _BLOCKED_BY.get(exc.field, "InvalidDeviceAnnotation"), str(exc)
-    except ValueError as exc:
-        reason, message = "InvalidDeviceAnnotation", str(exc)
-    complete = table["status"] == ranktable.STATUS_COMPLETED
-    version = _version_of(configmap)
-    # Compared as text: the table is written from this very text, so an unchanged pod set
-    # writes nothing (and parsing a large table back every reconcile would cost more). The
-    # attempt too: a whole-node table, keyed by host IPs, reads the same in a new attempt, and
-    # only the attempt key tells its ranks that it is theirs.
-    data = (configmap or {}).get("data") or {}
-    attempt = int(draft.status.get("restarts") or 0)
-    if data.get(ranktable.FILE_KEY) != text or data.get(ranktable.ATTEMPT_KEY) != str(attempt):
-        version += 1
-        draft.plan.configmap_data = ranktable.configmap_data(text, version, attempt)
-        draft.plan.ranktable_completed = complete
-    draft.status["rankTable"] = {"status": table["status"], "version": version}
-    draft.cond(st.RANKTABLE_READY, complete, reason, message)
-
-
-def _rank_table_reset(
-    draft: Draft, job: Mapping[str, Any], configmap: Mapping[str, Any] | None
-) -> None:
-    if jobs.device_type(job) == "npu" and configmap is not None:
-        _rank_table(draft, job, {}, configmap)
+def _rank_table_reset(draft: Draft, seen: Seen) -> None:
+    """Back to an initializing table: this attempt's pods are gone (or going)."""
+    if seen.npu and seen.configmap is not None:
+        _rank_table(draft, seen, {})
 
 
 def _clean_pod_policy(obj: Mapping[str, Any]) -> str:
@@ -282,34 +217,25 @@ def refused(obj: Mapping[str, Any], message: str, now: datetime) -> Plan:
     """A child was refused for now (admission: a PriorityClass not there yet, a quota): the
     job waits for the cluster to change, and its status says why."""
     draft = Draft(obj, now)
-    if draft.status.get("phase") not in TERMINAL:
+    if not draft.ended:
         draft.cond(st.CREATED, False, "PodsRefused", message)
         draft.status.setdefault("phase", PENDING)
     return draft.done()
 
 
 def plan(
-    obj: Mapping[str, Any],
-    pods: Sequence[Mapping[str, Any]],
+    observed: Observed,
     *,
-    service: Mapping[str, Any] | None,
-    configmap: Mapping[str, Any] | None,
     now: datetime,
     settings: Settings,
-    foreign_pods: int = 0,
-    has_podgroup: bool = False,
     progress: Mapping[str, Any] | None = None,
 ) -> Plan:
-    """The changes that bring the job `obj` (as read from the API) and its children in line.
+    """The changes that bring the job and its children, as `observed`, in line.
 
-    `pods` are the pods the job owns, `service`/`configmap` its headless Service and
-    rank-table ConfigMap (None when missing), `has_podgroup` whether its PodGroup exists.
-    `foreign_pods` counts pods with the job's label owned by something else: those of a
-    deleted job of the same name, which the garbage collector has yet to remove and whose
-    names the new pods need. `progress` is what rank 0's metrics said, when just scraped.
-
-    The decision runs through STEPS in order; the first that returns a plan decides.
+    `progress` is what rank 0's metrics said, when just scraped. The PREPARE steps run
+    first, then the DECIDE steps in order: the first that returns a plan decides.
     """
+    obj = observed.job
     draft = Draft(obj, now)
     status = draft.status
     try:
@@ -320,22 +246,24 @@ def plan(
         # that has already ended keeps how it ended (a spec edited after the fact changes
         # no outcome), and the pods of a running job edited so stop as the job's
         # cleanPodPolicy says: they ran a spec the job no longer has.
-        if status.get("phase") not in TERMINAL:
+        if not draft.ended:
             draft.fail("InvalidSpec", str(exc))
-        _cleanup(draft, pods, _clean_pod_policy(obj))
+        _cleanup(draft, observed.pods, _clean_pod_policy(obj))
         return draft.done()
     status["restarts"] = int(status.get("restarts") or 0)
     if progress:
         status["progress"] = dict(progress)
-    seen = Observed(job, pods, service, configmap, has_podgroup, foreign_pods, settings)
-    for step in STEPS:
+    seen = Seen(job, observed, settings, observed.configmap)
+    for prepare in PREPARE:
+        prepare(draft, seen)
+    for step in DECIDE:
         decided = step(draft, seen)
         if decided is not None:
             return decided
     raise AssertionError("the last step always decides")
 
 
-def partition_pods(draft: Draft, seen: Observed) -> Plan | None:
+def partition_pods(draft: Draft, seen: Seen) -> None:
     """This attempt's pods by index; any other pod (an earlier attempt's, an index out of
     range, a duplicate, one the operator deleted itself) is stale and deleted."""
     restarts = draft.status["restarts"]
@@ -344,7 +272,7 @@ def partition_pods(draft: Draft, seen: Observed) -> Plan | None:
     # while Created is not True is one the operator deleted: no failure of the job, just a
     # pod to wait for before its name is reused.
     own_deletions = not draft.is_true(st.CREATED)
-    for pod in seen.pods:
+    for pod in seen.observed.pods:
         index = st.pod_rank(pod)
         if (
             index is None
@@ -358,36 +286,37 @@ def partition_pods(draft: Draft, seen: Observed) -> Plan | None:
             seen.current[index] = pod
     # A finished job keeps the counts it ended with (as Kubeflow's training operator does):
     # cleanPodPolicy deletes the pods, which would otherwise report 0 succeeded.
-    if draft.status.get("phase") not in TERMINAL:
+    if not draft.ended:
         draft.status["ranks"] = st.rank_counts(
             seen.current.values(), seen.world, jobs.devices_per_pod(seen.job)
         )
     _delete(draft, seen.stale)
-    return None
 
 
-def finished(draft: Draft, seen: Observed) -> Plan | None:
+def finished(draft: Draft, seen: Seen) -> Plan | None:
     """A job that has ended stays ended: only clean-up and its TTL are left."""
-    if draft.status.get("phase") in TERMINAL:
+    if draft.ended:
         return _finished(draft, seen.current, seen.run_policy)
     return None
 
 
-def ensure_children(draft: Draft, seen: Observed) -> Plan | None:
+def ensure_children(draft: Draft, seen: Seen) -> None:
     """Children that must exist while the job is alive (re-created if someone deletes them)."""
+    if draft.ended:
+        # Only cleaned up (`finished`): kube.observe does not even read its children.
+        return
     job = seen.job
-    if seen.service is None:
+    if seen.observed.service is None:
         draft.plan.create.append(render.render_service(job))
-    if render.gang(job) and not seen.has_podgroup:
+    if render.gang(job) and not seen.observed.has_podgroup:
         # Before any pod: a pod naming a missing group is not scheduled by Volcano.
         draft.plan.create.append(render.render_podgroup(job))
     if seen.npu and seen.configmap is None:
         seen.configmap = render.render_configmap(job, draft.status["restarts"])
         draft.plan.create.append(seen.configmap)
-    return None
 
 
-def suspended(draft: Draft, seen: Observed) -> Plan | None:
+def suspended(draft: Draft, seen: Seen) -> Plan | None:
     """spec.runPolicy.suspend: no pods, no start time (the deadline restarts on resume)."""
     if not seen.run_policy["suspend"]:
         draft.clear(st.SUSPENDED, "Resumed", "spec.runPolicy.suspend is false: the job runs again")
@@ -400,11 +329,11 @@ def suspended(draft: Draft, seen: Observed) -> Plan | None:
     draft.clear(st.RUNNING, "Suspended", "spec.runPolicy.suspend is true")
     draft.status["phase"] = SUSPENDED
     draft.status.pop("startTime", None)
-    _rank_table_reset(draft, seen.job, seen.configmap)
+    _rank_table_reset(draft, seen)
     return draft.done()
 
 
-def deadline(draft: Draft, seen: Observed) -> Plan | None:
+def deadline(draft: Draft, seen: Seen) -> Plan | None:
     """spec.runPolicy.activeDeadlineSeconds, counted from startTime."""
     started = st.parse_time(draft.status.get("startTime"))
     seconds = seen.run_policy.get("activeDeadlineSeconds")
@@ -421,7 +350,7 @@ def deadline(draft: Draft, seen: Observed) -> Plan | None:
     return _finished(draft, seen.current, seen.run_policy)
 
 
-def _failures(draft: Draft, seen: Observed) -> list[st.Failure]:
+def _failures(draft: Draft, seen: Seen) -> list[st.Failure]:
     created = draft.is_true(st.CREATED)
     failures: list[st.Failure] = []
     for index in range(seen.pod_total):
@@ -439,7 +368,7 @@ def _failures(draft: Draft, seen: Observed) -> list[st.Failure]:
     return failures
 
 
-def failures_and_backoff(draft: Draft, seen: Observed) -> Plan | None:
+def failures_and_backoff(draft: Draft, seen: Seen) -> Plan | None:
     """A permanent failure fails the job; a retryable one restarts every pod, after a
     doubling delay, up to spec.runPolicy.backoffLimit times."""
     failures = _failures(draft, seen)
@@ -477,13 +406,13 @@ def failures_and_backoff(draft: Draft, seen: Observed) -> Plan | None:
     draft.clear(st.SCHEDULED, "Restarting", first.message)
     status["phase"] = RESTARTING
     _delete(draft, list(seen.current.values()))
-    _rank_table_reset(draft, seen.job, seen.configmap)
+    _rank_table_reset(draft, seen)
     draft.plan.restarted = True
     draft.plan.requeue(delay)
     return draft.done()
 
 
-def succeeded(draft: Draft, seen: Observed) -> Plan | None:
+def succeeded(draft: Draft, seen: Seen) -> Plan | None:
     """Every pod of this attempt exited 0."""
     pods = seen.current.values()
     if len(seen.current) != seen.pod_total or any(st.pod_phase(p) != "Succeeded" for p in pods):
@@ -497,7 +426,7 @@ def succeeded(draft: Draft, seen: Observed) -> Plan | None:
     return _finished(draft, seen.current, seen.run_policy)
 
 
-def _backoff_left(draft: Draft, seen: Observed) -> float:
+def _backoff_left(draft: Draft, seen: Seen) -> float:
     """Seconds still to wait before this restart's pods may be created."""
     restarts = draft.status["restarts"]
     if not restarts or not draft.is_true(st.RESTARTING):
@@ -510,7 +439,7 @@ def _backoff_left(draft: Draft, seen: Observed) -> float:
     return left
 
 
-def create_pods(draft: Draft, seen: Observed) -> Plan | None:
+def create_pods(draft: Draft, seen: Seen) -> Plan | None:
     """The pods of this attempt, once the backoff has passed and the old pods are gone."""
     if draft.is_true(st.CREATED):
         return None
@@ -520,7 +449,7 @@ def create_pods(draft: Draft, seen: Observed) -> Plan | None:
         status["phase"] = RESTARTING
         draft.plan.requeue(left)
         return draft.done()
-    if seen.stale or seen.foreign_pods:
+    if seen.stale or seen.observed.foreign_pods:
         # Pods of the previous attempt (or of a deleted namesake) hold the names (and
         # devices) the new ones need.
         status["phase"] = RESTARTING if restarts else CREATING
@@ -536,11 +465,11 @@ def create_pods(draft: Draft, seen: Observed) -> Plan | None:
     status.setdefault("startTime", st.format_time(draft.now))
     status["phase"] = CREATING
     if seen.npu:
-        _rank_table(draft, seen.job, seen.current, seen.configmap)
+        _rank_table(draft, seen, seen.current)
     return draft.done()
 
 
-def steady(draft: Draft, seen: Observed) -> Plan:
+def steady(draft: Draft, seen: Seen) -> Plan:
     """All pods exist and none failed: report scheduling, the rank table, running."""
     status, world = draft.status, seen.world
     counts = status["ranks"]
@@ -553,7 +482,7 @@ def steady(draft: Draft, seen: Observed) -> Plan:
         message = f"{scheduled} of {world} rank pods scheduled"
         draft.cond(st.SCHEDULED, False, "WaitingForScheduler", message)
     if seen.npu:
-        _rank_table(draft, seen.job, seen.current, seen.configmap)
+        _rank_table(draft, seen, seen.current)
     active = counts["running"] + counts["succeeded"]
     if active == world and counts["running"] > 0:
         draft.cond(st.RUNNING, True, "AllRanksRunning", f"{counts['running']} ranks running")
@@ -564,12 +493,12 @@ def steady(draft: Draft, seen: Observed) -> Plan:
     return draft.done()
 
 
-# One reconcile's decision, step by step (Kubeflow's ReconcileJobs, Volcano's job states):
-# each step either decides the plan or passes the job on to the next.
-STEPS: tuple[Callable[[Draft, Observed], Plan | None], ...] = (
-    partition_pods,
+# One reconcile, step by step (Kubeflow's ReconcileJobs, Volcano's job states). PREPARE steps
+# only add to the draft (pods sorted, stale ones deleted, missing children created) and run
+# first, in order; then each DECIDE step either decides the plan or passes the job on.
+PREPARE: tuple[Callable[[Draft, Seen], None], ...] = (partition_pods, ensure_children)
+DECIDE: tuple[Callable[[Draft, Seen], Plan | None], ...] = (
     finished,
-    ensure_children,
     suspended,
     deadline,
     failures_and_backoff,

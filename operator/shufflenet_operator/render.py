@@ -184,10 +184,23 @@ def _volumes(job: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
 def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str, Any]:
     """Pod `rank` of attempt `restarts` (the rank itself, or the node rank of a pod of
     spec.devices.perPod devices), with spec.podTemplate merged in."""
-    spec = job["spec"]
     name = jobs.pod_name(job, rank)
+    env_list = _env(job, rank, restarts)
+    volumes, mounts = _volumes(job)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _pod_metadata(job, name, rank, restarts),
+        "spec": _pod_spec(job, name, _container(job, env_list, mounts), volumes),
+    }
+    merged = merge_pod_template(pod, job["spec"].get("podTemplate") or {})
+    _keep_env_contract(merged, env_list)
+    return _drop_shadowed_mounts(merged, {v["name"] for v in volumes})
+
+
+def _env(job: Mapping[str, Any], rank: int, restarts: int) -> list[dict[str, Any]]:
+    """The env contract of `shufflenet_contract.job`, as a container's env list."""
     npu = jobs.device_type(job) == "npu"
-    per_pod = jobs.devices_per_pod(job)
     pod_env = jobs.pod_env(
         job,
         rank,
@@ -202,7 +215,15 @@ def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str
         {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
         for name, path in env.DOWNWARD_API.items()
     ]
-    volumes, mounts = _volumes(job)
+    return env_list
+
+
+def _container(
+    job: Mapping[str, Any], env_list: list[dict[str, Any]], mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The trainer container: its command, ports, mounts and devices."""
+    spec = job["spec"]
+    per_pod = jobs.devices_per_pod(job)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec["image"],
@@ -213,18 +234,7 @@ def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str
         # A pod of several devices starts a rank per device (ranks from its RANK env on).
         + (["--nproc", str(per_pod)] if per_pod > 1 else []),
         "env": env_list,
-        "ports": [
-            {"name": METRICS_PORT_NAME, "containerPort": int(spec["metrics"]["port"])},
-            {"name": RENDEZVOUS_PORT_NAME, "containerPort": env.DEFAULT_MASTER_PORT},
-            # The other ranks of a pod of several devices serve on port + local rank.
-            *(
-                {
-                    "name": f"{METRICS_PORT_NAME}-{k}",
-                    "containerPort": int(spec["metrics"]["port"]) + k,
-                }
-                for k in range(1, per_pod)
-            ),
-        ],
+        "ports": _ports(int(spec["metrics"]["port"]), per_pod),
         "volumeMounts": mounts,
     }
     if spec.get("imagePullPolicy"):
@@ -233,7 +243,26 @@ def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str
     if resource:
         count = str(per_pod)
         container["resources"] = {"limits": {resource: count}, "requests": {resource: count}}
-    scheduling = spec["scheduling"]
+    return container
+
+
+def _ports(metrics_port: int, per_pod: int) -> list[dict[str, Any]]:
+    return [
+        {"name": METRICS_PORT_NAME, "containerPort": metrics_port},
+        {"name": RENDEZVOUS_PORT_NAME, "containerPort": env.DEFAULT_MASTER_PORT},
+        # The other ranks of a pod of several devices serve on port + local rank.
+        *(
+            {"name": f"{METRICS_PORT_NAME}-{k}", "containerPort": metrics_port + k}
+            for k in range(1, per_pod)
+        ),
+    ]
+
+
+def _pod_spec(
+    job: Mapping[str, Any], name: str, container: dict[str, Any], volumes: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The pod's spec, with spec.scheduling's placement."""
+    scheduling = job["spec"]["scheduling"]
     pod_spec: dict[str, Any] = {
         # The operator restarts the whole job; kubelet restarting one rank in place would
         # leave it alone against peers that already gave up on it.
@@ -250,6 +279,10 @@ def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str
         pod_spec["tolerations"] = copy.deepcopy(scheduling["tolerations"])
     if scheduling.get("priorityClassName"):
         pod_spec["priorityClassName"] = scheduling["priorityClassName"]
+    return pod_spec
+
+
+def _pod_metadata(job: Mapping[str, Any], name: str, rank: int, restarts: int) -> dict[str, Any]:
     labels = {RANK_LABEL: str(rank), RESTART_LABEL: str(restarts)}
     metadata = _metadata(job, name, labels)
     # The pod's index, under the key MindX's tools and Volcano's hcclrank plugin read it by
@@ -258,14 +291,15 @@ def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str
     metadata["annotations"] = {ranktable.RANK_INDEX_ANNOTATION: str(rank)}
     if gang(job):
         metadata["annotations"][PODGROUP_ANNOTATION] = podgroup_name(job)
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
-    merged = merge_pod_template(pod, spec.get("podTemplate") or {})
-    # The env contract is the operator's: an override may add variables, not change these.
-    for c in merged["spec"]["containers"]:
+    return metadata
+
+
+def _keep_env_contract(pod: dict[str, Any], env_list: list[dict[str, Any]]) -> None:
+    """The env contract is the operator's: an override may add variables, not change these."""
+    ours = {e["name"] for e in env_list}
+    for c in pod["spec"]["containers"]:
         if c.get("name") == CONTAINER:
-            ours = {e["name"] for e in env_list}
             c["env"] = env_list + [e for e in c.get("env", []) if e.get("name") not in ours]
-    return _drop_shadowed_mounts(merged, {v["name"] for v in volumes})
 
 
 def _drop_shadowed_mounts(pod: dict[str, Any], ours: set[str]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import IO, Any
 import pytest
 import torch
 
-from shufflenet_contract.env import rank_env
+from shufflenet_contract.env import RankEnv, rank_env
 from shufflenet_trainer.errors import EXIT_DIST, EXIT_SIGTERM
 from shufflenet_trainer.jobs.launch import free_port
 from shufflenet_trainer.train.config import parse_config
@@ -55,13 +55,16 @@ def start_ranks(n: int, args: list[Any], logs: Path) -> list[subprocess.Popen[by
             **os.environ,
             "OMP_NUM_THREADS": "1",
             **rank_env(
-                job_name="t",
-                rank=k,
-                world_size=n,
-                master_addr="127.0.0.1",
-                master_port=port,
+                RankEnv(
+                    rank=k,
+                    world_size=n,
+                    master_addr="127.0.0.1",
+                    master_port=port,
+                    device_id=0,
+                    job_name="t",
+                    metrics_port=0,
+                ),
                 device_type="cpu",
-                metrics_port=0,
             ),
         }
         out: IO[bytes] = open(logs / f"rank{k}.out", "ab")  # noqa: SIM115
@@ -151,15 +154,16 @@ def test_one_two_and_four_ranks_reach_the_same_weights(digits32: Path, tmp_path:
     port = free_port()
     pods = []
     for first in (0, 2):
-        pod_env = rank_env(
-            job_name="t",
+        first_rank = RankEnv(
             rank=first,
             world_size=4,
+            local_world_size=2,
             master_addr="127.0.0.1",
             master_port=port,
-            device_type="cpu",
-            local_world_size=2,
+            device_id=0,
+            job_name="t",
         )
+        pod_env = rank_env(first_rank, device_type="cpu")
         pods.append(
             subprocess.Popen(
                 [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -22,36 +23,53 @@ EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 # --- rank environment -----------------------------------------------------------------
 
 
+def npu_rank(**changes: Any) -> env.RankEnv:
+    """Rank 3 of 8 with every field `rank_env` writes set."""
+    fields: dict[str, Any] = {
+        "rank": 3, "world_size": 8, "local_rank": 1, "local_world_size": 4,
+        "master_addr": "j-node-0.j.ns.svc", "master_port": 29500, "device_id": 1,
+        "rank_table_file": "/user/serverid/devindex/config/hccl.json", "job_name": "j",
+        "pod_name": "j-node-0", "pod_ip": "127.0.2.4", "metrics_port": 9400,
+        "hccl_connect_timeout": env.hccl_connect_timeout(30), "hccl_exec_timeout": 600,
+        "attempt": 2,
+    }  # fmt: skip
+    return env.RankEnv(**{**fields, **changes})
+
+
 def test_rank_env_round_trips_through_read_rank_env() -> None:
-    built = env.rank_env(
-        job_name="j",
-        rank=3,
-        world_size=8,
-        master_addr="j-rank-0.j.ns.svc",
-        master_port=29500,
-        device_type="npu",
-        device_id=0,
-        pod_name="j-rank-3",
-        pod_ip="127.0.2.4",
-        metrics_port=9400,
-        rank_table_file="/user/serverid/devindex/config/hccl.json",
-        connect_timeout=30,
-    )
+    rank = npu_rank()
+    built = env.rank_env(rank, device_type="npu")
     assert all(isinstance(v, str) for v in built.values())
     assert built["RANK_ID"] == built["RANK"] == "3" and built["RANK_SIZE"] == "8"
+    assert built["ASCEND_DEVICE_ID"] == built["DEVICE_ID"] == "1"
     # At least torch_npu's 300 s of rank-table mode, within HCCL's [120, 7200].
     assert built["HCCL_CONNECT_TIMEOUT"] == "300"
-    got = env.read_rank_env(built)
-    assert (got.rank, got.world_size, got.local_rank, got.device_id) == (3, 8, 0, 0)
-    assert got.master_addr == "j-rank-0.j.ns.svc" and got.master_port == 29500
-    assert got.rank_table_file.endswith("hccl.json") and got.distributed
+    assert env.read_rank_env(built) == rank and rank.distributed
+    # Only what is set travels: the required fields alone come back as they went.
+    least = env.RankEnv(job_name="j", master_addr="a", master_port=1, device_id=0)
+    assert env.read_rank_env(env.rank_env(least, device_type="cpu")) == least
+
+
+def test_rank_env_writes_every_field_but_the_pods_own() -> None:
+    # A new RankEnv field must be written by rank_env (and set in npu_rank) or be named in
+    # NOT_WRITTEN: then it cannot come back from the environment as its default.
+    got = env.read_rank_env(env.rank_env(npu_rank(), device_type="npu"))
+    fields = dataclasses.fields(got)
+    travelled = {f.name for f in fields if getattr(got, f.name) != f.default}
+    assert travelled == {f.name for f in fields} - set(env.NOT_WRITTEN)
+
+
+def test_rank_env_needs_the_variables_every_pod_gets() -> None:
+    with pytest.raises(ValueError, match=r"needs master_addr, master_port$"):
+        env.rank_env(env.RankEnv(job_name="j", device_id=0), device_type="cpu")
 
 
 def test_pod_identity_attempt_and_overrides() -> None:
-    built = env.rank_env(
-        job_name="j", rank=1, world_size=2, master_addr="a", master_port=1,
-        device_type="npu", attempt=3,
+    rank = env.RankEnv(
+        rank=1, world_size=2, job_name="j", master_addr="a", master_port=1, device_id=0,
+        attempt=3,
     )  # fmt: skip
+    built = env.rank_env(rank, device_type="npu")
     assert built[env.ATTEMPT] == "3"
     # The downward API's variables are the pod's, never built here.
     assert not set(env.DOWNWARD_API) & set(built)
@@ -68,11 +86,10 @@ def test_pod_identity_attempt_and_overrides() -> None:
 
 
 def test_rank_env_npu_only_variables() -> None:
-    built = env.rank_env(
-        job_name="j", rank=0, world_size=2, master_addr="a", master_port=1,
-        device_type="gpu", rank_table_file="/x", connect_timeout=600,
-    )  # fmt: skip
-    assert "RANK_TABLE_FILE" not in built and "HCCL_CONNECT_TIMEOUT" not in built
+    built = env.rank_env(npu_rank(), device_type="gpu")
+    assert not {"RANK_TABLE_FILE", "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT"} & set(built)
+    back = npu_rank(rank_table_file=None, hccl_connect_timeout=None, hccl_exec_timeout=None)
+    assert env.read_rank_env(built) == back
 
 
 @pytest.mark.parametrize(("seconds", "given"), [(10, "300"), (299, "300"), (1800, "1800"),
@@ -84,15 +101,16 @@ def test_npu_pods_get_a_connect_timeout_of_at_least_300_within_hcclss_range(
 
 
 def test_hccl_exec_timeout_passes_through_to_npu_pods_in_hccls_range() -> None:
-    common: dict[str, Any] = {
-        "job_name": "j", "rank": 0, "world_size": 2, "master_addr": "a", "master_port": 1
-    }  # fmt: skip
-    built = env.rank_env(**common, device_type="npu", exec_timeout=600)
+    rank = env.RankEnv(
+        rank=0, world_size=2, job_name="j", master_addr="a", master_port=1, device_id=0,
+        hccl_exec_timeout=600,
+    )  # fmt: skip
+    built = env.rank_env(rank, device_type="npu")
     assert built["HCCL_EXEC_TIMEOUT"] == "600"
     assert env.read_rank_env({**built, "MASTER_ADDR": "a"}).world_size == 2
-    assert "HCCL_EXEC_TIMEOUT" not in env.rank_env(**common, device_type="gpu", exec_timeout=600)
+    assert "HCCL_EXEC_TIMEOUT" not in env.rank_env(rank, device_type="gpu")
     with pytest.raises(ValueError, match=r"\[1, 17340\]"):
-        env.rank_env(**common, device_type="npu", exec_timeout=17341)
+        env.rank_env(dataclasses.replace(rank, hccl_exec_timeout=17341), device_type="npu")
 
 
 def test_no_env_is_a_single_process() -> None:

@@ -15,7 +15,7 @@ import torchvision.transforms as T
 from helpers.photos import imagenet_like, package_photos, write_photo_jpegs
 from PIL import Image
 
-from shufflenet_trainer.data.build import build_loaders
+from shufflenet_trainer.data.build import LoaderSettings, build_loaders
 from shufflenet_trainer.data.decode import (
     decode_train,
     decode_train_tv,
@@ -150,7 +150,7 @@ def test_loader_on_photos_counts_only_bad_files(
     cut = tmp_path / "train" / "n02" / photos[7].name
     cut.write_bytes(cut.read_bytes()[:3000])
     loaders = build_loaders(
-        str(tmp_path), batch_size=4, workers=0, drop_last=False, decoder=decoder
+        LoaderSettings(str(tmp_path), batch_size=4, workers=0, drop_last=False, decoder=decoder)
     )
     auto = "sj-jpeg" if simplejpeg_available() else "tv-jpeg"
     assert loaders.stats.decode_path == (auto if decoder == "auto" else decoder)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shufflenet_trainer.data.build import build_loaders
+from shufflenet_trainer.data.build import LoaderSettings, build_loaders
 from shufflenet_trainer.errors import EXIT_DATA, ConfigError, DataError
 
 
@@ -28,7 +28,9 @@ def _tree(root: Path, classes: dict[str, int], splits: tuple[str, ...] = ("train
 
 
 def _build(root: Path, **kw):
-    return build_loaders(str(root), batch_size=2, workers=0, image_size=16, val_resize=20, **kw)
+    return build_loaders(
+        LoaderSettings(str(root), batch_size=2, workers=0, image_size=16, val_resize=20, **kw)
+    )
 
 
 def test_missing_dir(tmp_path: Path) -> None:
@@ -87,4 +89,4 @@ def test_bad_config(tmp_path: Path, kw: dict) -> None:
     _tree(tmp_path, {"a": 2})
     args = {"batch_size": 2, "workers": 0, "image_size": 16, "val_resize": 20} | kw
     with pytest.raises(ConfigError):
-        build_loaders(str(tmp_path), **args)
+        build_loaders(LoaderSettings(str(tmp_path), **args))

@@ -10,7 +10,7 @@ import torch
 from helpers.photos import write_photo_jpegs
 from PIL import Image
 
-from shufflenet_trainer.data.build import build_loaders, normalize_on_device
+from shufflenet_trainer.data.build import LoaderSettings, build_loaders, normalize_on_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -44,8 +44,8 @@ def _run(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_gpu_matches_host(root: Path, split: str, capsys) -> None:
     kw = {"batch_size": 4, "workers": 0, "drop_last": False, "seed": 3}
-    host = build_loaders(str(root), decoder="tv-jpeg", **kw)
-    gpu = build_loaders(str(root), device="cuda", channels_last=True, **kw)
+    host = build_loaders(LoaderSettings(str(root), decoder="tv-jpeg", **kw))
+    gpu = build_loaders(LoaderSettings(str(root), device="cuda", channels_last=True, **kw))
     assert gpu.stats.decode_path == "gpu-nvjpeg"
     host.set_epoch(2)
     gpu.set_epoch(2)
@@ -67,8 +67,8 @@ def test_gpu_matches_host(root: Path, split: str, capsys) -> None:
 
 def test_gpu_workers_deterministic_and_layout(root: Path) -> None:
     kw = {"batch_size": 4, "drop_last": True, "device": "cuda", "channels_last": True}
-    a = build_loaders(str(root), workers=0, **kw)
-    b = build_loaders(str(root), workers=2, **kw)
+    a = build_loaders(LoaderSettings(str(root), workers=0, **kw))
+    b = build_loaders(LoaderSettings(str(root), workers=2, **kw))
     for (xa, ya), (xb, yb) in zip(a.train, b.train, strict=True):
         assert xa.is_cuda and xa.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from shufflenet_trainer.data.build import build_loaders, normalize_on_device
+from shufflenet_trainer.data.build import LoaderSettings, build_loaders, normalize_on_device
 from shufflenet_trainer.data.loader import ShardedBatchSampler
 from shufflenet_trainer.errors import DataError
 
@@ -40,7 +40,7 @@ def _corrupt(root: Path) -> list[Path]:
 
 def _load(root: Path, **kw):
     args = {"batch_size": 4, "workers": 0, "image_size": 24, "val_resize": 28} | kw
-    return build_loaders(str(root), **args)
+    return build_loaders(LoaderSettings(str(root), **args))
 
 
 def _epoch(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -152,15 +152,10 @@ def test_sampler_matches_distributed_sampler() -> None:
 
 
 def test_dummy_is_deterministic() -> None:
-    kw = {
-        "batch_size": 4,
-        "workers": 0,
-        "dummy": True,
-        "dummy_size": 20,
-        "dummy_classes": 5,
-        "image_size": 8,
-    }
-    a, b = build_loaders(None, **kw), build_loaders(None, **kw)
+    settings = LoaderSettings(
+        None, batch_size=4, workers=0, dummy=True, dummy_size=20, dummy_classes=5, image_size=8
+    )
+    a, b = build_loaders(settings), build_loaders(settings)
     assert a.stats.decode_path == "synthetic" and a.num_classes == 5 and a.val_size == 2
     for (xa, ya), (xb, yb) in zip(a.train, b.train, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)

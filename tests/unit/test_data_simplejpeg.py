@@ -5,6 +5,7 @@ Tolerances are those of ``test_data_decode.py``; the photos are the same package
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from helpers.photos import imagenet_like, package_photos, write_photo_jpegs
 from PIL import Image
 
 import shufflenet_trainer.data.decode as decode_mod
-from shufflenet_trainer.data.build import build_loaders
+from shufflenet_trainer.data.build import LoaderSettings, build_loaders
 from shufflenet_trainer.data.decode import (
     decode_jpeg,
     decode_train_sj,
@@ -232,21 +233,20 @@ def test_auto_picks_sj_jpeg_and_falls_back_without_simplejpeg(
         d.mkdir(parents=True)
         for p in photos[:4]:
             (d / p.name).write_bytes(p.read_bytes())
-    kw = {"batch_size": 2, "workers": 0, "drop_last": False}
-    assert build_loaders(str(tmp_path), **kw).stats.decode_path == "sj-jpeg"
-    assert build_loaders(str(tmp_path), decoder="sj-jpeg", **kw).stats.decode_path == "sj-jpeg"
-    assert build_loaders(str(tmp_path), decoder="tv-jpeg", **kw).stats.decode_path == "tv-jpeg"
-    sj = build_loaders(str(tmp_path), decoder="sj-jpeg", **kw)
-    tv = build_loaders(str(tmp_path), decoder="tv-jpeg", **kw)
+    base = LoaderSettings(str(tmp_path), batch_size=2, workers=0, drop_last=False)
+    assert build_loaders(base).stats.decode_path == "sj-jpeg"
+    sj = build_loaders(replace(base, decoder="sj-jpeg"))
+    tv = build_loaders(replace(base, decoder="tv-jpeg"))
+    assert (sj.stats.decode_path, tv.stats.decode_path) == ("sj-jpeg", "tv-jpeg")
     for (xs, ys), (xt, yt) in zip(sj.train, tv.train, strict=True):
         assert torch.equal(xs, xt) and torch.equal(ys, yt)
     for (xs, _), (xt, _) in zip(sj.val, tv.val, strict=True):
         assert (xs.int() - xt.int()).abs().max() <= VAL_MAX_DIFF
 
     monkeypatch.setattr(decode_mod, "simplejpeg", None)
-    assert build_loaders(str(tmp_path), **kw).stats.decode_path == "tv-jpeg"
+    assert build_loaders(base).stats.decode_path == "tv-jpeg"
     with pytest.raises(ConfigError, match="simplejpeg"):
-        build_loaders(str(tmp_path), decoder="sj-jpeg", **kw)
+        build_loaders(replace(base, decoder="sj-jpeg"))
     # Called directly without simplejpeg, the sj functions are the tv-jpeg/Pillow path.
     params = _fixed(Crop(5, 5, 200, 250), True)
     p = str(photos[0])

@@ -131,19 +131,22 @@ def test_device_index_from_the_environment() -> None:
 
 
 def test_launcher_in_a_pod_of_several_devices_starts_the_pods_ranks() -> None:
-    from shufflenet_contract.env import rank_env, read_rank_env
+    from shufflenet_contract.env import RankEnv, rank_env, read_rank_env
     from shufflenet_trainer.errors import ConfigError
     from shufflenet_trainer.jobs.launch import Node, node_of
 
     assert node_of(read_rank_env({}), 4) == Node(0, 4)
     pod = rank_env(
-        job_name="j",
-        rank=8,
-        world_size=16,
-        master_addr="sn-node-0.sn.ns.svc",
-        master_port=29500,
+        RankEnv(
+            rank=8,
+            world_size=16,
+            local_world_size=8,
+            master_addr="sn-node-0.sn.ns.svc",
+            master_port=29500,
+            device_id=0,
+            job_name="j",
+        ),
         device_type="npu",
-        local_world_size=8,
     )
     assert node_of(read_rank_env(pod), 8) == Node(8, 16, "sn-node-0.sn.ns.svc", 29500)
     # A single rank's environment (or a pod of another size) cannot host --nproc ranks.

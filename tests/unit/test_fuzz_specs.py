@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from shufflenet_contract import job as jobs
 from shufflenet_operator import policy
 from shufflenet_operator import status as st
+from shufflenet_operator.observed import Observed
 
 EXAMPLES = 2000
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -39,9 +40,7 @@ outcomes: collections.Counter[str] = collections.Counter()
 
 
 def _reconcile(obj: dict[str, Any], pods: list[dict[str, Any]]) -> policy.Plan:
-    return policy.plan(
-        obj, pods, service=None, configmap=None, now=T0, settings=SETTINGS, has_podgroup=False
-    )
+    return policy.plan(Observed(obj, pods), now=T0, settings=SETTINGS)
 
 
 def _names_the_mutated_field(case: Case, message: str) -> bool:

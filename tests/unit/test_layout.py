@@ -15,9 +15,9 @@ import shufflenet_trainer
 PACKAGE = Path(shufflenet_trainer.__file__).parent
 
 # Which parts of the trainer package each subpackage may import (besides itself and the
-# torch-free leaves errors/atomic/console). model/ and data/ are the bottom, train/ builds
+# torch-free leaves in LEAVES). model/ and data/ are the bottom, train/ builds
 # on them, metrics/ observes train/; jobs/ only starts processes and reads manifests.
-LEAVES = {"errors", "atomic", "console", "compat"}
+LEAVES = {"errors", "atomic", "console", "compat", "argparsing"}
 ALLOWED = {
     "model": set(),
     "data": set(),
@@ -101,3 +101,64 @@ def test_job_tools_and_data_package_import_without_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def _contract_imports(path: Path) -> set[str]:
+    """The shufflenet_contract modules that `path`, a module of its ranktable package,
+    imports, named from shufflenet_contract: `from .format import x` is ranktable.format,
+    `from ..env import x` is env."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = "ranktable." if node.level == 1 else ""
+            modules = [node.module] if node.module else [a.name for a in node.names]
+            found.update(base + module for module in modules)
+        elif (node.module or "").startswith("shufflenet_contract."):
+            found.add(node.module.split(".", 1)[1])
+    return found
+
+
+def test_rank_table_modules_depend_on_the_format_only() -> None:
+    # The format is the bottom; the operator's side (build) and the rank's (mount) each sit
+    # on it and not on each other, so either can change without the other.
+    from shufflenet_contract import ranktable
+
+    allowed = {
+        "format": set(),
+        "build": {"ranktable.format"},
+        "mount": {"ranktable.format", "env"},
+    }
+    here = Path(ranktable.__file__).parent
+    assert {p.stem for p in here.glob("*.py")} - {"__init__"} == set(allowed)
+    for name, deps in allowed.items():
+        extra = _contract_imports(here / f"{name}.py") - deps
+        assert not extra, f"ranktable/{name}.py imports {sorted(extra)}"
+
+
+def test_operator_uses_only_the_rank_table_format_and_build() -> None:
+    # The operator builds and checks tables; waiting for one and copying it is a rank's job.
+    # It imports the package (which loads mount too), so what is checked is the names it uses.
+    from importlib.util import find_spec
+
+    from shufflenet_contract import ranktable
+
+    spec = find_spec("shufflenet_operator")
+    assert spec is not None and spec.submodule_search_locations
+    operator = Path(next(iter(spec.submodule_search_locations)))
+    ours = set(vars(ranktable.format)) | set(vars(ranktable.build))
+    used: set[str] = set()
+    for path in sorted(operator.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                modules = {node.module or "", *(f"{node.module}.{a.name}" for a in node.names)}
+            else:
+                modules = set()
+            assert "shufflenet_contract.ranktable.mount" not in modules, path.name
+            if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "ranktable":
+                used.add(node.attr)
+    assert used, "the operator no longer uses ranktable: drop this test"
+    assert used <= ours, f"the operator uses mount's {sorted(used - ours)}"

@@ -13,6 +13,7 @@ from helpers.jobs import job_manifest
 from shufflenet_contract import ranktable
 from shufflenet_operator import policy, render
 from shufflenet_operator import status as st
+from shufflenet_operator.observed import Observed
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 SETTINGS = policy.Settings(restart_backoff_seconds=10, max_backoff_seconds=60)
@@ -38,16 +39,14 @@ class Cluster:
 
     def reconcile(self, seconds: float = 0, progress: dict[str, Any] | None = None) -> policy.Plan:
         self.now += timedelta(seconds=seconds)
-        plan = policy.plan(
+        observed = Observed(
             copy.deepcopy(self.job),
             [copy.deepcopy(p) for p in self.pods.values()],
             service=self.service,
             configmap=self.configmap,
-            now=self.now,
-            settings=SETTINGS,
             has_podgroup=self.podgroup is not None,
-            progress=progress,
         )
+        plan = policy.plan(observed, now=self.now, settings=SETTINGS, progress=progress)
         for m in plan.create:
             m = copy.deepcopy(m)
             self.uids += 1
@@ -305,14 +304,8 @@ def test_stale_pods_of_an_earlier_attempt_are_deleted_not_counted() -> None:
     c = started()
     # The operator died after writing the restart into the status, before deleting the pods.
     c.finish(0, 143)
-    crashed = policy.plan(
-        c.job,
-        list(c.pods.values()),
-        service=c.service,
-        configmap=c.configmap,
-        now=c.now,
-        settings=SETTINGS,
-    )
+    observed = Observed(c.job, list(c.pods.values()), service=c.service, configmap=c.configmap)
+    crashed = policy.plan(observed, now=c.now, settings=SETTINGS)
     c.job["status"] = crashed.status
     plan = c.reconcile(30)
     assert len(plan.delete_pods) == 4 and not plan.restarted
@@ -433,9 +426,7 @@ def test_set_condition_keeps_transition_time_unless_status_changes() -> None:
 
 def test_pods_of_a_deleted_namesake_are_waited_for() -> None:
     c = Cluster()
-    plan = policy.plan(
-        c.job, [], service=None, configmap=None, now=T0, settings=SETTINGS, foreign_pods=2
-    )
+    plan = policy.plan(Observed(c.job, foreign_pods=2), now=T0, settings=SETTINGS)
     assert [m["kind"] for m in plan.create] == ["Service", "PodGroup", "ConfigMap"]
     assert plan.status["phase"] == "Creating" and plan.requeue_after == 1.0
 

@@ -1,23 +1,26 @@
 """--dummy data made on the training device (data/synthetic.py) and what the trainer sees."""
 
+import gc
 import multiprocessing
+from dataclasses import replace
 
 import torch
 
-from shufflenet_trainer.data.build import build_loaders
+from shufflenet_trainer.data.build import LoaderSettings, build_loaders
 from shufflenet_trainer.data.synthetic import DeviceSyntheticBatches, batch_seed
 from shufflenet_trainer.train.config import parse_config
 from shufflenet_trainer.train.loop import Hooks
 from shufflenet_trainer.train.run import run
 
-KW = {
-    "batch_size": 4,
-    "workers": 3,  # asked for, and not needed: nothing is made on the host
-    "dummy": True,
-    "dummy_size": 24,
-    "dummy_classes": 5,
-    "image_size": 8,
-}
+DUMMY = LoaderSettings(
+    None,
+    batch_size=4,
+    workers=3,  # asked for, and not needed: nothing is made on the host
+    dummy=True,
+    dummy_size=24,
+    dummy_classes=5,
+    image_size=8,
+)
 
 
 def batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -32,7 +35,7 @@ def same(these, those) -> bool:
 
 
 def test_dummy_batches_are_made_without_worker_processes() -> None:
-    loaders = build_loaders(None, **KW)
+    loaders = build_loaders(DUMMY)
     assert isinstance(loaders.train, DeviceSyntheticBatches)
     assert loaders.train.workers == 0 and loaders.val.workers == 0
     before = set(multiprocessing.active_children())
@@ -48,23 +51,23 @@ def test_dummy_batches_are_made_without_worker_processes() -> None:
 
 
 def test_dummy_batches_depend_on_seed_rank_epoch_and_position_only() -> None:
-    a, b = build_loaders(None, **KW), build_loaders(None, **KW)
+    a, b = build_loaders(DUMMY), build_loaders(DUMMY)
     first, again = batches(a.train), batches(b.train)
     assert same(first, again)
     assert not torch.equal(first[0][0], first[1][0])  # batches differ within an epoch
     a.set_epoch(1)
     assert not torch.equal(batches(a.train)[0][0], first[0][0])  # and between epochs
-    other_rank = build_loaders(None, rank=1, world_size=2, **{**KW, "batch_size": 2})
-    same_rank0 = build_loaders(None, rank=0, world_size=2, **{**KW, "batch_size": 2})
+    other_rank = build_loaders(replace(DUMMY, rank=1, world_size=2, batch_size=2))
+    same_rank0 = build_loaders(replace(DUMMY, rank=0, world_size=2, batch_size=2))
     assert not torch.equal(batches(other_rank.train)[0][0], batches(same_rank0.train)[0][0])
-    other_seed = build_loaders(None, seed=1, **KW)
+    other_seed = build_loaders(replace(DUMMY, seed=1))
     assert not torch.equal(batches(other_seed.train)[0][0], first[0][0])
     # Validation batches are not training batches.
     assert not torch.equal(batches(a.val)[0][0], first[0][0][:2])
 
 
 def test_a_resumed_epoch_draws_the_batches_it_skipped_to() -> None:
-    loaders = build_loaders(None, **KW)
+    loaders = build_loaders(DUMMY)
     loaders.set_epoch(2)
     whole = batches(loaders.train)
     loaders.set_epoch(2, start_batch=4)
@@ -111,6 +114,10 @@ def test_a_dummy_training_run_uses_device_batches_and_no_workers(tmp_path) -> No
         rank=0,
         default_device="cpu",
     )
+    # Earlier tests' loaders stop their worker processes when they are collected: collect
+    # them now, not during the run's steps, where their workers would be seen ending.
+    gc.collect()
+    multiprocessing.active_children()  # reaps the ended workers
     children_per_step = []
     hooks = Hooks()
     hooks.on_step.append(lambda event: children_per_step.append(multiprocessing.active_children()))

@@ -6,9 +6,10 @@ Ascend tools and scripts read (`RANK_ID`, `RANK_SIZE`, `DEVICE_ID`, `ASCEND_DEVI
 HCCL rank table path on NPUs, identity/metrics variables, and what a rank needs to recognise
 its own attempt's rank table (POD_UID, HOST_IP from the downward API; SHUFFLENET_ATTEMPT).
 
-`rank_env` is the only place that builds this environment: the operator's pods, the trainer's
-`--nproc` launcher and `snjob run-local` all call it. `read_rank_env` is its inverse; its
-errors name the variable, because a wrong variable is a deployment bug someone must find.
+`rank_env` is the only place that builds this environment, from a `RankEnv`: the operator's
+pods, the trainer's `--nproc` launcher and `snjob run-local` all call it. `read_rank_env` is
+its inverse, back into a `RankEnv`; its errors name the variable, because a wrong variable is
+a deployment bug someone must find.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class EnvError(ValueError):
 
 @dataclass(frozen=True)
 class RankEnv:
-    """The rank environment as the trainer sees it (single process when nothing is set)."""
+    """The rank environment: what `rank_env` writes and `read_rank_env` reads back (a single
+    process when nothing is set)."""
 
     rank: int = 0
     world_size: int = 1
@@ -90,6 +92,7 @@ class RankEnv:
     pod_ip: str | None = None
     metrics_port: int | None = None
     hccl_connect_timeout: int | None = None
+    hccl_exec_timeout: int | None = None
     pod_uid: str | None = None
     host_ip: str | None = None
     attempt: int | None = None
@@ -108,72 +111,65 @@ def hccl_connect_timeout(seconds: float) -> int:
     return int(min(max(int(seconds), HCCL_CONNECT_TIMEOUT_MIN), HCCL_TIMEOUT_RANGE[1]))
 
 
-def rank_env(
-    *,
-    job_name: str,
-    rank: int,
-    world_size: int,
-    master_addr: str,
-    master_port: int,
-    device_type: str,
-    device_id: int = 0,
-    local_rank: int = 0,
-    local_world_size: int = 1,
-    pod_name: str | None = None,
-    pod_ip: str | None = None,
-    metrics_port: int | None = None,
-    rank_table_file: str | None = None,
-    connect_timeout: float | None = None,
-    attempt: int | None = None,
-    exec_timeout: int | None = None,
-) -> dict[str, str]:
+# What `rank_env` writes, in the order pods list it: (variable, RankEnv field). An alias is a
+# row of its own, so it always carries its variable's value.
+_ALWAYS = (
+    (RANK, "rank"),
+    (WORLD_SIZE, "world_size"),
+    (LOCAL_RANK, "local_rank"),
+    (LOCAL_WORLD_SIZE, "local_world_size"),
+    (MASTER_ADDR, "master_addr"),
+    (MASTER_PORT, "master_port"),
+    (RANK_ID, "rank"),
+    (RANK_SIZE, "world_size"),
+    (DEVICE_ID, "device_id"),
+    (ASCEND_DEVICE_ID, "device_id"),
+    (JOB_NAME, "job_name"),
+)
+_WHEN_SET = (
+    (POD_NAME, "pod_name"),
+    (POD_IP, "pod_ip"),
+    (METRICS_PORT, "metrics_port"),
+    (ATTEMPT, "attempt"),
+)
+# HCCL's variables mean nothing off NPUs, so other pods never get them.
+_NPU_WHEN_SET = (
+    (RANK_TABLE_FILE, "rank_table_file"),
+    (HCCL_CONNECT_TIMEOUT, "hccl_connect_timeout"),
+    (HCCL_EXEC_TIMEOUT, "hccl_exec_timeout"),
+)
+# RankEnv fields `rank_env` never writes: the downward API's (the operator renders them as
+# `valueFrom`) and a node's or a test's own settings, which a local launcher adds itself.
+# (POD_IP is the downward API's too, but a local launcher's stand-in is written when set.)
+NOT_WRITTEN = ("pod_uid", "host_ip", "rank_table_dir", "force_cpu")
+
+
+def rank_env(env: RankEnv, *, device_type: str) -> dict[str, str]:
     """The environment variables of one rank, all strings, as a pod's `env` wants them.
 
-    `device_id` is the device index the process binds (0 in a one-device pod, the chip of
-    the list on a multi-device host). `rank_table_file` and `connect_timeout` only matter on
-    NPUs, where they become RANK_TABLE_FILE and HCCL_CONNECT_TIMEOUT (as does `exec_timeout`,
-    HCCL_EXEC_TIMEOUT, checked against HCCL_EXEC_TIMEOUT_RANGE). `attempt` is the
-    whole-job attempt (SHUFFLENET_ATTEMPT). The downward-API variables (DOWNWARD_API) are not
-    here: their values exist only in the running pod.
+    The inverse of `read_rank_env`: `read_rank_env(rank_env(e, device_type="npu")) == e` for a
+    valid `e` whose NOT_WRITTEN fields are unset. `env.job_name`, `master_addr`,
+    `master_port` and `device_id` (the device index the process binds: 0 in a one-device pod,
+    the chip of the list on a multi-device host) must be set. `rank_table_file` and the HCCL
+    timeouts are written on NPUs only; build `hccl_connect_timeout` with
+    `hccl_connect_timeout()`, and `hccl_exec_timeout` must be in HCCL_EXEC_TIMEOUT_RANGE.
     """
     if device_type not in DEVICE_TYPES:
         raise ValueError(f"device type {device_type!r}: pass one of {', '.join(DEVICE_TYPES)}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} must be in [0, {world_size})")
-    if not 0 <= local_rank < local_world_size:
-        raise ValueError(f"local rank {local_rank} must be in [0, {local_world_size})")
-    env = {
-        RANK: str(rank),
-        WORLD_SIZE: str(world_size),
-        LOCAL_RANK: str(local_rank),
-        LOCAL_WORLD_SIZE: str(local_world_size),
-        MASTER_ADDR: master_addr,
-        MASTER_PORT: str(master_port),
-        RANK_ID: str(rank),
-        RANK_SIZE: str(world_size),
-        DEVICE_ID: str(device_id),
-        ASCEND_DEVICE_ID: str(device_id),
-        JOB_NAME: job_name,
-    }
-    if pod_name is not None:
-        env[POD_NAME] = pod_name
-    if pod_ip is not None:
-        env[POD_IP] = pod_ip
-    if metrics_port is not None:
-        env[METRICS_PORT] = str(metrics_port)
-    if attempt is not None:
-        env[ATTEMPT] = str(attempt)
-    if device_type == "npu":
-        if rank_table_file is not None:
-            env[RANK_TABLE_FILE] = rank_table_file
-        if connect_timeout is not None:
-            env[HCCL_CONNECT_TIMEOUT] = str(hccl_connect_timeout(connect_timeout))
-        if exec_timeout is not None:
-            lo, hi = HCCL_EXEC_TIMEOUT_RANGE
-            if not lo <= exec_timeout <= hi:
-                raise ValueError(f"HCCL exec timeout {exec_timeout} must be in [{lo}, {hi}]")
-            env[HCCL_EXEC_TIMEOUT] = str(exec_timeout)
-    return env
+    if not 0 <= env.rank < env.world_size:
+        raise ValueError(f"rank {env.rank} must be in [0, {env.world_size})")
+    if not 0 <= env.local_rank < env.local_world_size:
+        raise ValueError(f"local rank {env.local_rank} must be in [0, {env.local_world_size})")
+    exec_timeout = env.hccl_exec_timeout
+    lo, hi = HCCL_EXEC_TIMEOUT_RANGE
+    if device_type == "npu" and exec_timeout is not None and not lo <= exec_timeout <= hi:
+        raise ValueError(f"HCCL exec timeout {exec_timeout} must be in [{lo}, {hi}]")
+    missing = [field for _, field in _ALWAYS if getattr(env, field) is None]
+    if missing:
+        raise ValueError(f"a rank's environment needs {', '.join(dict.fromkeys(missing))}")
+    rows = _ALWAYS + _WHEN_SET + (_NPU_WHEN_SET if device_type == "npu" else ())
+    values = ((name, getattr(env, field)) for name, field in rows)
+    return {name: str(value) for name, value in values if value is not None}
 
 
 def _int(environ: Mapping[str, str], name: str, *, minimum: int | None = None) -> int | None:
@@ -274,6 +270,7 @@ def read_rank_env(environ: Mapping[str, str]) -> RankEnv:
         pod_ip=pod_ip,
         metrics_port=metrics_port,
         hccl_connect_timeout=timeout,
+        hccl_exec_timeout=exec_timeout,
         pod_uid=environ.get(POD_UID, "").strip() or None,
         host_ip=_ip(environ, HOST_IP),
         attempt=_int(environ, ATTEMPT, minimum=0),

@@ -169,24 +169,24 @@ def pod_env(
     """
     spec = job["spec"]
     per = devices_per_pod(job) if per_pod is None else per_pod
-    return env.rank_env(
-        job_name=job["metadata"]["name"],
+    rank = env.RankEnv(
         rank=pod * per,
         world_size=world_size(job),
-        master_addr=master_addr,
-        master_port=master_port,
-        device_type=device_type(job),
-        device_id=0,
         local_rank=0,
         local_world_size=per,
+        master_addr=master_addr,
+        master_port=master_port,
+        device_id=0,
+        rank_table_file=rank_table_file,
+        job_name=job["metadata"]["name"],
         pod_name=pod_name(job, pod, per),
         pod_ip=pod_ip,
         metrics_port=spec["metrics"]["port"] if metrics_port is None else metrics_port,
-        rank_table_file=rank_table_file,
-        connect_timeout=spec["training"]["distTimeoutSeconds"],
+        hccl_connect_timeout=env.hccl_connect_timeout(spec["training"]["distTimeoutSeconds"]),
+        hccl_exec_timeout=spec["training"].get("hcclExecTimeoutSeconds"),
         attempt=attempt,
-        exec_timeout=spec["training"].get("hcclExecTimeoutSeconds"),
     )
+    return env.rank_env(rank, device_type=device_type(job))
 
 
 # spec.training key -> shufflenet-train flag, for the optional scalar settings.

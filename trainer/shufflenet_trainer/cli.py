@@ -1,4 +1,4 @@
-"""`shufflenet-train`: the command-line entry point (flags in config.py, loops in engine.py)."""
+"""`shufflenet-train`: the entry point (flags in train/config.py, the run in train/run.py)."""
 
 from __future__ import annotations
 

@@ -289,6 +289,19 @@ def _master(ns: argparse.Namespace) -> tuple[str | None, int | None]:
     return ns.addr or host, port
 
 
+@dataclass(frozen=True)
+class _Master:
+    """Where the ranks meet, as --dist-url and --addr say (None: not given)."""
+
+    addr: str | None
+    port: int | None
+
+    def env(self, **ranks: str) -> dict[str, str]:
+        """MASTER_ADDR/PORT (ModelZoo's defaults where not given) with the rank variables."""
+        port = str(self.port or MODELZOO_MASTER_PORT)
+        return {"MASTER_ADDR": self.addr or "127.0.0.1", **ranks, "MASTER_PORT": port}
+
+
 def translate(
     argv: Sequence[str],
     ns: argparse.Namespace,
@@ -308,36 +321,59 @@ def translate(
     - `--gpu N` is `--device-id N`.
     """
     mpd = bool(ns.multiprocessing_distributed)
-    ws, rank = ns.legacy_world_size, ns.legacy_rank
-    env_dist = "RANK" in environ and "WORLD_SIZE" in environ
     # The world size as the flags count it: nodes with --multiprocessing-distributed, else
     # processes (-1, their default, as 1).
+    ws = ns.legacy_world_size
     nodes = ws if ws is not None and ws >= 1 else 1
-    if not mpd and nodes == 1 and ns.gpu is None and ns.local_rank is None and rank in (None, 0):
+    plain = ns.gpu is None and ns.local_rank is None and ns.legacy_rank in (None, 0)
+    if not mpd and nodes == 1 and plain:
         return Translation(list(argv))
-    if env_dist and (mpd or nodes > 1):
+    if "RANK" in environ and "WORLD_SIZE" in environ and (mpd or nodes > 1):
         raise ConfigError(
             "--multiprocessing-distributed/--world-size start or name ranks, but RANK and "
             "WORLD_SIZE are already set (torchrun or the operator): drop those flags"
         )
     args = strip_flags(argv, DIST_FLAGS, DIST_SWITCHES)
-    addr, port = _master(ns)
-    master = {"MASTER_ADDR": addr or "127.0.0.1"}
-    if not mpd:
-        if nodes == 1 and rank not in (None, 0):
-            raise ConfigError(f"--rank {rank} needs --world-size > {rank}")
-        env: dict[str, str] = {}
-        if ns.local_rank is not None and "LOCAL_RANK" not in environ:
-            env["LOCAL_RANK"] = str(ns.local_rank)
-        if nodes > 1:
-            if rank is None or not 0 <= rank < nodes:
-                raise ConfigError(f"--world-size {nodes}: pass --rank in [0, {nodes})")
-            env.update(master, RANK=str(rank), WORLD_SIZE=str(nodes))
-            env["MASTER_PORT"] = str(port or MODELZOO_MASTER_PORT)
-            args += ["-b", str(ns.batch_size * nodes)]
-        if ns.gpu is not None:
-            args += ["--device-id", str(ns.gpu)]
-        return Translation(args, env)
+    master = _Master(*_master(ns))
+    if mpd:
+        return _translate_node(args, ns, nodes, master, host_devices)
+    return _translate_processes(args, ns, environ, nodes, master)
+
+
+def _translate_processes(
+    args: list[str],
+    ns: argparse.Namespace,
+    environ: Mapping[str, str],
+    nodes: int,
+    master: _Master,
+) -> Translation:
+    """pytorch/examples without --multiprocessing-distributed: this process is rank
+    --rank of --world-size processes, with a per-process -b."""
+    rank = ns.legacy_rank
+    if nodes == 1 and rank not in (None, 0):
+        raise ConfigError(f"--rank {rank} needs --world-size > {rank}")
+    env: dict[str, str] = {}
+    if ns.local_rank is not None and "LOCAL_RANK" not in environ:
+        env["LOCAL_RANK"] = str(ns.local_rank)
+    if nodes > 1:
+        if rank is None or not 0 <= rank < nodes:
+            raise ConfigError(f"--world-size {nodes}: pass --rank in [0, {nodes})")
+        env.update(master.env(RANK=str(rank), WORLD_SIZE=str(nodes)))
+        args += ["-b", str(ns.batch_size * nodes)]
+    if ns.gpu is not None:
+        args += ["--device-id", str(ns.gpu)]
+    return Translation(args, env)
+
+
+def _translate_node(
+    args: list[str],
+    ns: argparse.Namespace,
+    nodes: int,
+    master: _Master,
+    host_devices: Callable[[], int],
+) -> Translation:
+    """--multiprocessing-distributed: node --rank of --world-size nodes runs one process
+    per device, started here or (with --local_rank) by the user's shell loop."""
     if ns.gpu is not None:
         raise ConfigError(
             "--gpu picks one device, --multiprocessing-distributed all of them: use "
@@ -347,27 +383,19 @@ def translate(
     per_node = len(devices) if devices else ns.device_num or ns.nproc or host_devices()
     if per_node < 1:
         raise ConfigError("--multiprocessing-distributed found no device: pass --device-list")
-    node = rank or 0
+    node = ns.legacy_rank or 0
     if not 0 <= node < nodes:
         raise ConfigError(f"--rank {node} must be a node in [0, --world-size {nodes})")
     args = strip_flags(args, ("--nproc", "--device-list"))  # replaced below
     args += ["-b", str(ns.batch_size * nodes), "-j", str(math.ceil(ns.workers / per_node))]
     world = nodes * per_node
-    env = {}
+    env: dict[str, str] = {}
     # One node started here without a port to meet on: the launcher picks a free one.
-    launcher_picks_port = nodes == 1 and port is None and ns.local_rank is None
+    launcher_picks_port = nodes == 1 and master.port is None and ns.local_rank is None
     if world > 1 and not launcher_picks_port:
-        env.update(master, WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(per_node))
-        env["MASTER_PORT"] = str(port or MODELZOO_MASTER_PORT)
+        env = master.env(WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(per_node))
     if ns.local_rank is not None:
-        # The shell-loop form: the user starts each rank of the node.
-        if not 0 <= ns.local_rank < per_node:
-            raise ConfigError(f"--local_rank {ns.local_rank} must be in [0, {per_node})")
-        device = devices[ns.local_rank] if devices else ns.local_rank
-        args += ["--device-id", str(device)]
-        if world > 1:
-            env.update(RANK=str(node * per_node + ns.local_rank), LOCAL_RANK=str(ns.local_rank))
-        return Translation(args, env)
+        return _shell_loop_rank(args, env, ns.local_rank, devices, node, per_node)
     if per_node == 1:
         args += ["--device-id", str(devices[0] if devices else 0)]
     else:
@@ -376,4 +404,23 @@ def translate(
             args += ["--device-list", ",".join(map(str, devices))]
     if env:
         env.update(RANK=str(node * per_node), LOCAL_RANK="0")
+    return Translation(args, env)
+
+
+def _shell_loop_rank(
+    args: list[str],
+    env: dict[str, str],
+    local_rank: int,
+    devices: Sequence[int] | None,
+    node: int,
+    per_node: int,
+) -> Translation:
+    """--multiprocessing-distributed --local_rank I: the user starts each rank of the node,
+    this process is rank I of it, on its device."""
+    if not 0 <= local_rank < per_node:
+        raise ConfigError(f"--local_rank {local_rank} must be in [0, {per_node})")
+    device = devices[local_rank] if devices else local_rank
+    args = [*args, "--device-id", str(device)]
+    if env:  # world > 1 (with --local_rank the launcher never picks the port)
+        env = {**env, "RANK": str(node * per_node + local_rank), "LOCAL_RANK": str(local_rank)}
     return Translation(args, env)

@@ -2,7 +2,8 @@
 
 Subcommands: ``valprep`` (sort the flat ImageNet val folder by class), ``run-local`` (run a
 job manifest on this machine), ``render crd`` (the CRD YAML from its Python source),
-``status`` (a job on a cluster: phase, ranks, progress, conditions, Events).
+``render job-spec`` (docs/job-spec.md, the CRD's field reference), ``status`` (a job on a
+cluster: phase, ranks, progress, conditions, Events).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from .argparsing import StrictParser
 from .atomic import atomic_write
 from .errors import EXIT_CONFIG, ConfigError, TrainerError, one_line
 
@@ -166,7 +168,7 @@ def add_status(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_status)
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(StrictParser):
     """argparse whose usage error is one line, `snjob [COMMAND]: error: ...`, exit 2 (not the
     usage text first); the subcommands' parsers are of this class too."""
 
@@ -175,13 +177,6 @@ class _Parser(argparse.ArgumentParser):
         # names a flag the command line does not have.
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
-
-    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
-        # Quoted, an empty or blank word that argparse does not know is seen in the error.
-        ns, extra = self.parse_known_args(args, namespace)
-        if extra:
-            self.error(f"unrecognized arguments: {' '.join(map(repr, extra))}")
-        return ns
 
     def error(self, message: str) -> NoReturn:
         line = one_line(f"{message} (see {self.prog} --help)")

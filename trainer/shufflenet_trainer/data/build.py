@@ -13,7 +13,7 @@ import functools
 import logging
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import torch
 from torch import Tensor
@@ -46,6 +46,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DataStats",
+    "LoaderSettings",
     "Loaders",
     "build_loaders",
     "normalize_on_device",
@@ -77,101 +78,159 @@ class Loaders:
         self.train_sampler.set_epoch(epoch, start_batch)
 
 
-def build_loaders(
-    data_dir: str | None,
-    *,
-    batch_size: int,
-    workers: int,
-    image_size: int = 224,
-    val_resize: int = 256,
-    dummy: bool = False,
-    dummy_classes: int = 1000,
-    dummy_size: int = 10000,
-    channels_last: bool = False,
-    strict: bool = False,
-    seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    drop_last: bool = True,
-    pin_memory: bool = False,
-    device: str = "cpu",
-    decoder: str = "auto",
-) -> Loaders:
-    """Train and val loaders for one rank; ``batch_size`` is per process.
+@dataclass(frozen=True)
+class LoaderSettings:
+    """What `build_loaders` builds: the data, the batches of one rank, and how to decode.
 
-    ``decoder``: "auto" (the GPU path when ``device`` is an available CUDA device where
-    nvJPEG decodes, else sj-jpeg when simplejpeg is installed, else tv-jpeg), "sj-jpeg"
-    (host: libjpeg-turbo via
-    simplejpeg for RGB JPEGs, train and val, at reduced scale for large crops; other files
-    as tv-jpeg), "tv-jpeg" (host: libjpeg-turbo via torchvision for JPEG training crops,
-    Pillow with reduced-scale decoding for large crops, other formats and validation),
-    "pil-draft" (Pillow only) or "gpu-nvjpeg". ``stats.decode_path`` reports the choice.
-    With the GPU path, batches are already on ``device``.
+    ``batch_size`` is per process. ``decoder``: "auto" (the GPU path when ``device`` is an
+    available CUDA device where nvJPEG decodes, else sj-jpeg when simplejpeg is installed,
+    else tv-jpeg), "sj-jpeg" (host: libjpeg-turbo via simplejpeg for RGB JPEGs, train and
+    val, at reduced scale for large crops; other files as tv-jpeg), "tv-jpeg" (host:
+    libjpeg-turbo via torchvision for JPEG training crops, Pillow with reduced-scale decoding
+    for large crops, other formats and validation), "pil-draft" (Pillow only) or
+    "gpu-nvjpeg". ``dummy`` makes ``dummy_size`` synthetic training images of
+    ``dummy_classes`` classes instead of reading ``data_dir``.
+    """
+
+    data_dir: str | None
+    _: KW_ONLY
+    batch_size: int
+    workers: int
+    image_size: int = 224
+    val_resize: int = 256
+    dummy: bool = False
+    dummy_classes: int = 1000
+    dummy_size: int = 10000
+    channels_last: bool = False
+    strict: bool = False
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    drop_last: bool = True
+    pin_memory: bool = False
+    device: str = "cpu"
+    decoder: str = "auto"
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The images the loaders read: class names, split sizes and, for a folder, its
+    datasets (None for synthetic data)."""
+
+    class_names: list[str]
+    train_n: int
+    val_n: int
+    datasets: tuple[TrainFolderDataset, ValFolderDataset] | None = None
+
+
+def build_loaders(s: LoaderSettings) -> Loaders:
+    """Train and val loaders for one rank, as `s` says; ``stats.decode_path`` reports the
+    decoder chosen. With the GPU path, batches are already on ``s.device``.
 
     Raises DataError for a missing or malformed folder, ConfigError for impossible sizes.
     """
-    _check_config(batch_size, workers, image_size, val_resize, rank, world_size)
-    path = _pick_decoder(decoder, device, dummy)
+    _check_config(s)
+    path = _pick_decoder(s.decoder, s.device, s.dummy)
     stats = DataStats(skipped_files=0, decode_path=path)
+    source = _synthetic_source(s) if s.dummy else _folder_source(s, path)
+    train_sampler, val_sampler = _samplers(s, source)
+    train: Iterable[tuple[Tensor, Tensor]]
+    val: Iterable[tuple[Tensor, Tensor]]
+    if source.datasets is None:
+        # Made on the training device itself: no workers, no copy to the device per step.
+        synth = {
+            "num_classes": s.dummy_classes,
+            "size": s.image_size,
+            "seed": s.seed,
+            "device": s.device,
+        }
+        train = DeviceSyntheticBatches(train_sampler, offset=0, **synth)
+        val = DeviceSyntheticBatches(val_sampler, offset=s.dummy_size, **synth)
+    else:
+        samplers = (train_sampler, val_sampler)
+        train, val = _folder_loaders(s, path, source.datasets, samplers, stats)
+    return Loaders(
+        train=train,
+        val=val,
+        num_classes=len(source.class_names),
+        class_names=source.class_names,
+        train_size=source.train_n,
+        val_size=source.val_n,
+        stats=stats,
+        train_sampler=train_sampler,
+    )
+
+
+def _synthetic_source(s: LoaderSettings) -> _Source:
+    if s.dummy_classes < 1 or s.dummy_size < 1:
+        raise ConfigError("dummy data needs at least 1 class and 1 sample: raise the sizes")
+    class_names = [f"class{i:04d}" for i in range(s.dummy_classes)]
+    return _Source(class_names, s.dummy_size, max(1, s.dummy_size // 10))
+
+
+def _folder_source(s: LoaderSettings, path: str) -> _Source:
+    if not s.data_dir:
+        raise ConfigError("no data directory given: pass DIR (with train/ and val/) or --dummy")
+    class_names, train_samples, val_samples = scan_imagefolder(s.data_dir)
+    # The GPU path decodes on the host only what nvJPEG is not given, with tv-jpeg.
+    train_decode, val_decode = _HOST_DECODERS.get(path, (decode_train_tv, decode_val))
+    train_ds = TrainFolderDataset(train_samples, s.image_size, s.seed, s.strict, train_decode)
+    val_ds = ValFolderDataset(val_samples, s.val_resize, s.image_size, s.strict, val_decode)
+    return _Source(class_names, len(train_samples), len(val_samples), (train_ds, val_ds))
+
+
+def _samplers(
+    s: LoaderSettings, source: _Source
+) -> tuple[ShardedBatchSampler, ShardedBatchSampler]:
+    """The train and val batch samplers of this rank."""
+    common = {"seed": s.seed, "rank": s.rank, "world_size": s.world_size}
+    train = ShardedBatchSampler(
+        source.train_n, s.batch_size, shuffle=True, drop_last=s.drop_last, **common
+    )
+    val = ShardedBatchSampler(source.val_n, s.batch_size, shuffle=False, drop_last=False, **common)
+    if s.drop_last and len(train) == 0:
+        raise ConfigError(
+            f"per-process batch size {s.batch_size} exceeds the "
+            f"{source.train_n // s.world_size} training images of a rank: lower the batch "
+            "size or add data"
+        )
+    return train, val
+
+
+def _folder_loaders(
+    s: LoaderSettings,
+    path: str,
+    datasets: tuple[TrainFolderDataset, ValFolderDataset],
+    samplers: tuple[ShardedBatchSampler, ShardedBatchSampler],
+    stats: DataStats,
+) -> tuple[Iterable[tuple[Tensor, Tensor]], Iterable[tuple[Tensor, Tensor]]]:
+    """The train and val loaders of a folder, decoding on the host or (gpu-nvjpeg) on the
+    device; unreadable files they skip are counted in ``stats``."""
 
     def _count(n: int) -> None:
         stats.skipped_files = n
 
     skips = SkipLog(_count)
-    pin = pin_memory and _on_cuda(device)
-    common = {"seed": seed, "rank": rank, "world_size": world_size}
-
-    if dummy:
-        if dummy_classes < 1 or dummy_size < 1:
-            raise ConfigError("dummy data needs at least 1 class and 1 sample: raise the sizes")
-        val_n = max(1, dummy_size // 10)
-        class_names = [f"class{i:04d}" for i in range(dummy_classes)]
-        train_n = dummy_size
-    else:
-        if not data_dir:
-            raise ConfigError("no data directory given: pass DIR (with train/ and val/) or --dummy")
-        class_names, train_samples, val_samples = scan_imagefolder(data_dir)
-        # The GPU path decodes on the host only what nvJPEG is not given, with tv-jpeg.
-        train_decode, val_decode = _HOST_DECODERS.get(path, (decode_train_tv, decode_val))
-        train_ds = TrainFolderDataset(train_samples, image_size, seed, strict, train_decode)
-        val_ds = ValFolderDataset(val_samples, val_resize, image_size, strict, val_decode)
-        train_n, val_n = len(train_samples), len(val_samples)
-
-    train_sampler = ShardedBatchSampler(
-        train_n, batch_size, shuffle=True, drop_last=drop_last, **common
-    )
-    val_sampler = ShardedBatchSampler(val_n, batch_size, shuffle=False, drop_last=False, **common)
-    if drop_last and len(train_sampler) == 0:
-        raise ConfigError(
-            f"per-process batch size {batch_size} exceeds the {train_n // world_size} training "
-            f"images of a rank: lower the batch size or add data"
-        )
-    train: Iterable[tuple[Tensor, Tensor]]
-    val: Iterable[tuple[Tensor, Tensor]]
-    if dummy:
-        # Made on the training device itself: no workers, no copy to the device per step.
-        synth = {"num_classes": dummy_classes, "size": image_size, "seed": seed, "device": device}
-        train = DeviceSyntheticBatches(train_sampler, offset=0, **synth)
-        val = DeviceSyntheticBatches(val_sampler, offset=dummy_size, **synth)
-    elif path == "gpu-nvjpeg":
+    (train_ds, val_ds), (train_sampler, val_sampler) = datasets, samplers
+    if path == "gpu-nvjpeg":
         from .gpu import GpuBatchLoader, RawDataset
 
-        dev = torch.device(device)
-        gkw = {"workers": workers, "device": dev, "channels_last": channels_last, "skips": skips}
-        train = GpuBatchLoader(RawDataset(train_ds), train_sampler, **gkw)
-        val = GpuBatchLoader(RawDataset(val_ds), val_sampler, **gkw)
-    else:
-        train = BatchLoader(train_ds, train_sampler, workers=workers, pin_memory=pin, skips=skips)
-        val = BatchLoader(val_ds, val_sampler, workers=workers, pin_memory=pin, skips=skips)
-    return Loaders(
-        train=train,
-        val=val,
-        num_classes=len(class_names),
-        class_names=class_names,
-        train_size=train_n,
-        val_size=val_n,
-        stats=stats,
-        train_sampler=train_sampler,
+        dev = torch.device(s.device)
+        gkw = {
+            "workers": s.workers,
+            "device": dev,
+            "channels_last": s.channels_last,
+            "skips": skips,
+        }
+        return (
+            GpuBatchLoader(RawDataset(train_ds), train_sampler, **gkw),
+            GpuBatchLoader(RawDataset(val_ds), val_sampler, **gkw),
+        )
+    pin = s.pin_memory and _on_cuda(s.device)
+    lkw = {"workers": s.workers, "pin_memory": pin, "skips": skips}
+    return (
+        BatchLoader(train_ds, train_sampler, **lkw),
+        BatchLoader(val_ds, val_sampler, **lkw),
     )
 
 
@@ -236,22 +295,22 @@ def nvjpeg_works(device: str) -> bool:
         return False
 
 
-def _check_config(
-    batch_size: int, workers: int, image_size: int, val_resize: int, rank: int, world_size: int
-) -> None:
-    if batch_size < 1:
-        raise ConfigError(f"batch size per process is {batch_size}: it must be at least 1")
-    if workers < 0:
-        raise ConfigError(f"workers is {workers}: it must be 0 or more")
-    if image_size < 1:
-        raise ConfigError(f"image size is {image_size}: it must be at least 1")
-    if val_resize < image_size:
+def _check_config(s: LoaderSettings) -> None:
+    if s.batch_size < 1:
+        raise ConfigError(f"batch size per process is {s.batch_size}: it must be at least 1")
+    if s.workers < 0:
+        raise ConfigError(f"workers is {s.workers}: it must be 0 or more")
+    if s.image_size < 1:
+        raise ConfigError(f"image size is {s.image_size}: it must be at least 1")
+    if s.val_resize < s.image_size:
         raise ConfigError(
-            f"val resize {val_resize} is smaller than the image size {image_size}: "
+            f"val resize {s.val_resize} is smaller than the image size {s.image_size}: "
             "set val resize >= image size (ImageNet: 256 and 224)"
         )
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"rank {rank} is outside world size {world_size}: fix RANK/WORLD_SIZE")
+    if s.world_size < 1 or not 0 <= s.rank < s.world_size:
+        raise ConfigError(
+            f"rank {s.rank} is outside world size {s.world_size}: fix RANK/WORLD_SIZE"
+        )
 
 
 @functools.lru_cache(maxsize=16)

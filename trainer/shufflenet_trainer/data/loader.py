@@ -69,7 +69,7 @@ class _FolderBatches(Dataset):
     """Batches of an image list: ``sample()`` gives each image, this assembles the batch.
 
     An image ``sample()`` returns as None (unreadable, not strict) is left out of the batch;
-    an error ends the batch (the engine reports it and exits).
+    an error ends the batch (and the run: cli.py's `main` reports it and exits).
     """
 
     samples: list[tuple[str, int]]

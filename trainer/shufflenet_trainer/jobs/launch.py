@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from shufflenet_contract.env import RankEnv, rank_env
+from shufflenet_contract.env import RankEnv, hccl_connect_timeout, rank_env
 from shufflenet_contract.job import TRAINER_DEVICE
 
 from ..compat import strip_flags
@@ -238,21 +238,19 @@ def launch_nproc(cfg: TrainConfig, argv: Sequence[str], node: Node) -> int:
     )
     for k in range(n):
         env = dict(os.environ)
-        env.update(
-            rank_env(
-                job_name=os.environ.get("JOB_NAME", "local"),
-                rank=first + k,
-                world_size=node.world_size,
-                master_addr=node.master_addr,
-                master_port=port,
-                device_type=TRAINER_DEVICE_TYPE[cfg.device],
-                device_id=devices[k],
-                local_rank=k,
-                local_world_size=n,
-                rank_table_file=os.environ.get("RANK_TABLE_FILE"),
-                connect_timeout=cfg.dist_timeout,
-            )
+        rank = RankEnv(
+            rank=first + k,
+            world_size=node.world_size,
+            local_rank=k,
+            local_world_size=n,
+            master_addr=node.master_addr,
+            master_port=port,
+            device_id=devices[k],
+            rank_table_file=os.environ.get("RANK_TABLE_FILE"),
+            job_name=os.environ.get("JOB_NAME", "local"),
+            hccl_connect_timeout=hccl_connect_timeout(cfg.dist_timeout),
         )
+        env.update(rank_env(rank, device_type=TRAINER_DEVICE_TYPE[cfg.device]))
         if cfg.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             env["OMP_NUM_THREADS"] = str(cpu_threads(n))
         if k == 0:

@@ -1,10 +1,10 @@
 """Prometheus exporter of one training rank: throughput, step timing, loss, accuracy, memory.
 
-The engine knows nothing about Prometheus: `MetricsExporter` subscribes its methods to the
-engine's `Hooks` (on_start, on_step, on_log, on_epoch, on_eval). Per step it only bumps a
+The training loop knows nothing about Prometheus: `MetricsExporter` subscribes its methods to
+its `Hooks` (train/loop.py: on_start, on_step, on_log, on_epoch, on_eval). Per step it only bumps a
 counter, observes two histograms and sets two gauges (a few microseconds; `make bench` measures
 it against a training step). Values that need a device sync (loss, FPS@all) are taken from the
-print-step records, where the engine synchronises anyway; device memory is read when scraped.
+print-step records, where the loop synchronises anyway; device memory is read when scraped.
 
 Names are the project's shared metric names (ARCHITECTURE.md); labels are `job` and `rank`
 only: about 60 series per rank (mostly histogram buckets), whatever the run's length or data.
@@ -151,7 +151,7 @@ def _device_memory_reader(device: str) -> Callable[[], tuple[float, float]]:
 
 
 class MetricsExporter:
-    """The metrics of one rank, fed by the engine's hooks; `start` serves them over HTTP."""
+    """The metrics of one rank, fed by the training loop's hooks; `start` serves them over HTTP."""
 
     def __init__(
         self, cfg: TrainConfig, env: Mapping[str, str] | None = None, *, process: bool = True
@@ -334,7 +334,7 @@ class MetricsExporter:
         self._epoch.set(ev.epoch + (ev.step + 1) / self._steps_per_epoch)
 
     def on_log(self, record: Mapping[str, Any]) -> None:
-        # Print steps: the engine has synchronised the device, the figures are real. Loss and
+        # Print steps: the loop has synchronised the device, the figures are real. Loss and
         # accuracy series appear with their first value, rather than as a misleading 0.
         self.loss.labels(*self._labels).set(record["loss"])
         fps = record.get("fps_all")

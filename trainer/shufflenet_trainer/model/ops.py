@@ -520,11 +520,6 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     return channel_shuffle_op(x, groups)
 
 
-# Old private names, kept for callers of the inverse operators.
-_channel_unshuffle_split = channel_unshuffle_split_op
-_channel_unshuffle_cat = channel_unshuffle_cat_op
-
-
 # --- the reference (torchvision's formulation), selected by --shuffle reference -----------
 
 

@@ -25,6 +25,7 @@ from shufflenet_contract import crd
 from shufflenet_contract import env as contract_env
 
 from .. import compat
+from ..argparsing import StrictParser
 from ..errors import ConfigError
 
 # The choices a job manifest allows are the flags' choices: one list, in the contract (torch-free,
@@ -130,19 +131,11 @@ class TrainConfig:
         return out
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(StrictParser):
     """argparse that raises ConfigError (one line, exit 2) instead of printing usage."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(f"{message} (see shufflenet-train --help)")
-
-    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
-        # argparse joins the words it does not know with spaces: quoted, an empty or blank
-        # word is still seen in the error line.
-        ns, extra = self.parse_known_args(args, namespace)
-        if extra:
-            self.error(f"unrecognized arguments: {' '.join(map(repr, extra))}")
-        return ns
 
 
 def _loss_scale(text: str) -> float | str:

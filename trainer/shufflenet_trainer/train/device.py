@@ -1,9 +1,9 @@
 """The one device layer: device selection, synchronisation, memory stats and mixed precision.
 
 Every backend difference (cpu / cuda / npu, torch autocast / apex) lives here so that the
-engine reads the same on all of them. `torch_npu` is imported only when --device npu is
-asked for, and apex only for --amp apex-O1/O2, so neither is needed elsewhere. The NPU and
-apex paths are written against their documented APIs (`torch_npu.npu.set_device`,
+training loop (loop.py) reads the same on all of them. `torch_npu` is imported only when
+--device npu is asked for, and apex only for --amp apex-O1/O2, so neither is needed elsewhere.
+The NPU and apex paths are written against their documented APIs (`torch_npu.npu.set_device`,
 `torch.autocast(device_type="npu")`, `torch.npu.amp.GradScaler`, `apex.amp.initialize` /
 `apex.amp.scale_loss`) and kept thin: they run only where that hardware exists.
 """

@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -197,7 +198,7 @@ class StopFlag:
 
     def install(self) -> StopFlag:
         # Signal handlers can only be set from the main thread; elsewhere (a test driving the
-        # engine from a thread) the default action stays.
+        # training loop from a thread) the default action stays.
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
             self._installed = True
@@ -210,7 +211,8 @@ class StopFlag:
 
 
 class DistContext:
-    """What the engine needs of the job's other ranks; the single-process version is inert."""
+    """What the training loop (loop.py) needs of the job's other ranks; the single-process
+    version is inert."""
 
     def __init__(
         self,
@@ -337,7 +339,15 @@ def _check_rank_table(env: RankEnv, timeout: float) -> None:
         ) from None
     # torch_npu reads the variable when it creates the communicator (getenv), after this.
     os.environ[RANK_TABLE_FILE] = str(copy)
-    print(ranktable.handoff_line(env.rank, copy, path, snapshot), file=sys.stderr, flush=True)
+    print(_handoff_line(env.rank, copy, path, snapshot), file=sys.stderr, flush=True)
+
+
+def _handoff_line(rank: int, copy: Path, mounted: str | Path, snapshot: ranktable.Snapshot) -> str:
+    """The one log line of a rank saying which file HCCL was given, from where, of which table."""
+    return (
+        f"=> rank {rank}: HCCL gets RANK_TABLE_FILE={copy} (a regular-file copy of {mounted}, "
+        f"read from {snapshot.source}; table {snapshot.describe()})"
+    )
 
 
 def setup(env: RankEnv, device: torch.device, timeout: float) -> DistContext:

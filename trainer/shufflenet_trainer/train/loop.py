@@ -3,6 +3,8 @@
 `run.py` wires a whole run around them.
 
 Design points:
+- One step is `Trainer.train_step`; the epoch's clocks, sums and records are kept by
+  `meters.EpochMeter` (after torchvision's `MetricLogger.log_every`).
 - No host/device sync per step: loss and accuracy are summed on the device and read back
   only at print steps; throughput is timed between two synchronisations per epoch.
 - Throughput is the Ascend ModelZoo seed's FPS@all (see meters.ThroughputMeter).
@@ -35,7 +37,7 @@ from ..errors import ConfigError
 from . import device as dev
 from . import distributed
 from .config import TrainConfig
-from .meters import WARMUP_STEPS, MetricSums, ThroughputMeter, fps_at_all
+from .meters import WARMUP_STEPS, EpochMeter, EpochStats, MetricSums, fps_at_all
 from .optim import LrSchedule, set_lr
 from .results import RunLog
 
@@ -74,9 +76,10 @@ class Hooks:
     on_eval: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
 
     @staticmethod
-    def _call(funcs: Iterable[Callable[[Any], None]], arg: Any) -> None:
-        for f in funcs:
-            f(arg)
+    def emit(callbacks: Iterable[Callable[[Any], None]], arg: Any) -> None:
+        """Call each of `callbacks` (one of the lists above) with `arg`, in order."""
+        for callback in callbacks:
+            callback(arg)
 
 
 def topk_correct(output: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -> Tensor:
@@ -96,24 +99,6 @@ def freeze_batchnorm(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
-
-
-@dataclass
-class EpochStats:
-    epoch: int
-    steps: int
-    images: int  # all ranks
-    loss: float
-    top1: float
-    top5: float
-    lr: float
-    images_per_sec: float  # FPS@all
-    fps_steps: tuple[int, int]  # 1-based first and last step counted
-    fps_note: str
-    data_wait_share: float
-    seconds: float
-    ran: int = 0  # steps run by this call (fewer than `steps` when resumed mid-epoch)
-    stopped: bool = False  # ended early by a stop request (SIGTERM)
 
 
 @dataclass
@@ -180,112 +165,77 @@ class Trainer:
         (not on its last step, which the epoch-end checkpoint covers, nor on a stop, which
         the caller saves).
         """
-        cfg, ws = self.cfg, self.cfg.world_size
+        cfg = self.cfg
         self.model.train()
         if cfg.freeze_bn:
             freeze_batchnorm(self.model)
         dev.reset_peak_memory(self.device)
-        sums = MetricSums(self.device, self.ctx.all_reduce_sum)
-        meter = ThroughputMeter(steps, start_step, lambda: dev.synchronize(self.device))
-        wait_total = 0.0
-        wait_interval = 0.0
+        meter = self._epoch_meter(steps, start_step)
         lr = self.schedule(global_step)
-
-        t_epoch = t_interval = meter.start()
-        it = iter(loader)
-        done = start_step
         stopped = False
-        for step in range(start_step, steps):
-            t0 = time.perf_counter()
-            try:
-                images, labels = next(it)
-            except StopIteration:
-                break
-            wait = time.perf_counter() - t0
+        for step, (images, labels) in meter.batches(loader):
             lr = self.schedule(global_step)
-            set_lr(self.optimizer, lr)
-            x, y = self._inputs(images, labels)
-            with self.precision.autocast():
-                output = self.model(x)
-                loss = self.criterion(output, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.precision.backward_step(loss, self.optimizer)
-
-            n = y.shape[0]
+            loss, output, target = self.train_step(images, labels, lr)
             with torch.no_grad():
-                sums.add(loss.detach(), topk_correct(output.detach(), y), n)
+                meter.update(loss, topk_correct(output, target), target.shape[0])
             global_step += 1
-            done = step + 1
-            wait_total += wait
-            wait_interval += wait
-            meter.step(n * ws)
             if self.hooks.on_step:  # nothing to build on the hot path without a listener
-                seconds = time.perf_counter() - t0
-                event = StepEvent(epoch, step, global_step, n * ws, seconds, wait, lr)
-                Hooks._call(self.hooks.on_step, event)
+                seconds = meter.step_seconds()
+                event = StepEvent(epoch, step, global_step, meter.images, seconds, meter.wait, lr)
+                Hooks.emit(self.hooks.on_step, event)
             self.ctx.pet()
             stopped = self.ctx.stop_vote(self.stop.requested)
-
-            if done % cfg.print_freq == 0 or done == steps or stopped:
-                # Reading the sums syncs the device, so the interval's wall time is real work.
-                avg = sums.interval()
-                now = time.perf_counter()
-                interval = max(now - t_interval, 1e-9)
-                record = {
-                    "kind": "step",
-                    "epoch": epoch,
-                    "step": done,
-                    "steps": steps,
-                    "global_step": global_step,
-                    "loss": avg.loss,
-                    "lr": lr,
-                    "top1": avg.top1,
-                    "top5": avg.top5,
-                    "images_per_sec": avg.images / interval,  # sums are over all ranks
-                    "fps_all": meter.fps(now),
-                    "data_wait_share": wait_interval / interval,
-                }
-                t_interval, wait_interval = now, 0.0
-                self._log_step(record, steps)
-            self.log.progress.advance(f"Epoch {epoch}", done, steps)
+            if meter.print_due(stopped):
+                self._log_step(meter.step_record(epoch=epoch, global_step=global_step, lr=lr))
+            self.log.progress.advance(f"Epoch {epoch}", meter.done, steps)
             if stopped:
                 break
             every = cfg.checkpoint_steps
-            if save is not None and every and global_step % every == 0 and done < steps:
-                save(done, global_step)
+            if save is not None and every and global_step % every == 0 and meter.done < steps:
+                save(meter.done, global_step)
 
-        dev.synchronize(self.device)
-        t_done = time.perf_counter()
-        if done == start_step:
+        meter.finish()
+        if meter.done == start_step:
             raise ConfigError(
                 f"epoch {epoch} had no training batch: lower -b/--batch-size "
                 f"({cfg.batch_size}) or add data"
             )
-        avg = sums.total()
-        fps = meter.result(t_done)
-        return EpochStats(
-            epoch=epoch,
-            steps=done,
-            images=meter.images,
-            loss=avg.loss,
-            top1=avg.top1,
-            top5=avg.top5,
-            lr=lr,
-            images_per_sec=fps.images_per_sec,
-            fps_steps=fps.steps,
-            fps_note=fps.note,
-            data_wait_share=wait_total / max(t_done - t_epoch, 1e-9),
-            seconds=t_done - t_epoch,
-            ran=meter.ran,
-            # A stop agreed on the epoch's last step leaves nothing of the epoch to resume:
-            # it ends as any epoch ends (validation, epoch-end checkpoint), and the caller's
-            # vote after the epoch stops the run there.
-            stopped=stopped and done < steps,
+        # A stop agreed on the epoch's last step leaves nothing of the epoch to resume: it
+        # ends as any epoch ends (validation, epoch-end checkpoint), and the caller's vote
+        # after the epoch stops the run there.
+        return meter.epoch_stats(epoch=epoch, lr=lr, stopped=stopped and meter.done < steps)
+
+    def _epoch_meter(self, steps: int, start_step: int) -> EpochMeter:
+        return EpochMeter(
+            steps,
+            start_step,
+            print_freq=self.cfg.print_freq,
+            world_size=self.cfg.world_size,
+            sums=MetricSums(self.device, self.ctx.all_reduce_sum),
+            sync=lambda: dev.synchronize(self.device),
         )
 
-    def _log_step(self, record: dict[str, Any], steps: int) -> None:
+    def train_step(
+        self, images: Tensor, labels: Tensor, lr: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One optimizer step on a host batch at learning rate `lr`, in the run's precision
+        (autocast, loss scaling: `Precision.backward_step`).
+
+        Returns the loss, the model's output (both detached) and the labels, on the device
+        and without a host sync.
+        """
+        set_lr(self.optimizer, lr)
+        x, y = self._inputs(images, labels)
+        with self.precision.autocast():
+            output = self.model(x)
+            loss = self.criterion(output, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.precision.backward_step(loss, self.optimizer)
+        return loss.detach(), output.detach(), y
+
+    def _log_step(self, record: dict[str, Any]) -> None:
         """A print step: the console line (pytorch/examples' format), the record, the hook."""
-        lr = record["lr"]
+        lr, steps = record["lr"], record["steps"]
         self.log.step(
             f"Epoch: [{record['epoch']}][{record['step']:>{len(str(steps))}}/{steps}]  "
             f"loss {record['loss']:.4f}  top1 {record['top1']:6.2f}  "
@@ -296,7 +246,7 @@ class Trainer:
             f"lr {lr:.4g} {record['images_per_sec']:.0f} img/s",
         )
         self.log.record(record)
-        Hooks._call(self.hooks.on_log, record)
+        Hooks.emit(self.hooks.on_log, record)
 
     @torch.no_grad()
     def validate(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.build import Loaders, build_loaders
+from ..data.build import Loaders, LoaderSettings, build_loaders
 from ..errors import EXIT_SIGTERM, ConfigError, first_line
 from ..model import kernel_choice
 from ..model.shufflenetv2 import build_model
@@ -176,23 +176,7 @@ def build_components(rt: Runtime, resume: Resume | None) -> Components:
     """Loaders, model (with pretrained or resumed weights), optimizer (with its resumed
     state) and lr schedule, each checked against the others."""
     cfg, device = rt.cfg, rt.device
-    loaders = build_loaders(
-        cfg.data,
-        batch_size=cfg.per_process_batch,
-        workers=cfg.workers,
-        image_size=cfg.image_size,
-        val_resize=cfg.val_resize,
-        dummy=cfg.dummy,
-        dummy_classes=cfg.num_classes or 1000,
-        channels_last=cfg.channels_last,
-        strict=cfg.strict_data,
-        seed=cfg.seed,
-        rank=cfg.rank,
-        world_size=cfg.world_size,
-        drop_last=True,
-        pin_memory=device.type == "cuda",
-        device=device.type,
-    )
+    loaders = build_loaders(loader_settings(cfg, device))
     torch.manual_seed(cfg.seed)
     if cfg.num_classes is not None and cfg.num_classes != loaders.num_classes:
         raise ConfigError(
@@ -249,6 +233,28 @@ def build_components(rt: Runtime, resume: Resume | None) -> Components:
         schedule=cfg.lr_schedule,
     )
     return Components(loaders, model, optimizer, steps, schedule, pretrained_note)
+
+
+def loader_settings(cfg: TrainConfig, device: torch.device) -> LoaderSettings:
+    """What this rank's loaders read and how, from the config: its share of the global batch,
+    pinned host memory for a CUDA device, and always whole training batches."""
+    return LoaderSettings(
+        cfg.data,
+        batch_size=cfg.per_process_batch,
+        workers=cfg.workers,
+        image_size=cfg.image_size,
+        val_resize=cfg.val_resize,
+        dummy=cfg.dummy,
+        dummy_classes=cfg.num_classes or 1000,
+        channels_last=cfg.channels_last,
+        strict=cfg.strict_data,
+        seed=cfg.seed,
+        rank=cfg.rank,
+        world_size=cfg.world_size,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        device=device.type,
+    )
 
 
 def _restore_training_state(rt: Runtime, resume: Resume, optimizer: torch.optim.Optimizer) -> None:
@@ -327,7 +333,7 @@ def _announce(
         log.info(f"=> resumed from {resume.path} at epoch {state.epoch}{at}")
     if folder is not None:
         log.info(f"=> results in {folder}")
-    Hooks._call(
+    Hooks.emit(
         rt.hooks.on_start,
         {
             "folder": str(folder) if folder is not None else None,
@@ -411,84 +417,130 @@ def _train_epochs(
     rt: Runtime, trainer: Trainer, parts: Components, state: RunState, folder: Path | None
 ) -> int:
     """Epochs from `state` to --epochs: train, validate, checkpoint, record."""
-    cfg, log, ctx, steps = rt.cfg, rt.log, rt.ctx, parts.steps
-    log.info(
-        f"=> {cfg.epochs - state.epoch} epochs x {steps} steps, global batch "
-        f"{cfg.batch_size} ({cfg.per_process_batch} per process), lr {cfg.lr:g} "
-        f"{cfg.lr_schedule} with {cfg.warmup_epochs:g} warm-up epochs, {cfg.optimizer}"
-    )
+    cfg, log, ctx = rt.cfg, rt.log, rt.ctx
+    _log_plan(rt, parts, state)
     kernels_logged = False
     while state.epoch < cfg.epochs:
-        epoch, first_step = state.epoch, state.step_in_epoch
-        parts.loaders.set_epoch(epoch, first_step)
-        if first_step == 0:
-            # Mid-epoch, the RNG state restored from the checkpoint is the one to go on with.
-            _seed_epoch(cfg.seed, epoch)
-        stats = trainer.train_one_epoch(
-            parts.loaders.train,
-            epoch=epoch,
-            steps=steps,
-            global_step=state.global_step,
-            start_step=first_step,
-            save=lambda done, global_step: _save_mid_epoch(
-                rt, parts, state, folder, done, global_step
-            ),
-        )
-        state.global_step += stats.ran
+        first_step = state.step_in_epoch
+        stats = _train_epoch(rt, trainer, parts, state, folder)
         if not kernels_logged:
             # Made at the first call of each op shape, so known only once steps have run.
             log.info(f"=> shuffle kernels {kernel_choice.summary()}")
             kernels_logged = True
         if stats.stopped:
-            ctx.average_buffers(parts.model)
-            state.step_in_epoch = stats.steps
-            seconds = save_checkpoint(rt, parts, state, folder, is_best=False)
-            log.info(
-                f"=> stopped by SIGTERM after step {stats.steps} of {steps} of epoch {epoch}"
-                + (f"; checkpoint saved in {seconds:.1f}s" if folder is not None else "")
-            )
-            ctx.barrier()  # every rank exits once rank 0's checkpoint is on disk
-            return EXIT_SIGTERM
-        # A stable interface (docs/training.md, "Log lines"). The ModelZoo test scripts read
-        # the loss as the word after "Loss" on the last line with "Epoch" and as the 12th
-        # word of the last line with "Loss"; the throughput as the 7th and as the last-but-two
-        # word of lines with "FPS": hence fixed word positions and an FPS line of its own.
-        log.info(
-            f"Epoch {epoch}: top1 {stats.top1:.2f} top5 {stats.top5:.2f} lr {stats.lr:.6f} "
-            f"data-wait {100 * stats.data_wait_share:.1f}% Loss {stats.loss:.4f} "
-            f"({stats.fps_note})"
-        )
-        log.info(
-            f"[rank {cfg.rank} epoch {epoch}] * FPS@all {stats.images_per_sec:.3f}, "
-            f"TIME@all {stats.seconds:.3f}"
-        )
-        ctx.average_buffers(parts.model)
-        val: EvalStats | None = None
-        if (epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs:
-            val = trainer.validate(parts.loaders.val, max_steps=cfg.max_steps_per_epoch)
-            log.info(val.summary())
-        is_best = val is not None and (val.top1 > state.best_top1 or not state.has_validated())
-        if is_best:
-            assert val is not None
-            state.best_top1 = val.top1
+            return _stop_in_epoch(rt, parts, state, folder, stats)
+        _log_epoch(rt, stats)
+        ctx.average_buffers(parts.model)  # BatchNorm statistics of all ranks, for val and save
+        val, is_best = _validate(rt, trainer, parts, state)
         record = _epoch_record(rt, parts, state, stats, val, first_step)
-        state.end_epoch(record)
-        if folder is not None:
-            record["checkpoint_seconds"] = save_checkpoint(
-                rt, parts, state, folder, is_best=is_best
-            )
-            plot_curves(state.history, folder / CURVES_NAME)
-        log.record(record)
-        Hooks._call(rt.hooks.on_epoch, record)
+        _end_epoch(rt, parts, state, folder, record, is_best=is_best)
         # A stop requested during validation or the checkpoint: the epoch is saved, so
         # leave now rather than after another epoch (unless this was the last one).
-        if ctx.stop_vote_now(rt.stop.requested) and epoch + 1 < cfg.epochs:
-            log.info(f"=> stopped by SIGTERM after epoch {epoch}; checkpoint saved")
+        if ctx.stop_vote_now(rt.stop.requested) and stats.epoch + 1 < cfg.epochs:
+            log.info(f"=> stopped by SIGTERM after epoch {stats.epoch}; checkpoint saved")
             ctx.barrier()
             return EXIT_SIGTERM
     ctx.barrier()  # the job is done when rank 0's last checkpoint is on disk
     log.info(f"=> done: best val top-1 {state.best_top1:.3f}")
     return 0
+
+
+def _log_plan(rt: Runtime, parts: Components, state: RunState) -> None:
+    cfg = rt.cfg
+    rt.log.info(
+        f"=> {cfg.epochs - state.epoch} epochs x {parts.steps} steps, global batch "
+        f"{cfg.batch_size} ({cfg.per_process_batch} per process), lr {cfg.lr:g} "
+        f"{cfg.lr_schedule} with {cfg.warmup_epochs:g} warm-up epochs, {cfg.optimizer}"
+    )
+
+
+def _train_epoch(
+    rt: Runtime, trainer: Trainer, parts: Components, state: RunState, folder: Path | None
+) -> EpochStats:
+    """Train the epoch `state` is in, from its step `state.step_in_epoch`, saving every
+    --checkpoint-steps; counts the steps run in `state.global_step`."""
+    epoch, first_step = state.epoch, state.step_in_epoch
+    parts.loaders.set_epoch(epoch, first_step)
+    if first_step == 0:
+        # Mid-epoch, the RNG state restored from the checkpoint is the one to go on with.
+        _seed_epoch(rt.cfg.seed, epoch)
+    stats = trainer.train_one_epoch(
+        parts.loaders.train,
+        epoch=epoch,
+        steps=parts.steps,
+        global_step=state.global_step,
+        start_step=first_step,
+        save=lambda done, global_step: _save_mid_epoch(rt, parts, state, folder, done, global_step),
+    )
+    state.global_step += stats.ran
+    return stats
+
+
+def _stop_in_epoch(
+    rt: Runtime, parts: Components, state: RunState, folder: Path | None, stats: EpochStats
+) -> int:
+    """A stop request inside the epoch: save where it stopped, and leave with EXIT_SIGTERM."""
+    rt.ctx.average_buffers(parts.model)
+    state.step_in_epoch = stats.steps
+    seconds = save_checkpoint(rt, parts, state, folder, is_best=False)
+    rt.log.info(
+        f"=> stopped by SIGTERM after step {stats.steps} of {parts.steps} of epoch {stats.epoch}"
+        + (f"; checkpoint saved in {seconds:.1f}s" if folder is not None else "")
+    )
+    rt.ctx.barrier()  # every rank exits once rank 0's checkpoint is on disk
+    return EXIT_SIGTERM
+
+
+def _log_epoch(rt: Runtime, stats: EpochStats) -> None:
+    # A stable interface (docs/training.md, "Log lines"). The ModelZoo test scripts read
+    # the loss as the word after "Loss" on the last line with "Epoch" and as the 12th
+    # word of the last line with "Loss"; the throughput as the 7th and as the last-but-two
+    # word of lines with "FPS": hence fixed word positions and an FPS line of its own.
+    rt.log.info(
+        f"Epoch {stats.epoch}: top1 {stats.top1:.2f} top5 {stats.top5:.2f} lr {stats.lr:.6f} "
+        f"data-wait {100 * stats.data_wait_share:.1f}% Loss {stats.loss:.4f} "
+        f"({stats.fps_note})"
+    )
+    rt.log.info(
+        f"[rank {rt.cfg.rank} epoch {stats.epoch}] * FPS@all {stats.images_per_sec:.3f}, "
+        f"TIME@all {stats.seconds:.3f}"
+    )
+
+
+def _validate(
+    rt: Runtime, trainer: Trainer, parts: Components, state: RunState
+) -> tuple[EvalStats | None, bool]:
+    """Validation after the epoch `state` is in, every --eval-freq epochs and after the
+    last; returns it (None when not due) and whether it is the best so far, which then
+    sets `state.best_top1`."""
+    cfg, epoch = rt.cfg, state.epoch
+    if (epoch + 1) % cfg.eval_freq != 0 and epoch + 1 != cfg.epochs:
+        return None, False
+    val = trainer.validate(parts.loaders.val, max_steps=cfg.max_steps_per_epoch)
+    rt.log.info(val.summary())
+    is_best = val.top1 > state.best_top1 or not state.has_validated()
+    if is_best:
+        state.best_top1 = val.top1
+    return val, is_best
+
+
+def _end_epoch(
+    rt: Runtime,
+    parts: Components,
+    state: RunState,
+    folder: Path | None,
+    record: dict[str, Any],
+    *,
+    is_best: bool,
+) -> None:
+    """Close the epoch in `state` with its `record`; rank 0 saves the checkpoint and the
+    curves; then the record goes to train.jsonl and the on_epoch hook."""
+    state.end_epoch(record)
+    if folder is not None:
+        record["checkpoint_seconds"] = save_checkpoint(rt, parts, state, folder, is_best=is_best)
+        plot_curves(state.history, folder / CURVES_NAME)
+    rt.log.record(record)
+    Hooks.emit(rt.hooks.on_epoch, record)
 
 
 def _epoch_record(
@@ -548,5 +600,5 @@ def _evaluate_only(
         "seconds": val.seconds,
     }
     log.record(record)
-    Hooks._call(hooks.on_eval, record)
+    Hooks.emit(hooks.on_eval, record)
     return 0
