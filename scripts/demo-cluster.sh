@@ -6,10 +6,13 @@
 #
 # Brings up the cluster with its node (scripts/cluster/up.sh --node; builds the Kubernetes
 # binaries and the images when they are not cached), loads the operator and trainer images
-# into the node's containerd, `helm install`s the chart, applies the 2-rank CPU digits job
-# (data and checkpoints on hostPath directories of this machine, pods non-root with a
-# read-only root filesystem), starts Prometheus scraping the rank pods, shows
-# `kubectl get sntj` until the job ends, and prints what to run next.
+# into the node's containerd, `helm install`s the chart, creates as an admin would the
+# volumes the example claims (PersistentVolumes on directories of this machine: data/digits
+# and a fresh checkpoint folder under result/cluster/, bound to the claims `digits` and
+# `shufflenet-checkpoints`), applies the 2-rank CPU digits job as shipped but for the image
+# built here (the operator runs its pods non-root on a read-only root filesystem), starts
+# Prometheus scraping the rank pods, shows `kubectl get sntj` until the job ends, and prints
+# what to run next.
 #
 # Environment:
 #   SHUFFLENET_CLUSTER_DIR   the cluster's state dir (default /tmp/shufflenet-cluster)
@@ -26,11 +29,13 @@ RESULT_ROOT="$(realpath -m "${RESULT_ROOT:-result}")"
 EXAMPLE=manifests/examples/cpu-digits-2rank.yaml
 JOB=cpu-digits
 DATA="$REPO/data/digits"
-# A folder of its own per run: `--resume auto` would otherwise find the finished run before.
+# The checkpoint volume's directory, the admin's choice: a fresh one per demo, since the job
+# (same name, same namespace) would otherwise find its finished run there and end at once.
 CHECKPOINTS="$RESULT_ROOT/cluster/$(date +%Y%m%d-%H%M%S)"
+NAMESPACE=default  # where kubectl puts the job (the kubeconfig names no other)
 RELEASE=shufflenet
 OPERATOR_NAMESPACE=shufflenet-system
-TRAINER_UID=10001  # the trainer image's user
+TRAINER_UID=10001  # the trainer image's user (images/trainer-cpu/Dockerfile)
 
 log() { printf '[demo-cluster] %s\n' "$*" >&2; }
 
@@ -50,14 +55,26 @@ HELM="$(scripts/install-helm.sh)"
     --wait --timeout 300s >/dev/null
 
 "$PYTHON" -m shufflenet_trainer.data.prep.demo_data "$DATA" >/dev/null
-mkdir -p "$CHECKPOINTS"
-chown "$TRAINER_UID:$TRAINER_UID" "$CHECKPOINTS"
 # A finished job of the same name from an earlier run would be reported, not rerun.
 kubectl delete sntj "$JOB" --ignore-not-found --wait >/dev/null
+
+# The admin's part: the volumes the example claims. hostPath volumes get no fsGroup, so the
+# checkpoint directory is made the trainer's. A PersistentVolume's path cannot change: the
+# volumes of an earlier demo (same names) go first.
+mkdir -p "$CHECKPOINTS"
+chown "$TRAINER_UID:$TRAINER_UID" "$CHECKPOINTS"
+volumes() {
+    "$PYTHON" scripts/cluster/local_job.py volumes "$EXAMPLE" --data "$DATA" \
+        --checkpoints "$CHECKPOINTS" --namespace "$NAMESPACE"
+}
+volumes | kubectl delete -f - --ignore-not-found --wait >/dev/null
+volumes | kubectl apply -f -
+
+# The user's part: the example as shipped, but for the image (no registry has it).
 set_epochs=()
 [[ -n "${DEMO_EPOCHS:-}" ]] && set_epochs=(--set "training.epochs=$DEMO_EPOCHS")
-"$PYTHON" scripts/cluster/local_job.py "$EXAMPLE" --image "$TRAINER_IMAGE" --data "$DATA" \
-    --checkpoints "$CHECKPOINTS" "${set_epochs[@]}" | kubectl apply -f -
+"$PYTHON" scripts/cluster/local_job.py job "$EXAMPLE" --image "$TRAINER_IMAGE" \
+    "${set_epochs[@]}" | kubectl apply -f -
 
 PROM_PORT="$(scripts/cluster/prometheus.sh)"
 
@@ -72,7 +89,10 @@ while true; do
     [[ "$phase" == Succeeded || "$phase" == Failed ]] && break
     sleep 5
 done
-result="$(find "$CHECKPOINTS" -maxdepth 1 -name 'training_*' | sort | tail -n 1)"
+# The job's run folder on the volume: <namespace>/<name>.
+run_dir="$CHECKPOINTS/$NAMESPACE/$JOB"
+result=""
+[[ -d "$run_dir" ]] && result="$(find "$run_dir" -maxdepth 1 -name 'training_*' | sort | tail -n 1)"
 
 cat <<EOF
 

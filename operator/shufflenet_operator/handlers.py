@@ -35,6 +35,8 @@ class Options:
     progress_seconds: float = 30.0
     watch_timeout_seconds: int = 60
     workers: int = 2
+    job_policy: str = policy.Settings.job_policy
+    npu_device_group: int | None = None
 
 
 def options_of(memo: kopf.Memo) -> Options:
@@ -68,6 +70,8 @@ def startup(
         policy.Settings(
             restart_backoff_seconds=options.restart_backoff_seconds,
             max_backoff_seconds=options.max_backoff_seconds,
+            job_policy=options.job_policy,
+            npu_device_group=options.npu_device_group,
         ),
         resync_seconds=options.resync_seconds,
         progress_seconds=options.progress_seconds,
@@ -77,7 +81,11 @@ def startup(
     # Startup handlers get the operator's memo; each object's handlers get a shallow copy of
     # it made when the object is first seen, which is after startup: they all see this one.
     memo.controller = controller
-    logger.info("shufflenet-operator started (namespaces: %s)", options.namespaces or "all")
+    logger.info(
+        "shufflenet-operator started (namespaces: %s, job policy: %s)",
+        options.namespaces or "all",
+        options.job_policy,
+    )
 
 
 @kopf.on.cleanup()

@@ -22,12 +22,13 @@ from shufflenet_contract import crd
 
 from . import policy, render
 from . import status as st
-from .observed import Observed
+from .observed import Observed, owned_by
 from .policy import Plan
 
 log = logging.getLogger(__name__)
 
 _MERGE = "application/merge-patch+json"
+_JSON_PATCH = "application/json-patch+json"
 # What Kubernetes takes as a label value.
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _LABEL_VALUE_MAX = 63
@@ -142,37 +143,55 @@ class Kube:
         uid = job["metadata"]["uid"]
         # Only children this job owns: a job re-created under the same name must not adopt
         # the pods of its predecessor that the garbage collector has yet to remove.
-        owned = [
-            p
-            for p in pods
-            if any(ref.get("uid") == uid for ref in (p["metadata"].get("ownerReferences") or []))
-        ]
+        owned = [p for p in pods if owned_by(p, uid)]
         foreign = len(pods) - len(owned)
         if (job.get("status") or {}).get("phase") in policy.TERMINAL:
             # A finished job's plan looks at its pods only (cleanup, TTL).
             return Observed(job, owned, foreign_pods=foreign)
-        spec = job.get("spec") or {}
-        service = self._get(self.core.read_namespaced_service, render.service_name(job), namespace)
-        configmap = None
+        children = self._children(job)
+        # The same for the other children, read by name: an object of that name that the job
+        # does not own (another job's, or made by hand to have the job adopt and rewrite it)
+        # is not the job's; the plan leaves it alone and the job waits for the name.
+        ours = {kind: c for kind, c in children.items() if c is not None and owned_by(c, uid)}
+        taken = tuple(
+            (kind, str(c["metadata"].get("name")))
+            for kind, c in children.items()
+            if c is not None and kind not in ours
+        )
+        return Observed(
+            job,
+            owned,
+            service=ours.get("Service"),
+            configmap=ours.get("ConfigMap"),
+            foreign_pods=foreign,
+            has_podgroup="PodGroup" in ours,
+            foreign_children=taken,
+        )
+
+    def _children(self, job: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+        """The job's Service, rank-table ConfigMap (npu) and PodGroup (gang) as read by
+        name, whoever owns them (None: not there)."""
+        namespace, spec = job["metadata"]["namespace"], job.get("spec") or {}
+        found: dict[str, dict[str, Any] | None] = {
+            "Service": self._get(
+                self.core.read_namespaced_service, render.service_name(job), namespace
+            )
+        }
         if (spec.get("devices") or {}).get("type") == "npu":
-            configmap = self._get(
+            found["ConfigMap"] = self._get(
                 self.core.read_namespaced_config_map, render.configmap_name(job), namespace
             )
-        has_podgroup = False
         if (spec.get("scheduling") or {}).get("gang"):
             # 404: no such group, or no such API (Volcano missing): creating it will tell.
-            has_podgroup = (
-                self._get(
-                    self.custom.get_namespaced_custom_object,
-                    render.PODGROUP_GROUP,
-                    render.PODGROUP_VERSION,
-                    namespace,
-                    render.PODGROUP_PLURAL,
-                    render.podgroup_name(job),
-                )
-                is not None
+            found["PodGroup"] = self._get(
+                self.custom.get_namespaced_custom_object,
+                render.PODGROUP_GROUP,
+                render.PODGROUP_VERSION,
+                namespace,
+                render.PODGROUP_PLURAL,
+                render.podgroup_name(job),
             )
-        return Observed(job, owned, service, configmap, foreign, has_podgroup)
+        return found
 
     def _create_podgroup(self, namespace: str, body: dict[str, Any]) -> Any:
         try:
@@ -218,11 +237,23 @@ class Kube:
                     done.result()
 
     def _write_rank_table(self, job: dict[str, Any], data: dict[str, str]) -> None:
+        """The table into the job's own ConfigMap only. The plan writes none that it saw
+        was not the job's; the `test` operation makes sure of it at the moment of writing
+        (one made in between, after the job's was deleted, is not written either): the API
+        server applies a JSON patch whole or not at all, and refuses it when a test fails."""
+        patch = [
+            {
+                "op": "test",
+                "path": "/metadata/ownerReferences/0/uid",
+                "value": job["metadata"]["uid"],
+            },
+            {"op": "add", "path": "/data", "value": data},
+        ]
         self.core.patch_namespaced_config_map(
             render.configmap_name(job),
             job["metadata"]["namespace"],
-            {"data": data},
-            _content_type=_MERGE,
+            patch,
+            _content_type=_JSON_PATCH,
         )
 
     def _write_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:

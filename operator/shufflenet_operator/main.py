@@ -9,7 +9,14 @@ import sys
 
 import kopf
 
-from . import handlers
+from . import handlers, job_policy
+
+
+def _gid(text: str) -> int:
+    # Group 0 would give the trainer root's group: never what the driver's files need.
+    if not text.isdigit() or not 0 < int(text) < 2**31:
+        raise argparse.ArgumentTypeError(f"{text!r}: a group id from 1 to {2**31 - 1}")
+    return int(text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,6 +76,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds per watch request",
     )
     p.add_argument("--workers", type=int, default=d.workers, help="jobs reconciled in parallel")
+    p.add_argument(
+        "--job-policy",
+        choices=job_policy.LEVELS,
+        default=d.job_policy,
+        help="what a job may ask of its rank pods (spec.podTemplate, its volumes), by the Pod "
+        "Security level its rank pods must pass; a job asking for more fails InvalidSpec "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--npu-device-group",
+        type=_gid,
+        default=d.npu_device_group,
+        metavar="GID",
+        help="the group owning the NPU driver's device files on the nodes, added to NPU rank "
+        "pods' groups; default: none (the image's HwHiAiUser group, 1000)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     return p.parse_args(argv)

@@ -7,12 +7,16 @@ status: `restarts` (the current attempt; pods carry it as a label), the `Created
 (all pods of this attempt were created: a missing pod now means a deleted one), and the
 `Restarting` condition's transition time (start of the backoff).
 
-`plan()` reads what `kube` observed (an `Observed`) through steps: the PREPARE steps sort the
-pods into this attempt's and stale ones (`partition_pods`) and, for a job still alive, create
-its missing Service, PodGroup and rank-table ConfigMap (`ensure_children`); then the DECIDE
-steps, in order, until one decides: `finished` (clean-up and TTL), `suspended`, `deadline`,
-`failures_and_backoff` (fail, or restart every pod), `succeeded`, `create_pods` (after the
-backoff) and `steady`. What the rank-table ConfigMap says is decided in `ranktable_policy`.
+`plan()` first checks the job: its spec (`validate_job`) and what its rank pods would ask
+for, against the operator's job policy (`job_policy`); a job failing either fails
+InvalidSpec. Then it reads what `kube` observed (an `Observed`) through steps: the PREPARE
+steps sort the pods into this attempt's and stale ones (`partition_pods`) and, for a job
+still alive, create its missing Service, PodGroup and rank-table ConfigMap
+(`ensure_children`); then the DECIDE steps, in order, until one decides: `finished`
+(clean-up and TTL), `suspended`, `deadline`, `failures_and_backoff` (fail, or restart every
+pod), `succeeded`, `children_not_owned` (an object holding a child's name is not the job's:
+wait), `create_pods` (after the backoff) and `steady`. What the rank-table ConfigMap says is
+decided in `ranktable_policy`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 from shufflenet_contract import exitcodes
 from shufflenet_contract import job as jobs
 
-from . import ranktable_policy, render
+from . import job_policy, ranktable_policy, render
 from . import status as st
 from .observed import Observed
 
@@ -42,6 +46,17 @@ class Settings:
 
     restart_backoff_seconds: float = 10.0  # delay before the first whole-job restart
     max_backoff_seconds: float = 300.0  # the doubling delay stops growing here
+    # What a job may ask of its rank pods: a Pod Security level (job_policy.LEVELS).
+    job_policy: str = job_policy.DEFAULT_LEVEL
+    # The gid owning the NPU driver's device files on the nodes, when the image's group
+    # (HwHiAiUser, 1000) is not it: added to NPU pods' supplementalGroups.
+    npu_device_group: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.job_policy not in job_policy.LEVELS:
+            raise ValueError(
+                f"job policy {self.job_policy!r}: one of {', '.join(job_policy.LEVELS)}"
+            )
 
 
 def backoff_delay(restarts: int, settings: Settings) -> float:
@@ -180,7 +195,12 @@ def _finished(
 
 
 def _rank_table(draft: Draft, seen: Seen, current: Mapping[int, Mapping[str, Any]]) -> None:
-    """Keep the rank-table ConfigMap equal to what the `current` rank pods imply."""
+    """Keep the rank-table ConfigMap equal to what the `current` rank pods imply (never
+    writing a ConfigMap of its name that is not the job's)."""
+    if seen.observed.foreign("ConfigMap"):
+        message = _not_owned_message(seen, ("ConfigMap",))
+        draft.cond(st.RANKTABLE_READY, False, st.CHILD_NOT_OWNED, message)
+        return
     table = ranktable_policy.decide(seen.job, current, seen.configmap, draft.status["restarts"])
     if table.configmap_data is not None:
         draft.plan.configmap_data = table.configmap_data
@@ -240,12 +260,14 @@ def plan(
     status = draft.status
     try:
         job = jobs.validate_job({k: obj.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
+        job_policy.check(job, settings.job_policy, device_group=settings.npu_device_group)
     except jobs.ManifestError as exc:
-        # The schema cannot say everything (the batch must divide over the ranks...): such
-        # a job fails for good, with the field in the message; no pod is ever created. A job
-        # that has already ended keeps how it ended (a spec edited after the fact changes
-        # no outcome), and the pods of a running job edited so stop as the job's
-        # cleanPodPolicy says: they ran a spec the job no longer has.
+        # The schema cannot say everything (the batch must divide over the ranks...), nor
+        # what the admin lets jobs ask for (the job policy): such a job fails for good, with
+        # the field in the message; no pod is ever created. A job that has already ended
+        # keeps how it ended (a spec edited after the fact changes no outcome), and the pods
+        # of a running job edited so (or refused by a policy made stricter since it started)
+        # stop as the job's cleanPodPolicy says: they run what the job may no longer ask.
         if not draft.ended:
             draft.fail("InvalidSpec", str(exc))
         _cleanup(draft, observed.pods, _clean_pod_policy(obj))
@@ -305,13 +327,14 @@ def ensure_children(draft: Draft, seen: Seen) -> None:
     if draft.ended:
         # Only cleaned up (`finished`): kube.observe does not even read its children.
         return
-    job = seen.job
-    if seen.observed.service is None:
+    job, observed = seen.job, seen.observed
+    # An object of a child's name that is not the job's stays as it is (children_not_owned).
+    if observed.service is None and not observed.foreign("Service"):
         draft.plan.create.append(render.render_service(job))
-    if render.gang(job) and not seen.observed.has_podgroup:
+    if render.gang(job) and not observed.has_podgroup and not observed.foreign("PodGroup"):
         # Before any pod: a pod naming a missing group is not scheduled by Volcano.
         draft.plan.create.append(render.render_podgroup(job))
-    if seen.npu and seen.configmap is None:
+    if seen.npu and seen.configmap is None and not observed.foreign("ConfigMap"):
         seen.configmap = render.render_configmap(job, draft.status["restarts"])
         draft.plan.create.append(seen.configmap)
 
@@ -426,6 +449,34 @@ def succeeded(draft: Draft, seen: Seen) -> Plan | None:
     return _finished(draft, seen.current, seen.run_policy)
 
 
+def _not_owned_message(seen: Seen, kinds: Sequence[str] | None = None) -> str:
+    uid = seen.job["metadata"]["uid"]
+    taken = [
+        f"{kind} {name}"
+        for kind, name in seen.observed.foreign_children
+        if kinds is None or kind in kinds
+    ]
+    one = len(taken) == 1
+    state, it = ("exists and is not", "it") if one else ("exist and are not", "them")
+    return (
+        f"{', '.join(taken)} already {state} this job's (no owner reference to its uid "
+        f"{uid}): the operator leaves {it} alone; delete {it} or rename the job"
+    )
+
+
+def children_not_owned(draft: Draft, seen: Seen) -> Plan | None:
+    """Objects that have the names of the job's children but are not the job's (another
+    job's, or made by hand) are never adopted, changed or deleted: the job's pods are not
+    created while one holds a name they need, and the job waits (looked at again at every
+    resync) until it is gone. A running job carries on: its pods exist; only its rank table
+    is not written (RankTableReady says why)."""
+    if not seen.observed.foreign_children or draft.is_true(st.CREATED):
+        return None
+    draft.cond(st.CREATED, False, st.CHILD_NOT_OWNED, _not_owned_message(seen))
+    draft.status["phase"] = RESTARTING if draft.status["restarts"] else PENDING
+    return draft.done()
+
+
 def _backoff_left(draft: Draft, seen: Seen) -> float:
     """Seconds still to wait before this restart's pods may be created."""
     restarts = draft.status["restarts"]
@@ -457,7 +508,11 @@ def create_pods(draft: Draft, seen: Seen) -> Plan | None:
         return draft.done()
     for index in range(seen.pod_total):
         if index not in seen.current:
-            draft.plan.create.append(render.render_pod(seen.job, index, restarts))
+            draft.plan.create.append(
+                render.render_pod(
+                    seen.job, index, restarts, device_group=seen.settings.npu_device_group
+                )
+            )
     again = f" (restart {restarts})" if restarts else ""
     draft.cond(st.CREATED, True, "PodsCreated", f"{seen.pod_total} rank pods created{again}")
     if restarts:
@@ -503,6 +558,7 @@ DECIDE: tuple[Callable[[Draft, Seen], Plan | None], ...] = (
     deadline,
     failures_and_backoff,
     succeeded,
+    children_not_owned,
     create_pods,
     steady,
 )

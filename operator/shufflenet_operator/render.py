@@ -10,7 +10,8 @@ never duplicates anything:
 - `<job>` (when spec.scheduling.gang): a Volcano PodGroup of all rank pods, so that the
   scheduler binds all of them or none (a job half placed holds devices and cannot train);
 - `<job>-rank-<k>`: one pod per device, with the env contract of `shufflenet_contract.job`
-  (`<job>-node-<k>`: one pod per spec.devices.perPod devices, running that many ranks).
+  (`<job>-node-<k>`: one pod per spec.devices.perPod devices, running that many ranks),
+  locked down to pass Pod Security "restricted" unless spec.podTemplate loosens it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,36 @@ SHM_VOLUME = "dshm"
 TMP_VOLUME = "tmp"
 TMP_PATH = "/tmp"
 RANK_TABLE_FILE = f"{ranktable.MOUNT_DIR}/{ranktable.FILE_KEY}"
+
+# Every rank pod passes Pod Security "restricted" as rendered (spec.podTemplate may loosen
+# it, within the operator's job policy). No runAsUser: the image's own user runs the trainer,
+# and with runAsNonRoot the kubelet refuses to start a container whose user is root or not
+# numeric, since it cannot tell (verifyRunAsNonRoot, pkg/kubelet/kuberuntime/
+# security_context_others.go): the images set a numeric USER (10001; 1000, HwHiAiUser, for
+# Ascend).
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# A read-only root filesystem: what the trainer writes goes to its volumes (checkpoints,
+# /tmp, /dev/shm).
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+# Where CANN and torch_npu write, moved under the writable /tmp (they default to the user's
+# home or the working directory): the files of this machine alone (ASCEND_WORK_PATH, CANN's
+# environment variable reference envref_07_0007), the shareable ones such as compiled
+# kernels (ASCEND_CACHE_PATH, envref_07_0006), torch_npu's operator compile cache
+# (ACL_OP_COMPILER_CACHE_DIR) and the process logs (ASCEND_PROCESS_LOG_PATH,
+# envref_07_0120). Defaults, as in images/trainer-ascend, which a podTemplate may change.
+ASCEND_WRITABLE_ENV = {
+    "ASCEND_WORK_PATH": f"{TMP_PATH}/ascend/work",
+    "ASCEND_CACHE_PATH": f"{TMP_PATH}/ascend/cache",
+    "ACL_OP_COMPILER_CACHE_DIR": f"{TMP_PATH}/ascend/cache/op",
+    "ASCEND_PROCESS_LOG_PATH": f"{TMP_PATH}/ascend/log",
+}
 
 # Volcano's PodGroup, and the pod annotation naming a pod's group (the key Volcano shares
 # with the scheduler-plugins coscheduling plugin).
@@ -181,18 +212,29 @@ def _volumes(job: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
     return volumes, mounts
 
 
-def render_pod(job: Mapping[str, Any], rank: int, restarts: int = 0) -> dict[str, Any]:
+def render_pod(
+    job: Mapping[str, Any], rank: int, restarts: int = 0, *, device_group: int | None = None
+) -> dict[str, Any]:
     """Pod `rank` of attempt `restarts` (the rank itself, or the node rank of a pod of
-    spec.devices.perPod devices), with spec.podTemplate merged in."""
+    spec.devices.perPod devices), with spec.podTemplate merged in.
+
+    `device_group`: the gid owning the NPU driver's device files on the nodes (the
+    operator's --npu-device-group), added to an NPU pod's groups.
+    """
     name = jobs.pod_name(job, rank)
     env_list = _env(job, rank, restarts)
     volumes, mounts = _volumes(job)
+    npu = jobs.device_type(job) == "npu"
+    defaults = [{"name": k, "value": v} for k, v in ASCEND_WRITABLE_ENV.items()] if npu else []
+    container = _container(job, env_list + defaults, mounts)
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": _pod_metadata(job, name, rank, restarts),
-        "spec": _pod_spec(job, name, _container(job, env_list, mounts), volumes),
+        "spec": _pod_spec(job, name, container, volumes),
     }
+    if npu and device_group is not None:
+        pod["spec"]["securityContext"]["supplementalGroups"] = [device_group]
     merged = merge_pod_template(pod, job["spec"].get("podTemplate") or {})
     _keep_env_contract(merged, env_list)
     return _drop_shadowed_mounts(merged, {v["name"] for v in volumes})
@@ -221,7 +263,7 @@ def _env(job: Mapping[str, Any], rank: int, restarts: int) -> list[dict[str, Any
 def _container(
     job: Mapping[str, Any], env_list: list[dict[str, Any]], mounts: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The trainer container: its command, ports, mounts and devices."""
+    """The trainer container: its command, ports, mounts, devices and security context."""
     spec = job["spec"]
     per_pod = jobs.devices_per_pod(job)
     container: dict[str, Any] = {
@@ -236,6 +278,7 @@ def _container(
         "env": env_list,
         "ports": _ports(int(spec["metrics"]["port"]), per_pod),
         "volumeMounts": mounts,
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
     }
     if spec.get("imagePullPolicy"):
         container["imagePullPolicy"] = spec["imagePullPolicy"]
@@ -272,6 +315,9 @@ def _pod_spec(
         "schedulerName": scheduling["schedulerName"],
         "containers": [container],
         "volumes": volumes,
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+        # The trainer never talks to the API server: no token for whoever gets into a pod.
+        "automountServiceAccountToken": False,
     }
     if scheduling.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(scheduling["nodeSelector"])

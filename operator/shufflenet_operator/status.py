@@ -201,16 +201,27 @@ class Event:
     message: str
 
 
+# Why a job waits on an object that has the name of one of its children but is not its own
+# (see policy.children_not_owned): the reason of the condition that says so.
+CHILD_NOT_OWNED = "ChildNotOwned"
+
 _WARNING_WHEN_TRUE = {RESTARTING, FAILED}
+# False conditions that need someone to act: a Warning whenever they come or change.
+_WARNING_WHEN_FALSE = {CHILD_NOT_OWNED}
 
 
 def transition_events(
     old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]
 ) -> list[Event]:
-    """One Event per condition that became True (and per Running that stopped)."""
+    """One Event per condition that became True (and per Running that stopped), and a
+    Warning per False condition that asks for someone to act, when it comes or changes."""
     events = []
     for cond in new:
         before = get_condition(old, str(cond.get("type")))
+        if cond.get("status") == "False" and cond.get("reason") in _WARNING_WHEN_FALSE:
+            if before is None or _said(before) != _said(cond):
+                events.append(Event("Warning", str(cond["reason"]), str(cond.get("message"))))
+            continue
         if before is not None and before.get("status") == cond.get("status"):
             continue
         type_ = str(cond.get("type"))
@@ -220,3 +231,7 @@ def transition_events(
         elif before is not None and type_ == RUNNING:
             events.append(Event("Normal", str(cond.get("reason")), str(cond.get("message"))))
     return events
+
+
+def _said(cond: Mapping[str, Any]) -> tuple[Any, ...]:
+    return cond.get("status"), cond.get("reason"), cond.get("message")

@@ -4,6 +4,7 @@ split they rely on: the operator runs without torch, the trainer without kopf.""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,35 @@ def test_ascend_image_pins_torch_npu_to_its_torch() -> None:
     assert npu.split(".post")[0] == torch  # torch_npu X(.postN) is built for torch X
     for env in ("ASCEND_TOOLKIT_HOME", "ASCEND_OPP_PATH", "LD_LIBRARY_PATH", "HCCL_"):
         assert env in text, env
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_image_runs_as_a_numeric_non_root_user(image: str) -> None:
+    # Pod Security "restricted" wants runAsNonRoot, which the kubelet can verify only for a
+    # numeric user (a name would need the image's /etc/passwd): the last USER decides.
+    users = [ln.split()[1] for ln in dockerfile(image).splitlines() if ln.startswith("USER ")]
+    assert users, f"{image}: no USER (runs as root)"
+    uid, _, gid = users[-1].partition(":")
+    assert uid.isdigit() and int(uid) > 0, f"{image}: USER {users[-1]}"
+    assert gid.isdigit() and int(gid) > 0, f"{image}: USER {users[-1]} (numeric group too)"
+
+
+def test_ascend_image_runs_as_hwhiaiuser_with_its_files_under_tmp() -> None:
+    # HwHiAiUser 1000:1000, as in Huawei's images and on the hosts (the driver's device
+    # files are rw for its group); everything CANN writes on the pod's /tmp emptyDir.
+    text = dockerfile("trainer-ascend")
+    assert "groupadd --gid 1000 HwHiAiUser" in text
+    assert "useradd --uid 1000 --gid HwHiAiUser" in text
+    assert [ln for ln in text.splitlines() if ln.startswith("USER ")] == ["USER 1000:1000"]
+    for var in (
+        "HOME",
+        "ASCEND_WORK_PATH",
+        "ASCEND_CACHE_PATH",
+        "ACL_OP_COMPILER_CACHE_DIR",
+        "ASCEND_PROCESS_LOG_PATH",
+    ):
+        assert re.search(rf"^(ENV)? +{var}=/tmp/", text, re.MULTILINE), var
+    assert "WORKDIR /tmp\n" in text
 
 
 def test_build_context_is_the_sources_only() -> None:

@@ -6,6 +6,7 @@ x0.5 at 32 pixels, one epoch of 2 steps, on the digits dataset.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -23,6 +24,8 @@ from shufflenet_contract import job as jobs
 from shufflenet_contract import ranktable
 from shufflenet_trainer.jobs import runlocal
 from shufflenet_trainer.snjob import main
+from shufflenet_trainer.train import checkpoint as ckpt
+from shufflenet_trainer.train.results import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "manifests" / "examples"
@@ -68,7 +71,9 @@ def test_example_runs_on_cpu(name: str, digits32: Path, tmp_path: Path) -> None:
         "--metrics-port", "0", *sets(f"spec.training.batchSize={batch}"),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    (job_dir,) = tmp_path.iterdir()
+    # The job's folder is its run folder, as on the checkpoint volume: <root>/<ns>/<name>.
+    (job_dir,) = tmp_path.glob("*/*")
+    assert job_dir == tmp_path / "default" / spec["metadata"]["name"]
     (result,) = job_dir.glob("training_*")
     assert result.name.startswith(f"training_{n}p_job_")
     assert f"=> result folder: {result}" in proc.stdout
@@ -205,7 +210,7 @@ def test_killed_rank_restarts_the_job_from_its_checkpoint(digits32: Path, tmp_pa
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not list(tmp_path.glob("*/training_*/checkpoint.pth.tar")):
+        while not list(tmp_path.glob("*/*/training_*/checkpoint.pth.tar")):
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.02)
         pid = _rank_pid(str(tmp_path), 1)
@@ -216,8 +221,101 @@ def test_killed_rank_restarts_the_job_from_its_checkpoint(digits32: Path, tmp_pa
         proc.kill()
     assert proc.returncode == 0, out[-3000:]
     assert "rank 1 exited with 137" in out and "restart 1 of 1" in out and "succeeded" in out
-    (job_dir,) = tmp_path.iterdir()
+    (job_dir,) = tmp_path.glob("*/*")
     runs = sorted(job_dir.glob("training_*"))
     assert len(runs) == 2
     assert "resumed from" in (runs[1] / "train.log").read_text()
     assert torch.load(runs[1] / "checkpoint.pth.tar", weights_only=True)["epoch"] == 3
+
+
+# --- run folders: jobs sharing one checkpoint volume ------------------------------------
+
+
+def run_job(root: Path, data: Path, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The digits example as job `name`, one rank, under the checkpoint root `root`."""
+    proc = snjob(
+        "run-local", EXAMPLES / "cpu-digits-2rank.yaml", "--data", data, "--output-dir", root,
+        "--metrics-port", "0", *sets(f"metadata.name={name}", "spec.devices.count=1",
+                                     "spec.training.batchSize=8", *extra),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def files_of(folder: Path) -> dict[Path, tuple[int, str]]:
+    """Every file below `folder` with its mtime and content hash."""
+    return {
+        p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def epochs_run(result: Path) -> list[int]:
+    return [r["epoch"] for r in read_jsonl(result / "train.jsonl") if r["kind"] == "epoch"]
+
+
+@pytest.mark.slow
+def test_jobs_sharing_a_volume_each_keep_their_run(digits32: Path, tmp_path: Path) -> None:
+    run_a = tmp_path / "default" / "job-a"
+    run_job(tmp_path, digits32, "job-a")
+    (a1,) = run_a.glob("training_*")
+    before = files_of(run_a)
+
+    # Another job on the same volume starts a run of its own, at epoch 0 (earlier versions
+    # resumed job-a's finished run here and ended at once), and leaves job-a's files alone.
+    run_job(tmp_path, digits32, "job-b")
+    (b1,) = (tmp_path / "default" / "job-b").glob("training_*")
+    assert epochs_run(b1) == [0]
+    assert "resumed from" not in (b1 / "train.log").read_text()
+    assert files_of(run_a) == before
+
+    # The same job again, with more epochs: it continues its own run (its own checkpoint
+    # wins over an initFrom); with the same epochs again there is nothing left to train.
+    more = ("spec.training.epochs=2", "spec.checkpoint.initFrom=default/job-b")
+    run_job(tmp_path, digits32, "job-a", *more)
+    a2 = max(run_a.glob("training_*"))
+    log = (a2 / "train.log").read_text()
+    assert f"resumed from {a1 / ckpt.CHECKPOINT_NAME} at epoch 1" in log
+    assert f"--init-from {tmp_path / 'default' / 'job-b'} ignored" in log
+    assert epochs_run(a2) == [1]
+    done = run_job(tmp_path, digits32, "job-a", *more)
+    assert "succeeded" in done.stdout and len(list(run_a.glob("training_*"))) == 2
+    assert f"=> result folder: {a2} (an earlier run of this job" in done.stdout
+    rank_log = (run_a / "logs" / "job-a-rank-0.log").read_text()
+    assert "nothing left to train" in rank_log
+
+
+@pytest.mark.slow
+def test_init_from_starts_from_another_runs_weights_only(digits32: Path, tmp_path: Path) -> None:
+    run_job(tmp_path, digits32, "job-a", "spec.training.epochs=2")
+    source = max((tmp_path / "default" / "job-a").glob("training_*")) / ckpt.CHECKPOINT_NAME
+    # A learning rate too small to move a weight, and BatchNorm statistics kept: the
+    # weights job-c saves after its one step are the ones it started from.
+    run_job(
+        tmp_path, digits32, "job-c", "spec.checkpoint.initFrom=default/job-a",
+        "spec.training.lr=1.0e-30", 'spec.training.extraArgs=["--max-steps-per-epoch", "1", '
+        '"--freeze-bn"]',
+    )  # fmt: skip
+    (c1,) = (tmp_path / "default" / "job-c").glob("training_*")
+    assert f"loaded {source} (--init-from: its weights only)" in (c1 / "train.log").read_text()
+    assert epochs_run(c1) == [0]  # epoch 0: the source's epoch and optimizer are not taken
+    start = torch.load(source, weights_only=True)["state_dict"]
+    saved = torch.load(c1 / ckpt.CHECKPOINT_NAME, weights_only=True)
+    assert saved["epoch"] == 1 and len(saved["history"]) == 1
+    for key, value in start.items():
+        assert torch.allclose(saved["state_dict"][key], value, rtol=1e-6, atol=1e-12), key
+
+
+def test_a_missing_init_from_fails_before_anything_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "ns" / "job"
+    proc = subprocess.run(
+        [sys.executable, "-m", "shufflenet_trainer.cli", "--dummy", "-a", "shufflenet_v2_x0_5",
+         "--epochs", "1", "-b", "2", "--output-dir", str(out), "--resume", "auto",
+         "--init-from", str(tmp_path / "gone")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"--init-from {tmp_path / 'gone'} (spec.checkpoint.initFrom): no such file" in line
+    assert not (tmp_path / "ns").exists()  # the run folder is made with the result folder

@@ -36,7 +36,8 @@ def _load_script_module(name: str) -> ModuleType:
 
 
 # The demo's manifest adapter (scripts/cluster/local_job.py): tests apply what the demo does.
-local_job = _load_script_module("local_job").local_job
+_demo = _load_script_module("local_job")
+local_job, claim_volumes = _demo.local_job, _demo.claim_volumes
 
 
 def build_images(timeout: float = 3600) -> dict[str, str]:

@@ -21,7 +21,8 @@ from kubernetes import client
 from sim.node_agent import NodeAgent, wait_for
 from sim.runtime import ProcessRuntime
 
-from k8s.operator_harness import Jobs, OperatorProcess, free_port, job_manifest
+from k8s.cluster import ControlPlane
+from k8s.operator_harness import Jobs, OperatorProcess, free_port, install_crd, job_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +34,22 @@ def running_nodes(core_v1: client.CoreV1Api, tmp_path: Path) -> Iterator[NodeAge
     with agent:
         agent.add_node(npus=0)
         yield agent
+
+
+@pytest.fixture
+def operator(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The operator of these tests, with the job policy `privileged`: the simulated runtime
+    runs rank pods as local processes and mounts only hostPath volumes (tests/sim/runtime.py),
+    which the default policy refuses. An admin trusting every job author sets the same."""
+    install_crd(control_plane.api)
+    op = OperatorProcess(control_plane, namespace, tmp_path, args=["--job-policy", "privileged"])
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
 
 
 def container_logs(tmp_path: Path, pod: str) -> str:
@@ -68,10 +85,15 @@ def tiny_job(name: str, checkpoints: Path, *, epochs: int, **devices: int) -> di
 
 
 def test_cpu_job_trains_survives_a_killed_rank_and_succeeds(
-    running_nodes: NodeAgent, operator: OperatorProcess, jobs: Jobs, tmp_path: Path
+    running_nodes: NodeAgent,
+    operator: OperatorProcess,
+    jobs: Jobs,
+    namespace: str,
+    tmp_path: Path,
 ) -> None:
     checkpoints = tmp_path / "checkpoints"
     jobs.create(tiny_job("e2e", checkpoints, epochs=3, count=2))
+    run = checkpoints / namespace / "e2e"  # the job's own run folder on the volume
     jobs.wait_phase("e2e", "Running", timeout=120)
 
     # Progress comes from rank 0's own exporter while the ranks train.
@@ -82,7 +104,7 @@ def test_cpu_job_trains_survives_a_killed_rank_and_succeeds(
     )
     # Once epoch 1 is checkpointed, rank 1 dies (SIGKILL: exit 137, as an OOM kill).
     wait_for(
-        lambda: list(checkpoints.glob("training_2p_job_*/checkpoint.pth.tar")),
+        lambda: list(run.glob("training_2p_job_*/checkpoint.pth.tar")),
         timeout=300,
         what="the first checkpoint",
     )
@@ -103,7 +125,7 @@ def test_cpu_job_trains_survives_a_killed_rank_and_succeeds(
     assert status["progress"]["epoch"] > 1 and "top1" in status["progress"]
 
     # The second attempt went on from the checkpoint instead of starting over.
-    saved = checkpoints.glob("training_2p_job_*/checkpoint.pth.tar")
+    saved = run.glob("training_2p_job_*/checkpoint.pth.tar")
     newest = max(saved, key=lambda p: p.stat().st_mtime)
     state = torch.load(newest, map_location="cpu", weights_only=True)
     assert state["epoch"] == 3
@@ -112,7 +134,11 @@ def test_cpu_job_trains_survives_a_killed_rank_and_succeeds(
 
 
 def test_pods_of_two_devices_each_run_a_four_rank_job(
-    running_nodes: NodeAgent, operator: OperatorProcess, jobs: Jobs, tmp_path: Path
+    running_nodes: NodeAgent,
+    operator: OperatorProcess,
+    jobs: Jobs,
+    namespace: str,
+    tmp_path: Path,
 ) -> None:
     checkpoints = tmp_path / "checkpoints"
     jobs.create(tiny_job("pairs", checkpoints, epochs=1, count=4, perPod=2))
@@ -122,6 +148,6 @@ def test_pods_of_two_devices_each_run_a_four_rank_job(
     logs = {name: container_logs(tmp_path, name) for name in ("pairs-node-0", "pairs-node-1")}
     assert "starting ranks 0..1 of 4" in logs["pairs-node-0"], logs["pairs-node-0"][-2000:]
     assert "starting ranks 2..3 of 4" in logs["pairs-node-1"], logs["pairs-node-1"][-2000:]
-    (result,) = checkpoints.glob("training_4p_job_*")
+    (result,) = (checkpoints / namespace / "pairs").glob("training_4p_job_*")
     state = torch.load(result / "checkpoint.pth.tar", map_location="cpu", weights_only=True)
     assert state["epoch"] == 1

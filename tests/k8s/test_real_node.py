@@ -1,7 +1,9 @@
 """Jobs on a REAL node: the kubelet, containerd and runc run the images built here.
 
-What users meet first, which the simulated node cannot show: the images themselves, pods
-that run non-root on a read-only root filesystem, the rank table arriving through a real
+What users meet first, which the simulated node cannot show: the images themselves, the
+example job as shipped (no podTemplate; its claims bound to PersistentVolumes, as an admin
+makes them) in pods that pass Pod Security "restricted", run as the image's user on a
+read-only root filesystem, the rank table arriving through a real
 ConfigMap mount (symlinks into `..data/`, updated by the kubelet's sync), SIGTERM and exit
 codes from the runtime, pod-to-pod networking and cluster DNS. tests/k8s/real_node.py says
 what is real and what is simulated (only the Ascend chips).
@@ -22,6 +24,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from integration.pod_security_tools import check_restricted
 from kubernetes import client, watch
 from sim.node_agent import wait_for
 
@@ -31,6 +34,7 @@ from k8s.real_node import (
     OPERATOR_NAMESPACE,
     RealNode,
     build_images,
+    claim_volumes,
     helm_install_operator,
     import_images,
     local_job,
@@ -89,23 +93,47 @@ def jobs(real_node: RealNode) -> Iterator[Jobs]:
 
 @pytest.fixture
 def checkpoints(tmp_path: Path) -> Path:
-    # A hostPath volume: writable by the image's user, as a PVC's fsGroup would make it.
+    # The checkpoint volume's directory: hostPath volumes get no fsGroup, so it is made
+    # writable by the image's user, as the admin of such a volume would (the demo does too).
     path = tmp_path / "checkpoints"
     path.mkdir()
     os.chown(path, TRAINER_UID, TRAINER_UID)
     return path
 
 
-def digits_job(node: RealNode, name: str, data: Path, checkpoints: Path, **overrides: Any) -> dict:
+@pytest.fixture
+def claims(jobs: Jobs, digits: Path, checkpoints: Path) -> Iterator[None]:
+    """The example's claims (`digits`, `shufflenet-checkpoints`) in the test's namespace,
+    bound to hostPath PersistentVolumes of the digits and of `checkpoints`, as in the demo."""
+    example = yaml.safe_load(EXAMPLE.read_text())
+    objects = claim_volumes(example, data=digits, checkpoints=checkpoints, namespace=jobs.namespace)
+    volumes = [o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolume"]
+    for obj in objects:
+        if obj["kind"] == "PersistentVolume":
+            jobs.core.create_persistent_volume(obj)
+        else:
+            jobs.core.create_namespaced_persistent_volume_claim(jobs.namespace, obj)
+    yield
+    # Cluster-wide, unlike the claims: they go when their claims do, with the namespace.
+    for name in volumes:
+        jobs.core.delete_persistent_volume(name)
+
+
+def digits_job(node: RealNode, name: str, **overrides: Any) -> dict:
+    """The example as the demo applies it: only the image (built here) and the name differ,
+    and the overrides (2 epochs unless they say otherwise)."""
     example = yaml.safe_load(EXAMPLE.read_text())
     return local_job(
         example,
         image=node.images["TRAINER_IMAGE"],
-        data=data,
-        checkpoints=checkpoints,
         name=name,
         overrides={"training.epochs": 2, **overrides},
     )
+
+
+def run_folder(jobs: Jobs, checkpoints: Path, name: str) -> Path:
+    """The job's run folder on the checkpoint volume: <namespace>/<name>."""
+    return checkpoints / jobs.namespace / name
 
 
 def pod_logs(jobs: Jobs, pod: str) -> str:
@@ -113,28 +141,44 @@ def pod_logs(jobs: Jobs, pod: str) -> str:
 
 
 def test_digits_job_succeeds_in_real_pods_from_the_images(
-    real_node: RealNode, jobs: Jobs, digits: Path, checkpoints: Path
+    real_node: RealNode, jobs: Jobs, claims: None, checkpoints: Path, tmp_path: Path
 ) -> None:
-    jobs.create(digits_job(real_node, "digits", digits, checkpoints))
+    job = digits_job(real_node, "digits")
+    assert "podTemplate" not in job["spec"]  # the operator's own pods, nothing loosened
+    jobs.create(job)
     status = jobs.wait_phase("digits", "Succeeded", timeout=600)
     assert status["ranks"]["succeeded"] == 2 and status["restarts"] == 0
     # The operator's pod scraped rank 0's exporter across the pod network.
     assert status["progress"]["epoch"] >= 1, status
 
-    # The result folder and the checkpoint are on the volume, written by the pods' user.
-    (result,) = checkpoints.glob("training_2p_job_*")
+    # The result folder and the checkpoint are in the job's run folder on the volume,
+    # written by the image's user (the pods name none: the image's USER ran them).
+    (result,) = run_folder(jobs, checkpoints, "digits").glob("training_2p_job_*")
     ckpt = result / "checkpoint.pth.tar"
     assert ckpt.stat().st_uid == TRAINER_UID
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] == 2
     assert any(result.glob("*.png")), sorted(p.name for p in result.iterdir())
 
-    # Non-root on a read-only root filesystem, and yet it trained (HOME and the caches of
-    # torch and matplotlib live on the pod's /tmp).
-    for pod in jobs.pods("digits"):
+    # The pods as the API server admitted them pass Pod Security "restricted" (checkov),
+    # and yet they trained: read-only root filesystem, HOME and the caches of torch and
+    # matplotlib on the pod's /tmp, the data and checkpoints through the claims.
+    pods = jobs.pods("digits")
+    manifests = [
+        {"apiVersion": "v1", "kind": "Pod", **jobs.core.api_client.sanitize_for_serialization(p)}
+        for p in pods
+    ]
+    report = check_restricted(manifests, tmp_path / "pods")
+    assert report.workloads == 2 and not report.findings, (str(report), report.findings)
+    for pod in pods:
         (c,) = [c for c in pod.spec.containers if c.name == "trainer"]
         assert c.security_context.read_only_root_filesystem is True
-        assert c.security_context.run_as_user == TRAINER_UID
         assert c.image == real_node.images["TRAINER_IMAGE"]
+        claimed = {
+            v.persistent_volume_claim.claim_name
+            for v in pod.spec.volumes
+            if v.persistent_volume_claim
+        }
+        assert claimed == {"digits", "shufflenet-checkpoints"}
         assert pod.status.container_statuses[0].state.terminated.exit_code == 0
     logs = pod_logs(jobs, "digits-rank-0")
     assert "* Acc@1" in logs, logs[-3000:]
@@ -149,23 +193,22 @@ def test_digits_job_succeeds_in_real_pods_from_the_images(
 
 @pytest.mark.parametrize("resource", sorted(ranktable.DEVICE_ANNOTATIONS))
 def test_npu_job_hands_hccl_a_regular_copy_of_the_completed_table(
-    real_node: RealNode, jobs: Jobs, digits: Path, checkpoints: Path, resource: str
+    real_node: RealNode, jobs: Jobs, claims: None, checkpoints: Path, resource: str
 ) -> None:
     copies = checkpoints / "ranktable"
     job = digits_job(
-        real_node, "npu", digits, checkpoints,
-        **{"devices": {"type": "npu", "count": 2, "resourceName": resource}},
-    )  # fmt: skip
-    (trainer,) = job["spec"]["podTemplate"]["spec"]["containers"]
+        real_node, "npu", **{"devices": {"type": "npu", "count": 2, "resourceName": resource}}
+    )
     # The test-only override: the ranks train on CPU with gloo but run the whole NPU
     # contract. The copies go on the volume, so they can be read after the pods are gone.
-    trainer["env"] = [
+    env = [
         {"name": "SHUFFLENET_FORCE_CPU", "value": "1"},
         {
             "name": "SHUFFLENET_RANK_TABLE_DIR",
             "value": f"{job['spec']['checkpoint']['path']}/ranktable",
         },
     ]
+    job["spec"]["podTemplate"] = {"spec": {"containers": [{"name": "trainer", "env": env}]}}
     jobs.create(job)
     status = jobs.wait_phase("npu", "Succeeded", timeout=600)
     assert status["rankTable"]["status"] == "completed"
@@ -201,12 +244,13 @@ def test_npu_job_hands_hccl_a_regular_copy_of_the_completed_table(
 
 
 def test_a_killed_rank_restarts_the_whole_job_from_its_checkpoint(
-    real_node: RealNode, jobs: Jobs, digits: Path, checkpoints: Path
+    real_node: RealNode, jobs: Jobs, claims: None, checkpoints: Path
 ) -> None:
-    jobs.create(digits_job(real_node, "kill", digits, checkpoints, **{"training.epochs": 4}))
+    run = run_folder(jobs, checkpoints, "kill")
+    jobs.create(digits_job(real_node, "kill", **{"training.epochs": 4}))
     jobs.wait_phase("kill", "Running", timeout=300)
     wait_for(
-        lambda: list(checkpoints.glob("training_2p_job_*/checkpoint.pth.tar")),
+        lambda: list(run.glob("training_2p_job_*/checkpoint.pth.tar")),
         timeout=300,
         what="the first checkpoint",
     )
@@ -221,7 +265,7 @@ def test_a_killed_rank_restarts_the_whole_job_from_its_checkpoint(
     assert event.message.startswith("rank 1 pod kill-rank-1 exited 137"), event.message
     status = jobs.wait_phase("kill", "Succeeded", timeout=600)
     assert status["restarts"] == 1
-    newest = max(checkpoints.glob("training_2p_job_*/checkpoint.pth.tar"), key=os.path.getmtime)
+    newest = max(run.glob("training_2p_job_*/checkpoint.pth.tar"), key=os.path.getmtime)
     assert torch.load(newest, map_location="cpu", weights_only=True)["epoch"] == 4
     # The new pods went on from the checkpoint instead of starting over.
     assert "=> --resume auto: found" in pod_logs(jobs, "kill-rank-0")
@@ -268,15 +312,16 @@ class _LastStates:
 
 
 def test_deleting_the_job_stops_every_rank_with_sigterm_after_a_checkpoint(
-    real_node: RealNode, jobs: Jobs, digits: Path, checkpoints: Path
+    real_node: RealNode, jobs: Jobs, claims: None, checkpoints: Path
 ) -> None:
-    jobs.create(digits_job(real_node, "del", digits, checkpoints, **{"training.epochs": 50}))
+    run = run_folder(jobs, checkpoints, "del")
+    jobs.create(digits_job(real_node, "del", **{"training.epochs": 50}))
     wait_for(
-        lambda: list(checkpoints.glob("training_2p_job_*/checkpoint.pth.tar")),
+        lambda: list(run.glob("training_2p_job_*/checkpoint.pth.tar")),
         timeout=300,
         what="the first checkpoint",
     )
-    (ckpt,) = checkpoints.glob("training_2p_job_*/checkpoint.pth.tar")
+    (ckpt,) = run.glob("training_2p_job_*/checkpoint.pth.tar")
     status = jobs.status("del")
     assert status["phase"] == "Running" and status["restarts"] == 0, status
     states = _LastStates(jobs, "del")

@@ -207,7 +207,11 @@ class Soak:
         for _ in range(NODES):
             self.agent.add_node(npus=CHIPS)
         (self.work / "reports").mkdir(exist_ok=True)
-        self.operator = OperatorProcess(self.cp, self.ns, self.work / "operator-logs")
+        # `privileged`: the jobs' checkpoints are hostPath folders, the only volumes the
+        # simulated ranks (processes on this machine) can share.
+        self.operator = OperatorProcess(
+            self.cp, self.ns, self.work / "operator-logs", args=["--job-policy", "privileged"]
+        )
         (self.work / "operator-logs").mkdir(exist_ok=True)
         self.operator.start()
         self.t0 = time.monotonic()

@@ -167,3 +167,48 @@ def test_checkpoint_candidates_newest_first(tmp_path: Path) -> None:
         ckpt.save_checkpoint(_state(epoch=i), p)
         os.utime(p, ns=(10**18 + i, 10**18 + i))
     assert ckpt.checkpoint_candidates(tmp_path) == [new, old]
+
+
+def _run_folder(root: Path, *epochs: int, arch: str = "shufflenet_v2_x0_5") -> list[Path]:
+    """Result folders under `root`, one per epoch given, each newer than the one before."""
+    paths = []
+    for i, epoch in enumerate(epochs):
+        p = root / f"training_1p_job_2024010{i + 1}000000" / ckpt.CHECKPOINT_NAME
+        p.parent.mkdir(parents=True)
+        ckpt.save_checkpoint(_state(arch, epoch=epoch), p)
+        os.utime(p, ns=(10**18 + i, 10**18 + i))
+        paths.append(p)
+    return paths
+
+
+def test_init_from_takes_a_file_a_result_folder_or_a_run_folder(tmp_path: Path) -> None:
+    arch = "shufflenet_v2_x0_5"
+    old, new = _run_folder(tmp_path / "team" / "a", 1, 2)
+    # A job's run folder: its newest checkpoint, as --resume auto would find it.
+    assert ckpt.find_init(tmp_path / "team" / "a", arch=arch) == (new, [])
+    # A result folder as it is, and a file as it is (checked when it is loaded).
+    assert ckpt.find_init(old.parent, arch=arch) == (old, [])
+    assert ckpt.find_init(old, arch=arch) == (old, [])
+    # An unusable newest file is skipped with a note, as for --resume auto.
+    new.write_bytes(b"cut")
+    found, notes = ckpt.find_init(tmp_path / "team" / "a", arch=arch)
+    assert found == old and len(notes) == 1 and "unreadable" in notes[0]
+
+
+def test_init_from_that_names_nothing_is_one_line_naming_the_field(tmp_path: Path) -> None:
+    arch = "shufflenet_v2_x0_5"
+    empty = tmp_path / "team" / "b"
+    empty.mkdir(parents=True)
+    for path, words in ((tmp_path / "nope", "no such file or folder"), (empty, "no checkpoint")):
+        with pytest.raises(ConfigError) as err:
+            ckpt.find_init(path, arch=arch)
+        msg = str(err.value)
+        assert msg.startswith(f"--init-from {path} (spec.checkpoint.initFrom): {words}"), msg
+        assert "\n" not in msg
+    (other,) = _run_folder(tmp_path / "team" / "c", 1, arch="shufflenet_v2_x1_0")
+    with pytest.raises(ConfigError, match=r"^--init-from: .* holds a shufflenet_v2_x1_0 .* "
+                       r"or another --init-from$"):  # fmt: skip
+        ckpt.find_init(other.parents[1], arch=arch)
+    # Searching a run folder never looks at the folder itself; only --init-from does.
+    assert ckpt.checkpoint_candidates(other.parent) == []
+    assert ckpt.checkpoint_candidates(other.parent, own=True) == [other]

@@ -216,3 +216,16 @@ def test_the_shuffle_kernel_variable_is_the_flags_default(monkeypatch: pytest.Mo
         parse("--dummy")
     monkeypatch.delenv("SHUFFLENET_SHUFFLE_KERNEL")
     assert parse("--dummy").shuffle_kernel == "auto"
+
+
+def test_init_from_gives_the_starting_weights_alone() -> None:
+    assert parse("--dummy").init_from is None
+    cfg = parse("--dummy", "--resume", "auto", "--init-from", "/c/team/a")
+    assert cfg.init_from == "/c/team/a" and cfg.pretrained is None and cfg.resume == "auto"
+    assert "--init-from" in build_parser().format_help()
+    for other in (["--weights", "w.pth"], ["--pretrained", "w.pth"], ["--pretrained"]):
+        with pytest.raises(ConfigError, match="--init-from and --weights/--pretrained") as err:
+            parse("--dummy", "--init-from", "/c/a", *other)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="--init-from must not be empty"):
+        parse("--dummy", "--init-from", "")

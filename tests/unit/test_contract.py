@@ -287,6 +287,12 @@ BAD_MANIFESTS = [
     ("spec.training.extraArgs", ["-b", 3], "spec.training.extraArgs[1]: must be a string"),
     ("spec.scheduling.nodeSelector", {"a": 1}, "spec.scheduling.nodeSelector.a: must be a"),
     ("metadata.name", "Bad_Name", "metadata.name: 'Bad_Name' must be a DNS label"),
+    ("metadata.namespace", "Team_A", "metadata.namespace: 'Team_A' must be a DNS label"),
+    ("metadata.namespace", "a/b", "metadata.namespace: 'a/b' must be a DNS label"),
+    ("spec.checkpoint.initFrom", "", "spec.checkpoint.initFrom: must have at least 1"),
+    ("spec.checkpoint.initFrom", "/etc", "spec.checkpoint.initFrom: '/etc' must be a path rel"),
+    ("spec.checkpoint.initFrom", "ns/../../x", "spec.checkpoint.initFrom: 'ns/../../x' must be"),
+    ("spec.checkpoint.initFrom", "..", "spec.checkpoint.initFrom: '..' must be a path relative"),
     ("kind", "Job", "kind: must be ShuffleNetTrainingJob"),
 ]
 
@@ -353,13 +359,53 @@ def test_pod_env_and_trainer_args() -> None:
     assert args[0] == "/data/imagenet"
     assert args[args.index("--device") + 1] == "npu" and args[args.index("-b") + 1] == "8192"
     assert args[args.index("--amp") + 1] == "fp16"
-    assert args[-4:] == ["--output-dir", "/checkpoints/x", "--resume", "auto"]
+    run = "/checkpoints/x/default/shufflenet-imagenet-npu"
+    assert args[-4:] == ["--output-dir", run, "--resume", "auto"]
     # Every flag the job passes is one the trainer accepts.
     config.parse_config(args, world_size=8)
     # The CPU stand-in (SHUFFLENET_FORCE_CPU) runs the same command line on CPU, in the CPU's
     # default precision.
     forced = config.parse_config(args, world_size=8, force_cpu=True)
     assert (forced.device, forced.amp, forced.loss_scale) == ("cpu", "off", None)
+
+
+def test_each_job_has_a_run_folder_of_its_own() -> None:
+    a = job.validate_job(job_manifest("a", metadata={"namespace": "team-1"}))
+    assert job.run_dir(a, "/checkpoints") == "/checkpoints/team-1/a"
+    assert job.run_dir(a, "/checkpoints/") == "/checkpoints/team-1/a"
+    assert job.run_dir(a, "out") == "out/team-1/a"
+    # The same name in another namespace, and a manifest without one (`snjob run-local`,
+    # where kubectl would use "default").
+    other = job.validate_job(job_manifest("a", metadata={"namespace": "team-2"}))
+    local = job.validate_job(job_manifest("a"))
+    assert job.run_dir(other, "/c") == "/c/team-2/a" and job.run_dir(local, "/c") == "/c/default/a"
+    for j in (a, other, local):
+        args = job.trainer_args(j, data_path=None, output_dir="/c")
+        assert args[args.index("--output-dir") + 1] == job.run_dir(j, "/c")
+        assert "--init-from" not in args
+    # No namespace or job name looks like a result folder, so folders of earlier versions at
+    # the volume's root are never taken for a run folder.
+    assert not job.NAMESPACE_PATTERN.match(job.RESULT_DIR_PREFIX + "x")
+    assert not job.NAME_PATTERN.match(job.RESULT_DIR_PREFIX + "x")
+
+
+@pytest.mark.parametrize(
+    ("init_from", "flag"),
+    [
+        ("team-1/a", "/c/team-1/a"),
+        ("team-1/a/training_1p_job_20260101000000/", "/c/team-1/a/training_1p_job_20260101000000"),
+        ("./b/checkpoint.pth.tar", "/c/b/checkpoint.pth.tar"),
+        ("old..run", "/c/old..run"),
+    ],
+)
+def test_init_from_is_read_below_the_checkpoint_mount(init_from: str, flag: str) -> None:
+    b = job.validate_job(job_manifest("b", checkpoint={"initFrom": init_from}))
+    args = job.trainer_args(b, data_path=None, output_dir="/c")
+    assert args[args.index("--init-from") + 1] == flag
+    # The job still runs in its own folder and resumes there first.
+    assert args[args.index("--output-dir") + 1] == "/c/default/b"
+    assert args[args.index("--resume") + 1] == "auto"
+    assert config.parse_config(args, world_size=8).init_from == flag
 
 
 def test_contract_imports_without_torch() -> None:

@@ -20,7 +20,7 @@ from helpers.spec_mutations import Case, cases
 from hypothesis import HealthCheck, given, settings
 
 from shufflenet_contract import job as jobs
-from shufflenet_operator import policy
+from shufflenet_operator import job_policy, policy
 from shufflenet_operator import status as st
 from shufflenet_operator.observed import Observed
 
@@ -104,6 +104,7 @@ def _one_mutation(case: Case) -> None:
         obj["metadata"] = {**obj["metadata"], "namespace": "ns", "uid": "job-uid"}
     try:
         job = jobs.validate_job({k: obj.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
+        job_policy.check(job, SETTINGS.job_policy)  # a hostPath volume, hostNetwork...
     except jobs.ManifestError:
         job = None
     plan = _reconcile(obj, [])  # never raises, whatever the spec

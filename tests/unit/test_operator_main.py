@@ -7,7 +7,7 @@ from typing import Any
 import kopf
 import pytest
 
-from shufflenet_operator import handlers, main
+from shufflenet_operator import handlers, main, policy
 
 
 def test_flags_reach_the_handlers_in_the_memo(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -25,3 +25,29 @@ def test_flags_reach_the_handlers_in_the_memo(monkeypatch: pytest.MonkeyPatch) -
 def test_without_options_in_the_memo_the_defaults_apply() -> None:
     # `kopf run -m shufflenet_operator.handlers` starts with an empty memo.
     assert handlers.options_of(kopf.Memo()) == handlers.Options()
+
+
+def test_the_job_policy_and_the_npu_device_group_are_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(kopf, "run", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(kopf, "configure", lambda **kw: None)
+    assert main.main(["--job-policy", "restricted", "--npu-device-group", "1001"]) == 0
+    options = handlers.options_of(seen["memo"])
+    assert (options.job_policy, options.npu_device_group) == ("restricted", 1001)
+    # The defaults: Pod Security "baseline", and the image's own group for the NPUs.
+    defaults = main.parse_args([])
+    assert (defaults.job_policy, defaults.npu_device_group) == ("baseline", None)
+    assert handlers.Options().job_policy == policy.Settings().job_policy == "baseline"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--job-policy", "strict"], ["--npu-device-group", "0"], ["--npu-device-group", "wheel"]],
+)
+def test_a_bad_job_policy_or_group_stops_the_operator_at_once(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main.parse_args(argv)
+    assert exited.value.code == 2
+    assert argv[0] in capsys.readouterr().err

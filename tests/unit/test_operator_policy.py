@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -36,6 +37,9 @@ class Cluster:
         # As the API server deletes pods: marked (deletionTimestamp) until their containers
         # stop, which `terminated()` plays; False removes them at once.
         self.graceful = False
+        self.settings = SETTINGS
+        # (kind, name) of objects holding a child's name that the job does not own.
+        self.foreign: tuple[tuple[str, str], ...] = ()
 
     def reconcile(self, seconds: float = 0, progress: dict[str, Any] | None = None) -> policy.Plan:
         self.now += timedelta(seconds=seconds)
@@ -45,8 +49,9 @@ class Cluster:
             service=self.service,
             configmap=self.configmap,
             has_podgroup=self.podgroup is not None,
+            foreign_children=self.foreign,
         )
-        plan = policy.plan(observed, now=self.now, settings=SETTINGS, progress=progress)
+        plan = policy.plan(observed, now=self.now, settings=self.settings, progress=progress)
         for m in plan.create:
             m = copy.deepcopy(m)
             self.uids += 1
@@ -657,3 +662,205 @@ def test_a_running_job_edited_invalid_fails_and_its_pods_stop_as_its_policy_says
     assert c.status["phase"] == "Failed"
     assert c.cond("Failed")["reason"] == "InvalidSpec"
     assert len(c.pods) == left
+
+
+# --- the job policy (--job-policy) ------------------------------------------------------------
+
+
+def policy_settings(level: str) -> policy.Settings:
+    return dataclasses.replace(SETTINGS, job_policy=level)
+
+
+def test_the_default_job_policy_is_baseline() -> None:
+    assert policy.Settings().job_policy == "baseline"
+    with pytest.raises(ValueError, match="job policy 'strict'"):
+        policy.Settings(job_policy="strict")
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "refused_by"),
+    [
+        (
+            {"podTemplate": {"spec": {"hostNetwork": True}}},
+            "spec.podTemplate.spec.hostNetwork",
+            ("baseline", "restricted"),
+        ),
+        (
+            {
+                "podTemplate": {
+                    "spec": {
+                        "containers": [{"name": "trainer", "securityContext": {"privileged": True}}]
+                    }
+                }
+            },
+            "spec.podTemplate.spec.containers[trainer].securityContext.privileged",
+            ("baseline", "restricted"),
+        ),
+        (
+            {"data": {"volume": {"hostPath": {"path": "/"}}, "path": "/data"}},
+            "spec.data.volume.hostPath",
+            ("baseline", "restricted"),
+        ),
+        (
+            {"checkpoint": {"volume": {"nfs": {"server": "n", "path": "/"}}}},
+            "spec.checkpoint.volume.nfs",
+            ("restricted",),
+        ),
+        (
+            # The template's own volume of our name: the template is where it is written.
+            {
+                "podTemplate": {
+                    "spec": {"volumes": [{"name": "checkpoint", "hostPath": {"path": "/"}}]}
+                }
+            },
+            "spec.podTemplate.spec.volumes[checkpoint].hostPath",
+            ("baseline", "restricted"),
+        ),
+        (
+            {"podTemplate": {"spec": {"containers": [{"name": "sidecar", "image": "busybox"}]}}},
+            "spec.podTemplate.spec.containers[sidecar].securityContext.allowPrivilegeEscalation",
+            ("restricted",),
+        ),
+        (
+            {
+                "podTemplate": {
+                    "metadata": {
+                        "annotations": {
+                            "container.apparmor.security.beta.kubernetes.io/trainer": "unconfined"
+                        }
+                    }
+                }
+            },
+            "spec.podTemplate.metadata.annotations[container.apparmor.security.beta.kubernetes.io/trainer]",
+            ("baseline", "restricted"),
+        ),
+        (
+            # Not Pod Security's rule but the job policy's own: another ServiceAccount's rights.
+            {"podTemplate": {"spec": {"serviceAccountName": "builder"}}},
+            "spec.podTemplate.spec.serviceAccountName",
+            ("baseline", "restricted"),
+        ),
+        (
+            {"podTemplate": {"spec": {"serviceAccount": "builder"}}},
+            "spec.podTemplate.spec.serviceAccount",
+            ("baseline", "restricted"),
+        ),
+    ],
+)
+def test_the_job_policy_refuses_a_job_naming_its_field_and_the_setting(
+    spec: dict[str, Any], field: str, refused_by: tuple[str, ...]
+) -> None:
+    for level in ("privileged", "baseline", "restricted"):
+        c = Cluster(**spec)
+        c.settings = policy_settings(level)
+        plan = c.reconcile()
+        if level not in refused_by:
+            assert c.status["phase"] == "Creating", (level, c.status)
+            assert len(c.pods) == 4
+            continue
+        assert plan.create == [] and c.pods == {}
+        assert c.status["phase"] == "Failed"
+        failed = c.cond("Failed")
+        assert failed["reason"] == "InvalidSpec"
+        message = failed["message"]
+        assert message.startswith(f'{field}: refused by the operator\'s job policy "{level}"')
+        assert "(--job-policy, chart value operator.jobPolicy)" in message
+        assert "\n" not in message
+        assert [(e.type, e.reason) for e in plan.events] == [("Warning", "InvalidSpec")]
+
+
+def test_the_default_service_account_and_the_token_are_the_jobs_to_choose() -> None:
+    template = {"spec": {"serviceAccountName": "default", "automountServiceAccountToken": True}}
+    c = Cluster(podTemplate=template)
+    c.settings = policy_settings("restricted")
+    c.reconcile()
+    assert len(c.pods) == 4
+
+
+def test_every_refused_field_is_named_on_one_line() -> None:
+    c = Cluster(podTemplate={"spec": {"hostNetwork": True, "hostPID": True}})
+    c.reconcile()
+    message = c.cond("Failed")["message"]
+    assert message.startswith("spec.podTemplate.spec.hostNetwork: ")
+    assert message.endswith("host namespaces are not allowed; also spec.podTemplate.spec.hostPID")
+
+
+@pytest.mark.parametrize(("clean", "left"), [("Running", 0), ("None", 4)])
+def test_a_running_job_a_stricter_policy_refuses_fails_and_stops_as_its_policy_says(
+    clean: str, left: int
+) -> None:
+    # The operator restarted with a stricter --job-policy: the job's running pods run what
+    # it may no longer ask for, the same as a spec edited invalid.
+    sidecar = {"containers": [{"name": "sidecar", "image": "busybox"}]}
+    c = Cluster(podTemplate={"spec": sidecar}, runPolicy={"cleanPodPolicy": clean})
+    c.reconcile()
+    c.schedule()
+    c.run_all()
+    c.reconcile()
+    assert c.status["phase"] == "Running"
+    c.settings = policy_settings("restricted")
+    c.reconcile(1)
+    assert c.status["phase"] == "Failed" and c.cond("Failed")["reason"] == "InvalidSpec"
+    assert len(c.pods) == left
+
+
+def test_npu_pods_get_the_device_group_setting() -> None:
+    c = Cluster()
+    c.settings = dataclasses.replace(SETTINGS, npu_device_group=1001)
+    c.reconcile()
+    for pod in c.pods.values():
+        assert pod["spec"]["securityContext"]["supplementalGroups"] == [1001]
+
+
+# --- children that are not the job's -----------------------------------------------------
+
+
+def test_a_service_of_the_jobs_name_it_does_not_own_is_left_alone_and_the_job_waits() -> None:
+    c = Cluster()
+    c.foreign = (("Service", "sn"),)
+    plan = c.reconcile()
+    # Nothing made with the name taken: no Service, no pods (the PodGroup and the rank-table
+    # ConfigMap have names of their own).
+    assert [m["kind"] for m in plan.create] == ["PodGroup", "ConfigMap"]
+    assert c.service is None and c.pods == {}
+    created = c.cond("Created")
+    assert (created["status"], created["reason"]) == ("False", "ChildNotOwned")
+    assert created["message"].startswith(
+        "Service sn already exists and is not this job's (no owner reference to its uid job-uid)"
+    )
+    assert created["message"].endswith("delete it or rename the job")
+    assert c.status["phase"] == "Pending"
+    assert st.get_condition(c.status["conditions"], "Failed") is None  # it waits
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "ChildNotOwned")]
+    assert c.reconcile(60).events == []  # said once, while it stays so
+    # Gone (deleted by its owner): the job starts.
+    c.foreign = ()
+    plan = c.reconcile(60)
+    assert c.service is not None and len(c.pods) == 4
+    assert c.cond("Created")["status"] == "True"
+
+
+def test_a_foreign_podgroup_and_configmap_are_named_and_never_written() -> None:
+    c = Cluster()
+    c.foreign = (("ConfigMap", "sn-ranktable"), ("PodGroup", "sn"))
+    plan = c.reconcile()
+    assert [m["kind"] for m in plan.create] == ["Service"]
+    assert plan.configmap_data is None
+    message = c.cond("Created")["message"]
+    assert message.startswith("ConfigMap sn-ranktable, PodGroup sn already exist and are not")
+    assert message.endswith("delete them or rename the job")
+
+
+def test_a_running_job_whose_rank_table_configmap_is_taken_carries_on_without_writing_it() -> None:
+    c = started()
+    assert c.status["phase"] == "Running"
+    # Someone deleted the job's ConfigMap and made one of its own under that name.
+    c.configmap = None
+    c.foreign = (("ConfigMap", "sn-ranktable"),)
+    plan = c.reconcile(5)
+    assert plan.configmap_data is None and plan.create == []
+    assert c.status["phase"] == "Running" and c.cond("Created")["status"] == "True"
+    ready = c.cond(st.RANKTABLE_READY)
+    assert (ready["status"], ready["reason"]) == ("False", "ChildNotOwned")
+    assert ready["message"].startswith("ConfigMap sn-ranktable already exists")
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "ChildNotOwned")]

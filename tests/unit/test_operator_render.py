@@ -270,3 +270,95 @@ def test_gang_scheduling_puts_every_pod_in_one_podgroup() -> None:
     assert pod["spec"]["schedulerName"] == "volcano"
     plain = render.render_pod(make_job(scheduling={"gang": False}), 0)
     assert plain["metadata"]["annotations"] == {ranktable.RANK_INDEX_ANNOTATION: "0"}
+
+
+def test_rank_pods_write_into_the_jobs_own_run_folder() -> None:
+    # The checkpoint volume is shared by many jobs: each job trains, and --resume auto
+    # looks, only in <mount path>/<namespace>/<name>; initFrom is read below the mount.
+    job = make_job(checkpoint={"path": "/ckpt", "initFrom": "other-ns/a"})
+    for k in range(2):
+        args = render.render_pod(job, k, restarts=0)["spec"]["containers"][0]["args"]
+        assert args[args.index("--output-dir") + 1] == "/ckpt/ns/sn"
+        assert args[args.index("--resume") + 1] == "auto"
+        assert args[args.index("--init-from") + 1] == "/ckpt/other-ns/a"
+
+
+# --- secure by default --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["npu", "gpu", "cpu"])
+def test_rank_pods_are_locked_down_by_default(kind: str) -> None:
+    pod = render.render_pod(make_job({"type": kind, "count": 2}), 1)
+    spec = pod["spec"]
+    assert spec["securityContext"] == {
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    # The image's numeric user runs the trainer: the kubelet checks it is not root.
+    assert "runAsUser" not in spec["securityContext"]
+    assert spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    # The pods of one job do not share the dicts (a template merge must not leak).
+    other = render.render_pod(make_job({"type": kind, "count": 2}), 0)
+    assert other["spec"]["securityContext"] is not spec["securityContext"]
+
+
+def test_npu_pods_write_cann_files_under_tmp_and_get_the_device_group() -> None:
+    pod = render.render_pod(make_job(), 0, device_group=1001)
+    variables = env_of(pod)
+    assert {k: variables[k] for k in render.ASCEND_WRITABLE_ENV} == {
+        "ASCEND_WORK_PATH": "/tmp/ascend/work",
+        "ASCEND_CACHE_PATH": "/tmp/ascend/cache",
+        "ACL_OP_COMPILER_CACHE_DIR": "/tmp/ascend/cache/op",
+        "ASCEND_PROCESS_LOG_PATH": "/tmp/ascend/log",
+    }
+    _, mounts = volumes_and_mounts(pod)
+    assert mounts["tmp"] == "/tmp"
+    assert pod["spec"]["securityContext"]["supplementalGroups"] == [1001]
+    assert "supplementalGroups" not in render.render_pod(make_job(), 0)["spec"]["securityContext"]
+    # Only NPU pods: the group is the Ascend driver's.
+    gpu = render.render_pod(make_job({"type": "gpu", "count": 2}), 0, device_group=1001)
+    assert "supplementalGroups" not in gpu["spec"]["securityContext"]
+    assert not set(render.ASCEND_WRITABLE_ENV) & set(env_of(gpu))
+
+
+def test_pod_template_can_loosen_the_defaults() -> None:
+    template = {
+        "spec": {
+            "automountServiceAccountToken": True,
+            "securityContext": {"runAsNonRoot": False, "runAsUser": 0},
+            "containers": [
+                {
+                    "name": "trainer",
+                    "securityContext": {
+                        "readOnlyRootFilesystem": False,
+                        "capabilities": {"add": ["SYS_PTRACE"]},
+                    },
+                    "env": [{"name": "ASCEND_PROCESS_LOG_PATH", "value": "/checkpoints/log"}],
+                }
+            ],
+        }
+    }
+    pod = render.render_pod(make_job(podTemplate=template), 0)
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is True
+    assert spec["securityContext"] == {
+        "runAsNonRoot": False,
+        "runAsUser": 0,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (container,) = spec["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": False,
+        "capabilities": {"drop": ["ALL"], "add": ["SYS_PTRACE"]},
+    }
+    # CANN's folders are defaults, not the env contract: a template may move them.
+    assert env_of(pod)["ASCEND_PROCESS_LOG_PATH"] == "/checkpoints/log"
+    names = [e["name"] for e in container["env"]]
+    assert len(names) == len(set(names))

@@ -213,11 +213,21 @@ SPEC: dict[str, Any] = _obj(
                 "path": _str(
                     minLength=1,
                     default="/checkpoints",
-                    description="mount path; result folders (--output-dir) go here",
+                    description="mount path of the volume; the job's run folder (--output-dir) "
+                    "is `<path>/<namespace>/<name>`",
+                ),
+                "initFrom": _str(
+                    minLength=1,
+                    description="start from another run's weights (not its optimizer state or "
+                    "epoch): a path relative to the volume, e.g. `<namespace>/<job>` (that job's "
+                    "newest checkpoint), a `training_*` result folder or a checkpoint file; used "
+                    "only while the job's own run folder has no checkpoint",
                 ),
             },
             default={},
-            description="where runs write results and checkpoints; restarts resume from here",
+            description="where the job writes results and checkpoints: a run folder of its "
+            "own, `<path>/<namespace>/<name>`, which restarts and a re-created job of the same "
+            "name resume from",
         ),
         "runPolicy": _obj(
             {
@@ -281,7 +291,12 @@ SPEC: dict[str, Any] = _obj(
             default={},
             description="the trainers' Prometheus endpoints",
         ),
-        "podTemplate": _embedded("overrides merged into each rank pod"),
+        "podTemplate": _embedded(
+            "overrides merged into each rank pod (a PodTemplateSpec's metadata and spec), "
+            "within the operator's job policy (--job-policy, chart value operator.jobPolicy; "
+            'default: what Pod Security "baseline" allows): a job asking for more fails '
+            "InvalidSpec naming the field"
+        ),
     },
     required=["image", "devices"],
 )

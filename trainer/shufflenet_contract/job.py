@@ -7,6 +7,7 @@ processes from the same ones, so a manifest that runs locally runs the same way 
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,10 @@ from . import crd, env, schema
 # DNS-1035 labels short enough for the suffix of a 4-digit rank.
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 63 - len("-rank-9999")
+# Namespaces are DNS-1123 labels; a manifest without one (`snjob run-local`) is in "default",
+# where `kubectl apply` would put it.
+NAMESPACE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DEFAULT_NAMESPACE = "default"
 MAX_PODS = 10000
 # Chips of one node an Ascend training job may hold (Huawei's affinity scheduling rules).
 ASCEND_CHIPS_PER_POD = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16)
@@ -24,7 +29,10 @@ ASCEND_CHIPS_PER_POD = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16)
 # shufflenet-train's --device per devices.type.
 TRAINER_DEVICE = {"npu": "npu", "gpu": "cuda", "cpu": "cpu"}
 # Each run of the trainer writes its result folder `training_<N>p_job_<time>` under its
-# --output-dir; --resume auto and snjob run-local find them by this prefix.
+# --output-dir (a job's run folder); --resume auto and snjob run-local find them by this
+# prefix. No namespace or job name starts with it ('_' is not in a DNS label), so the result
+# folders that earlier versions wrote at the checkpoint volume's root never pass for a run
+# folder, and are never looked at.
 RESULT_DIR_PREFIX = "training_"
 RESULT_DIR_GLOB = RESULT_DIR_PREFIX + "*"
 
@@ -36,10 +44,11 @@ class ManifestError(ValueError):
 def validate_job(obj: Any) -> dict[str, Any]:
     """A defaulted copy of a ShuffleNetTrainingJob manifest, or ManifestError naming the field.
 
-    Beyond the CRD schema it checks what the schema cannot say: apiVersion/kind, the name,
-    that perPod divides the devices, the chips an Ascend pod may hold, at most MAX_PODS pods,
-    and that the global batch divides over the ranks (the trainer would refuse it anyway, but
-    a cluster should not start pods to find out).
+    Beyond the CRD schema it checks what the schema cannot say: apiVersion/kind, the name
+    and namespace, that perPod divides the devices, the chips an Ascend pod may hold, at
+    most MAX_PODS pods, that the global batch divides over the ranks (the trainer would
+    refuse it anyway, but a cluster should not start pods to find out), and that
+    spec.checkpoint.initFrom stays on the checkpoint volume.
     """
     if not isinstance(obj, dict):
         raise ManifestError("(root): a manifest must be a YAML mapping")
@@ -47,15 +56,7 @@ def validate_job(obj: Any) -> dict[str, Any]:
         raise ManifestError(f"apiVersion: must be {crd.API_VERSION}, got {obj.get('apiVersion')!r}")
     if obj.get("kind") != crd.KIND:
         raise ManifestError(f"kind: must be {crd.KIND}, got {obj.get('kind')!r}")
-    meta = obj.get("metadata")
-    name = meta.get("name") if isinstance(meta, dict) else None
-    if not isinstance(name, str) or not name:
-        raise ManifestError("metadata.name: is required")
-    if not NAME_PATTERN.match(name) or len(name) > MAX_NAME:
-        raise ManifestError(
-            f"metadata.name: {name!r} must be a DNS label of at most {MAX_NAME} characters "
-            "(lower-case letters, digits, '-'; starting with a letter)"
-        )
+    _check_metadata(obj.get("metadata"))
     try:
         job = schema.apply(obj, crd.SCHEMA)
     except schema.SchemaError as exc:
@@ -74,6 +75,8 @@ def validate_job(obj: Any) -> dict[str, Any]:
             f"{MAX_PODS}: raise spec.devices.perPod"
         )
     _check_pod_template_env(job["spec"].get("podTemplate") or {})
+    if "initFrom" in job["spec"]["checkpoint"]:
+        _check_init_from(job["spec"]["checkpoint"]["initFrom"])
     batch = job["spec"]["training"]["batchSize"]
     if batch % ranks:
         raise ManifestError(
@@ -81,6 +84,38 @@ def validate_job(obj: Any) -> dict[str, Any]:
             f"spec.devices.count {ranks}"
         )
     return job
+
+
+def _check_metadata(meta: Any) -> None:
+    """The name and namespace make the job's pod names and its run folder (run_dir)."""
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ManifestError("metadata.name: is required")
+    if not NAME_PATTERN.match(name) or len(name) > MAX_NAME:
+        raise ManifestError(
+            f"metadata.name: {name!r} must be a DNS label of at most {MAX_NAME} characters "
+            "(lower-case letters, digits, '-'; starting with a letter)"
+        )
+    namespace = meta.get("namespace") or DEFAULT_NAMESPACE
+    if (
+        not isinstance(namespace, str)
+        or not NAMESPACE_PATTERN.match(namespace)
+        or len(namespace) > 63
+    ):
+        raise ManifestError(
+            f"metadata.namespace: {namespace!r} must be a DNS label of at most 63 characters "
+            "(lower-case letters, digits, '-')"
+        )
+
+
+def _check_init_from(path: str) -> None:
+    """initFrom names a place on the checkpoint volume: the trainer reads it below the
+    volume's mount path, so it must not lead out of the volume."""
+    if path.startswith("/") or ".." in path.split("/") or "\0" in path:
+        raise ManifestError(
+            f"spec.checkpoint.initFrom: {path!r} must be a path relative to the checkpoint "
+            "volume, without '..': e.g. <namespace>/<job name> for that job's run folder"
+        )
 
 
 def _check_pod_template_env(template: Mapping[str, Any]) -> None:
@@ -212,6 +247,17 @@ _FLAGS = {
 }
 
 
+def run_dir(job: Mapping[str, Any], root: str) -> str:
+    """The job's run folder on the checkpoint volume mounted at `root`:
+    `<root>/<namespace>/<name>`, the trainer's --output-dir.
+
+    Live jobs differ in namespace or name, so two jobs never share a run folder, and a job
+    re-created under the same name finds its run again and continues it.
+    """
+    meta = job["metadata"]
+    return posixpath.join(root, meta.get("namespace") or DEFAULT_NAMESPACE, meta["name"])
+
+
 def trainer_args(
     job: Mapping[str, Any],
     *,
@@ -220,10 +266,11 @@ def trainer_args(
 ) -> list[str]:
     """The shufflenet-train arguments of every rank (the same for all ranks).
 
-    `data_path`/`output_dir` are where the data and checkpoint volumes are, as the rank sees
-    them. Runs always pass `--resume auto`, so a restarted job continues from its newest
-    valid checkpoint. (A CPU stand-in run of a GPU/NPU job keeps these arguments and sets
-    env.FORCE_CPU instead.)
+    `data_path`/`output_dir` are where the data and checkpoint volumes are mounted, as the
+    rank sees them; the run writes into its run folder below `output_dir` (run_dir), and
+    spec.checkpoint.initFrom is read below it too. Runs always pass `--resume auto`, so a
+    restarted or re-created job continues from its newest valid checkpoint. (A CPU stand-in
+    run of a GPU/NPU job keeps these arguments and sets env.FORCE_CPU instead.)
     """
     spec = job["spec"]
     training = spec["training"]
@@ -239,6 +286,9 @@ def trainer_args(
         args += [flag, str(training[key])]
     if training.get("channelsLast"):
         args.append("--channels-last")
-    args += ["--output-dir", output_dir, "--resume", "auto"]
+    args += ["--output-dir", run_dir(job, output_dir), "--resume", "auto"]
+    if spec["checkpoint"].get("initFrom"):
+        init = posixpath.normpath(posixpath.join(output_dir, spec["checkpoint"]["initFrom"]))
+        args += ["--init-from", init]
     args += list(training.get("extraArgs", []))
     return args

@@ -85,7 +85,8 @@ def add_run_local(sub: argparse._SubParsersAction) -> None:
         "--output-dir",
         default="result",
         metavar="DIR",
-        help="where the job folder (results, checkpoints, rank logs) is created",
+        help="stands for the checkpoint volume: the job runs in DIR/<namespace>/<name> "
+        "(results, checkpoints, rank logs); run again, it continues there",
     )
     p.add_argument(
         "--set",

@@ -12,6 +12,11 @@ What a cluster would do, on one host:
 - show one progress bar for the job, read from rank 0's train.jsonl, and keep each rank's
   output in its own file, as `kubectl logs` would.
 
+The job's folder is its run folder under --output-dir, `<output-dir>/<namespace>/<name>`
+(namespace "default" when the manifest names none), laid out as on the checkpoint volume
+(shufflenet_contract.job.run_dir), with the rank logs beside the result folders: two jobs
+never share a run, and running a job again continues its run, as re-applying it does.
+
 Without the job's devices on this machine, `--cpu` runs the same ranks on CPU with gloo
 (SHUFFLENET_FORCE_CPU=1 in each rank's environment, the job's command line unchanged).
 Local stand-ins: addresses are loopback, each rank's device is made the only visible one (as
@@ -123,7 +128,7 @@ class LocalJob:
     on_cpu: bool  # ranks run on CPU although the manifest asks for npu/gpu
     command: list[str]
     envs: list[dict[str, str]]
-    root: Path
+    root: Path  # the job's run folder
     rank_table: Path | None
     epochs: int
     note: str = ""  # what is run differently from the manifest, for the user
@@ -136,21 +141,20 @@ def make_local_job(
     data: str | None,
     output_dir: str,
     metrics_port: int | None,
-    now: datetime | None = None,
 ) -> LocalJob:
-    """The validated `job` as processes on this machine: one command, one env per rank."""
+    """The validated `job` as processes on this machine: one command, one env per rank.
+    `output_dir` stands for the checkpoint volume: the job runs in its run folder below it."""
     name = job["metadata"]["name"]
     ranks = jobs.world_size(job)
     dtype = jobs.device_type(job)
     on_cpu, note = _where_ranks_run(dtype, ranks, cpu)
-    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    root = Path(output_dir) / f"{name}-{stamp}"
+    root = Path(jobs.run_dir(job, output_dir))
     rank_table = root / "ranktable" / ranktable.FILE_KEY if dtype == "npu" and on_cpu else None
     command = [
         sys.executable,
         "-m",
         "shufflenet_trainer.cli",
-        *jobs.trainer_args(job, data_path=local_data_path(job, data), output_dir=str(root)),
+        *jobs.trainer_args(job, data_path=local_data_path(job, data), output_dir=output_dir),
     ]
     base_port = job["spec"]["metrics"]["port"] if metrics_port is None else metrics_port
     envs = _rank_envs(job, on_cpu, rank_table, base_port)
@@ -314,6 +318,20 @@ def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
     return "\n".join(lines[-n:])
 
 
+def _result_folder_line(progress: JobProgress, code: int) -> str | None:
+    """The line naming the attempt's result folder. A job run again after it finished
+    succeeds without one (nothing left to train): then its newest earlier one."""
+    if progress.folder is not None:
+        return f"=> result folder: {progress.folder}"
+    if code != 0 or not progress.before:
+        return None
+    latest = max(progress.before, key=lambda p: p.stat().st_mtime_ns)
+    return (
+        f"=> result folder: {latest} (an earlier run of this job, which had finished; "
+        "raise spec.training.epochs to train on)"
+    )
+
+
 def run_local_job(local: LocalJob, *, backoff_limit: int, grace: float) -> int:
     """Start and supervise the ranks, restarting on retryable failures; the job's exit code."""
     logs = local.root / "logs"
@@ -361,8 +379,9 @@ def run_local_job(local: LocalJob, *, backoff_limit: int, grace: float) -> int:
         finally:
             for f in files:
                 f.close()
-        if progress.folder is not None:
-            print(f"=> result folder: {progress.folder}", flush=True)
+        line = _result_folder_line(progress, outcome.code)
+        if line:
+            print(line, flush=True)
         if outcome.code == 0:
             print(f"=> job {local.name} succeeded in {_fmt_seconds(time.monotonic() - t_start)}")
             return 0

@@ -163,28 +163,34 @@ def load_pretrained(
     return f"loaded {path}"
 
 
-def checkpoint_candidates(output_dir: str | os.PathLike[str]) -> list[Path]:
+def checkpoint_candidates(output_dir: str | os.PathLike[str], *, own: bool = False) -> list[Path]:
     """Every checkpoint (latest and previous) of the result folders under `output_dir`,
-    newest first (for --resume auto)."""
+    newest first (for --resume auto); with `own`, also those of `output_dir` itself, for a
+    result folder given as it is (--init-from)."""
     root = Path(output_dir)
-    found = [
-        p
-        for name in (CHECKPOINT_NAME, PREVIOUS_NAME)
-        for p in root.glob(f"{RESULT_DIR_GLOB}/{name}")
-        if p.is_file()
-    ]
+    names = (CHECKPOINT_NAME, PREVIOUS_NAME)
+    patterns = [f"{RESULT_DIR_GLOB}/{name}" for name in names] + (list(names) if own else [])
+    found = [p for pattern in patterns for p in root.glob(pattern) if p.is_file()]
     return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
 
+# The flag a user changes to point a search at other runs.
+_SEARCH_FOLDER_FLAG = {"--resume auto": "--output-dir", "--init-from": "--init-from"}
+
+
 def find_resumable(
-    output_dir: str | os.PathLike[str], *, arch: str
+    output_dir: str | os.PathLike[str],
+    *,
+    arch: str,
+    flag: str = "--resume auto",
+    own: bool = False,
 ) -> tuple[Path | None, dict | None, list[str]]:
     """The newest checkpoint under `output_dir` that loads, with its state and notes on the
     newer ones that did not (unreadable or incomplete files are skipped, not fatal: the
     previous generation is what they are kept for). A readable checkpoint of another arch
-    is an error, not something to skip past."""
+    is an error naming `flag`, not something to skip past. `own`: as checkpoint_candidates."""
     notes: list[str] = []
-    for path in checkpoint_candidates(output_dir):
+    for path in checkpoint_candidates(output_dir, own=own):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -197,11 +203,37 @@ def find_resumable(
             continue
         if obj["arch"] != arch:
             raise ConfigError(
-                f"--resume auto: {path} holds a {obj['arch']} checkpoint but -a/--arch is "
-                f"{arch}: pass -a {obj['arch']}, or another --output-dir"
+                f"{flag}: {path} holds a {obj['arch']} checkpoint but -a/--arch is "
+                f"{arch}: pass -a {obj['arch']}, or another {_SEARCH_FOLDER_FLAG[flag]}"
             )
         return path, obj, notes
     return None, None, notes
+
+
+def find_init(path: str | os.PathLike[str], *, arch: str) -> tuple[Path, list[str]]:
+    """The checkpoint `--init-from PATH` names, with notes on newer ones skipped: PATH itself
+    when it is a file; else the newest usable checkpoint of the result folder PATH or of the
+    result folders under PATH (a job's run folder), found as --resume auto finds them.
+
+    A missing PATH, or a folder without a usable checkpoint, is a ConfigError: a job asked
+    to start from another run must not quietly start from scratch.
+    """
+    where = Path(path)
+    if where.is_file():
+        return where, []
+    if not where.is_dir():
+        raise ConfigError(
+            f"--init-from {where} (spec.checkpoint.initFrom): no such file or folder; pass a "
+            "checkpoint file, a result folder or a job's run folder"
+        )
+    found, _, notes = find_resumable(where, arch=arch, flag="--init-from", own=True)
+    if found is None:
+        skipped = f" ({len(notes)} unusable)" if notes else ""
+        raise ConfigError(
+            f"--init-from {where} (spec.checkpoint.initFrom): no checkpoint{skipped} in it or "
+            f"in its {RESULT_DIR_GLOB} folders; pass a folder of a run that has saved one"
+        )
+    return found, notes
 
 
 def torchvision_weights_file(arch: str, hub_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -77,6 +77,7 @@ class TrainConfig:
     evaluate: bool = False
     pretrained: str | None = None  # local weights (--weights PATH, --pretrained PATH)
     torchvision_weights: bool = False  # --pretrained as a switch: torchvision's, from the hub cache
+    init_from: str | None = None  # --init-from: weights of another run, unless this one resumes
     num_classes: int | None = None  # --num-classes: of --dummy data; else checked against the data
     seed: int = 0
     dummy: bool = False
@@ -239,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="checkpoint to resume from; 'auto' picks the newest checkpoint under --output-dir",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="PATH",
+        help="start from the weights (not the optimizer state or epoch) of a checkpoint file, "
+        "or of the newest checkpoint of a result folder or of the result folders under PATH "
+        "(another run's --output-dir); ignored when --resume finds a checkpoint of this run "
+        "(a job's spec.checkpoint.initFrom)",
     )
     p.add_argument("-e", "--evaluate", action="store_true", help="only evaluate on val")
     p.add_argument(
@@ -504,6 +514,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         f"--num-classes {cfg.num_classes} must be >= 1",
     )
     _check(bool(cfg.output_dir), "--output-dir must not be empty")
+    _check(cfg.init_from != "", "--init-from must not be empty")
+    _check(
+        not (cfg.init_from and (cfg.pretrained or cfg.torchvision_weights)),
+        "--init-from and --weights/--pretrained both give the starting weights: pass one",
+    )
     if cfg.amp.startswith("apex"):
         _check(
             cfg.device in ("cuda", "npu"),

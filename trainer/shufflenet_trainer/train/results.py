@@ -1,6 +1,7 @@
 """The result folder of a run and what is written into it.
 
-Layout, under --output-dir (default `result`):
+Layout, under --output-dir (default `result`; a job's is its run folder on the checkpoint
+volume, `<spec.checkpoint.path>/<namespace>/<name>`: shufflenet_contract.job.run_dir):
 
     training_<N>p_job_<YYYYmmddHHMMSS>[_<k>]/
         config.json          the resolved configuration
@@ -13,9 +14,10 @@ Layout, under --output-dir (default `result`):
         curves.png           loss, top-1 and throughput per epoch
 
 N is the world size. A folder is never reused: when the name exists (two runs started in the
-same second), a numeric suffix is added. The folder is created only once the configuration,
-device, data and checkpoints have been validated, so a run that fails validation leaves no
-trace and never touches an existing folder.
+same second), a numeric suffix is added. The folder, and --output-dir with any folders
+missing above it, is created only once the configuration, device, data and checkpoints have
+been validated, so a run that fails validation leaves no trace and never touches an existing
+folder.
 """
 
 from __future__ import annotations

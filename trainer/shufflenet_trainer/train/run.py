@@ -1,14 +1,16 @@
 """`run`: one training (or evaluation) run from a TrainConfig, in named pieces.
 
 `run` joins the job's ranks and leaves them again; `_run` resolves the checkpoint to resume
-from, builds the components (loaders, model, optimizer, schedule), opens the result folder
-once every input has been checked, and runs the epochs. Where the run is lives in a
-`RunState`, which checkpoints store and resumed runs start from.
+from (or, resuming nothing, the one whose weights --init-from names), builds the components
+(loaders, model, optimizer, schedule), opens the result folder once every input has been
+checked, and runs the epochs. Where the run is lives in a `RunState`, which checkpoints
+store and resumed runs start from.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,7 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None) -> int:
 def _run(rt: Runtime) -> int:
     cfg = rt.cfg
     resume = _resolve_resume(cfg, rt.log, rt.ctx)
+    init = _resolve_init(cfg, rt.log, rt.ctx, resume)
     if cfg.resume == "auto" and resume is not None and not cfg.evaluate:
         epoch = int(resume.state["epoch"])
         if epoch >= cfg.epochs:
@@ -108,7 +111,7 @@ def _run(rt: Runtime) -> int:
                 f"{cfg.epochs}: nothing left to train"
             )
             return 0
-    parts = build_components(rt, resume)
+    parts = build_components(rt, resume, init)
     state = _start_state(cfg, parts, resume)
     train_model = distributed.wrap_ddp(parts.model, rt.device, rt.ctx)
     run_model = torch.compile(train_model) if cfg.compile else train_model
@@ -143,38 +146,66 @@ def _find_auto(cfg: TrainConfig, log: RunLog) -> tuple[Path | None, dict | None]
     return found, state
 
 
-def _resolve_resume(cfg: TrainConfig, log: RunLog, ctx: distributed.DistContext) -> Resume | None:
-    """The checkpoint to resume from (None: a fresh start).
-
-    With `auto`, rank 0 chooses and tells the others, so that every rank resumes from the
-    same file even while checkpoints change on shared storage; an error there is raised on
-    every rank, not only on rank 0 (the others would otherwise wait for it until timeout).
-    """
-    if cfg.resume is None:
-        return None
-    if cfg.resume != "auto":
-        path = Path(cfg.resume)
-        return Resume(path, ckpt.load_checkpoint(path, arch=cfg.arch))
+def _picked_by_rank0(
+    ctx: distributed.DistContext, pick: Callable[[], tuple[Path | None, dict | None]]
+) -> tuple[Path | None, dict | None]:
+    """A checkpoint that rank 0 picks (`pick`: its path and, if it loaded it, its state) and
+    every rank uses: all ranks start from the same file even while checkpoints change on
+    shared storage. The path comes back on every rank, the state on rank 0 only. An error of
+    rank 0's is raised on every rank, not only on rank 0 (the others would otherwise wait
+    for it until timeout)."""
     found: Path | None = None
     state: dict | None = None
     message: str | None = None
     if ctx.rank == 0:
         try:
-            found, state = _find_auto(cfg, log)
+            found, state = pick()
         except ConfigError as exc:
             message = str(exc)
     shared = ctx.broadcast_object((str(found) if found else None, message))
     if shared[1] is not None:
         raise ConfigError(shared[1])
-    if ctx.rank != 0 and shared[0] is not None:
-        found = Path(shared[0])
-        state = ckpt.load_checkpoint(found, arch=cfg.arch)
-    return Resume(found, state) if found is not None and state is not None else None
+    return (Path(shared[0]) if shared[0] is not None else None), state
 
 
-def build_components(rt: Runtime, resume: Resume | None) -> Components:
-    """Loaders, model (with pretrained or resumed weights), optimizer (with its resumed
-    state) and lr schedule, each checked against the others."""
+def _resolve_resume(cfg: TrainConfig, log: RunLog, ctx: distributed.DistContext) -> Resume | None:
+    """The checkpoint to resume from (None: a fresh start). With `auto`, rank 0 chooses."""
+    if cfg.resume is None:
+        return None
+    if cfg.resume != "auto":
+        path = Path(cfg.resume)
+        return Resume(path, ckpt.load_checkpoint(path, arch=cfg.arch))
+    found, state = _picked_by_rank0(ctx, lambda: _find_auto(cfg, log))
+    if found is None:
+        return None
+    return Resume(found, state if state is not None else ckpt.load_checkpoint(found, arch=cfg.arch))
+
+
+def _resolve_init(
+    cfg: TrainConfig, log: RunLog, ctx: distributed.DistContext, resume: Resume | None
+) -> Path | None:
+    """The checkpoint whose weights the run starts from (--init-from), chosen by rank 0;
+    None without --init-from, or when the run resumes: its own checkpoint wins, so that a
+    restarted or re-created job goes on with its own run."""
+    source = cfg.init_from
+    if source is None:
+        return None
+    if resume is not None:
+        log.info(f"=> --init-from {source} ignored: resuming this run's {resume.path}")
+        return None
+
+    def pick() -> tuple[Path | None, dict | None]:
+        found, notes = ckpt.find_init(source, arch=cfg.arch)
+        for note in notes:
+            log.info(f"=> --init-from: skipping {note}; trying the one before")
+        return found, None
+
+    return _picked_by_rank0(ctx, pick)[0]
+
+
+def build_components(rt: Runtime, resume: Resume | None, init: Path | None = None) -> Components:
+    """Loaders, model (with pretrained, --init-from `init` or resumed weights), optimizer
+    (with its resumed state) and lr schedule, each checked against the others."""
     cfg, device = rt.cfg, rt.device
     loaders = build_loaders(loader_settings(cfg, device))
     torch.manual_seed(cfg.seed)
@@ -186,14 +217,13 @@ def build_components(rt: Runtime, resume: Resume | None) -> Components:
     kernel_choice.set_policy(cfg.shuffle_kernel)
     model = build_model(cfg.arch, num_classes=loaders.num_classes, shuffle=cfg.shuffle)
     pretrained_note = None
-    weights = cfg.pretrained
-    if cfg.torchvision_weights:
-        weights = str(ckpt.torchvision_weights_file(cfg.arch))
+    weights, flag = _start_weights(cfg, init)
     if weights:
-        flag = "--pretrained" if cfg.torchvision_weights else "--weights/--pretrained"
         pretrained_note = ckpt.load_pretrained(
             model, weights, arch=cfg.arch, allow_new_head=not cfg.evaluate, flag=flag
         )
+        if init is not None:
+            pretrained_note += " (--init-from: its weights only)"
     if resume is not None:
         try:
             model.load_state_dict(ckpt.strip_wrapper_prefixes(resume.state["state_dict"]))
@@ -233,6 +263,16 @@ def build_components(rt: Runtime, resume: Resume | None) -> Components:
         schedule=cfg.lr_schedule,
     )
     return Components(loaders, model, optimizer, steps, schedule, pretrained_note)
+
+
+def _start_weights(cfg: TrainConfig, init: Path | None) -> tuple[str | None, str]:
+    """The weights file the model starts from (a resumed checkpoint's replace them), and the
+    flag that named it, for errors."""
+    if init is not None:
+        return str(init), "--init-from"
+    if cfg.torchvision_weights:
+        return str(ckpt.torchvision_weights_file(cfg.arch)), "--pretrained"
+    return cfg.pretrained, "--weights/--pretrained"
 
 
 def loader_settings(cfg: TrainConfig, device: torch.device) -> LoaderSettings:
