@@ -11,6 +11,7 @@ the job's status, a killed rank restarting the whole job from its last checkpoin
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,3 +152,47 @@ def test_pods_of_two_devices_each_run_a_four_rank_job(
     (result,) = (checkpoints / namespace / "pairs").glob("training_4p_job_*")
     state = torch.load(result / "checkpoint.pth.tar", map_location="cpu", weights_only=True)
     assert state["epoch"] == 1
+
+
+def _files(folder: Path) -> dict[Path, tuple[int, bytes]]:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_jobs_sharing_a_checkpoint_volume_keep_their_own_runs(
+    running_nodes: NodeAgent,
+    operator: OperatorProcess,
+    jobs: Jobs,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """Two jobs on one checkpoint volume: the second starts at epoch 0 and leaves the first's
+    run alone; the first, deleted and applied again, continues its own run."""
+    checkpoints = tmp_path / "checkpoints"
+    first = tiny_job("first", checkpoints, epochs=1, count=2)
+    jobs.create(first)
+    jobs.wait_phase("first", "Succeeded", timeout=400)
+    first_run = checkpoints / namespace / "first"
+    before = _files(first_run)
+    assert any(p.name == "checkpoint.pth.tar" for p in before)
+
+    second = copy.deepcopy(first)
+    second["metadata"]["name"] = "second"
+    jobs.create(second)
+    jobs.wait_phase("second", "Succeeded", timeout=400)
+    assert "starting fresh" in container_logs(tmp_path, "second-rank-0")
+    (saved,) = (checkpoints / namespace / "second").glob("training_2p_job_*/checkpoint.pth.tar")
+    assert torch.load(saved, map_location="cpu", weights_only=True)["epoch"] == 1
+    assert _files(first_run) == before
+
+    # Re-applied with one more epoch, the first job goes on from its own checkpoint.
+    jobs.delete("first")
+    wait_for(lambda: jobs.gone("first"), timeout=60, what="the first job deleted")
+    again = copy.deepcopy(first)
+    again["spec"]["training"]["epochs"] = 2
+    jobs.create(again)
+    jobs.wait_phase("first", "Succeeded", timeout=400)
+    assert "=> --resume auto: found" in container_logs(tmp_path, "first-rank-0")
+    newest = max(
+        first_run.glob("training_2p_job_*/checkpoint.pth.tar"), key=lambda p: p.stat().st_mtime
+    )
+    assert torch.load(newest, map_location="cpu", weights_only=True)["epoch"] == 2
