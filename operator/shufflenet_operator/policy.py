@@ -99,6 +99,9 @@ class Draft:
         ]
         self.status: dict[str, Any] = copy.deepcopy(old)
         self.status["conditions"] = [dict(c) for c in self.old_conditions]
+        # Every status written says how many whole-job restarts there were, 0 at first, also
+        # when the first one written is a refusal (kubectl's Restarts column, the tests).
+        self.status["restarts"] = int(old.get("restarts") or 0)
         self.plan = Plan(status=self.status)
 
     def cond(self, type_: str, value: bool, reason: str, message: str) -> None:
@@ -272,7 +275,6 @@ def plan(
             draft.fail("InvalidSpec", str(exc))
         _cleanup(draft, observed.pods, _clean_pod_policy(obj))
         return draft.done()
-    status["restarts"] = int(status.get("restarts") or 0)
     if progress:
         status["progress"] = dict(progress)
     seen = Seen(job, observed, settings, observed.configmap)

@@ -267,11 +267,14 @@ write_admin_kubeconfig "$STATE/kubeconfig.inside" "$API_INSIDE"
 
 # The controller manager creates the `default` ServiceAccounts (and, in 1.20, their token
 # Secrets, which pod admission needs) and runs the garbage collector. Controllers that expect
-# clouds or volumes are off; without a real node the node-lifecycle controller is off too
+# clouds or attachable volumes are off; the persistent-volume binder is on (it binds the
+# claims that jobs name to the PersistentVolumes an admin made, as in `make demo-cluster`:
+# without it a pod of an unbound claim is never scheduled); without a real node the
+# node-lifecycle controller is off too
 # (it would taint and evict the simulated nodes), with one it is on (it clears the
 # not-ready taint once the kubelet reports Ready). Serving ports are off (0): nothing
 # scrapes them, and parallel clusters must not collide on the fixed defaults.
-CONTROLLERS='*,-nodeipam,-cloud-node-lifecycle,-route,-service,-attachdetach,-persistentvolume-binder,-persistentvolume-expander,-pv-protection,-pvc-protection'
+CONTROLLERS='*,-nodeipam,-cloud-node-lifecycle,-route,-service,-attachdetach,-persistentvolume-expander,-pv-protection,-pvc-protection'
 ((NODE)) || CONTROLLERS+=',-nodelifecycle,-ttl'
 start_ns kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig "$STATE/kubeconfig.inside" --leader-elect=false \
