@@ -68,8 +68,8 @@ class PodGroupUnavailable(Rejected):
         super().__init__(
             f"spec.scheduling.gang: true needs Volcano's PodGroup API "
             f"({render.PODGROUP_GROUP}/{render.PODGROUP_VERSION}), which this cluster does "
-            "not serve: install Volcano, or set spec.scheduling.gang to false (and "
-            "schedulerName to default-scheduler)",
+            "not serve: install Volcano, or set spec.scheduling.gang to false and leave "
+            "spec.scheduling.schedulerName out (the default scheduler then binds the pods)",
         )
 
 

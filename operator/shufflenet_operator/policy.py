@@ -333,7 +333,7 @@ def ensure_children(draft: Draft, seen: Seen) -> None:
     # An object of a child's name that is not the job's stays as it is (children_not_owned).
     if observed.service is None and not observed.foreign("Service"):
         draft.plan.create.append(render.render_service(job))
-    if render.gang(job) and not observed.has_podgroup and not observed.foreign("PodGroup"):
+    if jobs.gang(job) and not observed.has_podgroup and not observed.foreign("PodGroup"):
         # Before any pod: a pod naming a missing group is not scheduled by Volcano.
         draft.plan.create.append(render.render_podgroup(job))
     if seen.npu and seen.configmap is None and not observed.foreign("ConfigMap"):
@@ -448,7 +448,18 @@ def succeeded(draft: Draft, seen: Seen) -> Plan | None:
     draft.clear(st.RESTARTING, "Completed", message)
     draft.status["phase"] = SUCCEEDED
     draft.status.setdefault("completionTime", st.format_time(draft.now))
+    _final_progress(draft, seen)
     return _finished(draft, seen.current, seen.run_policy)
+
+
+def _final_progress(draft: Draft, seen: Seen) -> None:
+    """Where a job that succeeded ended. No scrape can tell (rank 0's endpoint went with its
+    process), and the last one is from before the end; but the trainer exits 0 only once it
+    has trained spec.training.epochs (or found none left to train), so that is its epoch.
+    imagesPerSecond and top1 stay as last scraped."""
+    progress = dict(draft.status.get("progress") or {})
+    progress["epoch"] = float(seen.job["spec"]["training"]["epochs"])
+    draft.status["progress"] = progress
 
 
 def _not_owned_message(seen: Seen, kinds: Sequence[str] | None = None) -> str:

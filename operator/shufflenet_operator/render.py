@@ -148,10 +148,6 @@ def podgroup_name(job: Mapping[str, Any]) -> str:
     return str(job["metadata"]["name"])
 
 
-def gang(job: Mapping[str, Any]) -> bool:
-    return bool(job["spec"]["scheduling"].get("gang"))
-
-
 def render_podgroup(job: Mapping[str, Any]) -> dict[str, Any]:
     """The Volcano PodGroup of the job's rank pods: all of them, or none, get scheduled."""
     scheduling = job["spec"]["scheduling"]
@@ -312,7 +308,7 @@ def _pod_spec(
         "restartPolicy": "Never",
         "hostname": name,
         "subdomain": service_name(job),
-        "schedulerName": scheduling["schedulerName"],
+        "schedulerName": jobs.scheduler_name(job),
         "containers": [container],
         "volumes": volumes,
         "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
@@ -335,7 +331,7 @@ def _pod_metadata(job: Mapping[str, Any], name: str, rank: int, restarts: int) -
     # (ranktable.RANK_INDEX_ANNOTATION): a replacement pod is created with the index of the
     # pod it replaces, so the rank ids of the table stay the same across restarts.
     metadata["annotations"] = {ranktable.RANK_INDEX_ANNOTATION: str(rank)}
-    if gang(job):
+    if jobs.gang(job):
         metadata["annotations"][PODGROUP_ANNOTATION] = podgroup_name(job)
     return metadata
 

@@ -273,6 +273,28 @@ def test_defaults_are_applied_like_the_api_server() -> None:
     assert job.resource_name(got) is None
 
 
+@pytest.mark.parametrize(
+    ("scheduling", "scheduler"),
+    [
+        ({"gang": False}, "default-scheduler"),
+        ({"gang": False, "schedulerName": "kai"}, "kai"),
+        ({}, "volcano"),  # gang is the default
+        ({"gang": True}, "volcano"),
+        ({"gang": True, "schedulerName": "default-scheduler"}, "default-scheduler"),
+    ],
+)
+def test_scheduler_follows_gang_unless_the_job_names_one(
+    scheduling: dict[str, Any], scheduler: str
+) -> None:
+    # The schema has no default for schedulerName: a job without gang scheduling must run
+    # on a cluster without Volcano, so the name left out stays distinguishable.
+    got = job.validate_job(
+        job_manifest(image="img", devices={"type": "cpu"}, scheduling=scheduling)
+    )
+    assert got["spec"]["scheduling"].get("schedulerName") == scheduling.get("schedulerName")
+    assert job.scheduler_name(got) == scheduler
+
+
 BAD_MANIFESTS = [
     ("spec.devices.count", 0, "spec.devices.count: must be >= 1"),
     ("spec.devices.type", "tpu", "spec.devices.type: 'tpu' is not one of npu, gpu, cpu"),

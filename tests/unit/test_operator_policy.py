@@ -126,8 +126,8 @@ class Cluster:
         return ranktable.parse(self.configmap["data"]["hccl.json"])
 
 
-def started() -> Cluster:
-    c = Cluster()
+def started(**spec: Any) -> Cluster:
+    c = Cluster(**spec)
     c.reconcile()
     c.schedule()
     c.run_all()
@@ -507,6 +507,35 @@ def test_scraped_progress_lands_in_the_status() -> None:
     assert c.status["progress"] == progress
     c.reconcile()  # nothing new scraped: the last progress stays
     assert c.status["progress"] == progress
+
+
+def test_a_job_that_succeeded_shows_its_last_epoch_not_the_last_scrape() -> None:
+    # Rank 0's endpoint is gone once it exits: the last scrape is from before the end, but
+    # every rank exiting 0 means all spec.training.epochs are trained.
+    c = started(training={"batchSize": 64, "epochs": 15})
+    c.reconcile(progress={"epoch": 14.05, "imagesPerSecond": 2150.0, "top1": 31.2})
+    for r in range(4):
+        c.finish(r, 0)
+    c.reconcile(5)
+    assert c.status["phase"] == "Succeeded"
+    assert c.status["progress"] == {"epoch": 15.0, "imagesPerSecond": 2150.0, "top1": 31.2}
+    c.reconcile(5)  # and it stays so
+    assert c.status["progress"]["epoch"] == 15.0
+    # A job never scraped (progress off, or too short) still shows where it ended.
+    quick = started()
+    for r in range(4):
+        quick.finish(r, 0)
+    quick.reconcile(5)
+    assert quick.status["progress"] == {"epoch": 240.0}
+
+
+def test_a_failed_job_keeps_its_last_scraped_progress() -> None:
+    c = started()
+    progress = {"epoch": 3.5, "imagesPerSecond": 2150.0}
+    c.reconcile(progress=progress)
+    c.finish(0, 2)  # bad flags: fails at once
+    c.reconcile(5)
+    assert c.status["phase"] == "Failed" and c.status["progress"] == progress
 
 
 def test_a_rank_table_too_large_for_a_configmap_is_not_written() -> None:

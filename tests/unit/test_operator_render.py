@@ -272,6 +272,23 @@ def test_gang_scheduling_puts_every_pod_in_one_podgroup() -> None:
     assert plain["metadata"]["annotations"] == {ranktable.RANK_INDEX_ANNOTATION: "0"}
 
 
+@pytest.mark.parametrize(
+    ("scheduling", "scheduler"),
+    [
+        ({"gang": False}, "default-scheduler"),  # runs on a cluster without Volcano
+        ({"gang": False, "schedulerName": "kai"}, "kai"),
+        ({"gang": True}, "volcano"),
+        ({"gang": True, "schedulerName": "volcano-npu"}, "volcano-npu"),
+    ],
+)
+def test_rank_pods_scheduler_follows_gang_unless_the_job_names_one(
+    scheduling: dict[str, Any], scheduler: str
+) -> None:
+    job = make_job(scheduling=scheduling)
+    for pod in (render.render_pod(job, k) for k in range(jobs.pod_count(job))):
+        assert pod["spec"]["schedulerName"] == scheduler
+
+
 def test_rank_pods_write_into_the_jobs_own_run_folder() -> None:
     # The checkpoint volume is shared by many jobs: each job trains, and --resume auto
     # looks, only in <mount path>/<namespace>/<name>; initFrom is read below the mount.

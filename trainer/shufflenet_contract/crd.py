@@ -256,8 +256,12 @@ SPEC: dict[str, Any] = _obj(
                     default=True,
                     description="a Volcano PodGroup: all rank pods are scheduled, or none",
                 ),
+                # No default here: the operator must tell a name left out (which follows
+                # gang, job.scheduler_name) from one written.
                 "schedulerName": _str(
-                    minLength=1, default="volcano", description="of the rank pods"
+                    minLength=1,
+                    description="of the rank pods; left out: volcano with gang, else "
+                    "default-scheduler (the cluster's own)",
                 ),
                 "queue": _str(
                     minLength=1, default="default", description="the PodGroup's Volcano queue"
@@ -345,7 +349,8 @@ STATUS: dict[str, Any] = _obj(
                 "imagesPerSecond": _num(description="FPS@all: the whole job's images/s"),
                 "top1": _num(description="the last validation's top-1, percent"),
             },
-            description="scraped from rank 0's metrics endpoint while the job runs",
+            description="scraped from rank 0's metrics endpoint while the job runs; once it "
+            "has succeeded, epoch is spec.training.epochs",
         ),
         "startTime": _str(
             format="date-time", description="when rank pods were first created (suspend resets it)"

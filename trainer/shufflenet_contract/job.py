@@ -35,6 +35,10 @@ TRAINER_DEVICE = {"npu": "npu", "gpu": "cuda", "cpu": "cpu"}
 # folder, and are never looked at.
 RESULT_DIR_PREFIX = "training_"
 RESULT_DIR_GLOB = RESULT_DIR_PREFIX + "*"
+# spec.scheduling.schedulerName when left out: Volcano with gang scheduling, else
+# kube-scheduler's name (every cluster has it).
+GANG_SCHEDULER = "volcano"
+DEFAULT_SCHEDULER = "default-scheduler"
 
 
 class ManifestError(ValueError):
@@ -172,6 +176,21 @@ def devices_per_pod(job: Mapping[str, Any]) -> int:
 def pod_count(job: Mapping[str, Any]) -> int:
     """Rank pods of the job: one per device, or one per spec.devices.perPod devices."""
     return world_size(job) // devices_per_pod(job)
+
+
+def gang(job: Mapping[str, Any]) -> bool:
+    """spec.scheduling.gang: the rank pods are one Volcano PodGroup."""
+    return bool(job["spec"]["scheduling"].get("gang"))
+
+
+def scheduler_name(job: Mapping[str, Any]) -> str:
+    """The rank pods' scheduler: spec.scheduling.schedulerName when the job names one, else
+    Volcano for a gang job (it binds the PodGroup whole) and the cluster's own scheduler
+    otherwise, so that a job without gang scheduling runs on a cluster without Volcano."""
+    named = job["spec"]["scheduling"].get("schedulerName")
+    if named:
+        return str(named)
+    return GANG_SCHEDULER if gang(job) else DEFAULT_SCHEDULER
 
 
 def pod_name(job: Mapping[str, Any], pod: int, per_pod: int | None = None) -> str:
