@@ -37,6 +37,9 @@ class Options:
     workers: int = 2
     job_policy: str = policy.Settings.job_policy
     npu_device_group: int | None = None
+    rank_resources: dict[str, render.RankResources] = field(
+        default_factory=lambda: dict(render.RANK_RESOURCES)
+    )
 
 
 def options_of(memo: kopf.Memo) -> Options:
@@ -72,6 +75,7 @@ def startup(
             max_backoff_seconds=options.max_backoff_seconds,
             job_policy=options.job_policy,
             npu_device_group=options.npu_device_group,
+            rank_resources=options.rank_resources,
         ),
         resync_seconds=options.resync_seconds,
         progress_seconds=options.progress_seconds,

@@ -9,7 +9,9 @@ import sys
 
 import kopf
 
-from . import handlers, job_policy
+from shufflenet_contract import crd
+
+from . import handlers, job_policy, render
 
 
 def _gid(text: str) -> int:
@@ -17,6 +19,26 @@ def _gid(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 2**31:
         raise argparse.ArgumentTypeError(f"{text!r}: a group id from 1 to {2**31 - 1}")
     return int(text)
+
+
+RANK_RESOURCES_FORM = (
+    f"DEVICE=KEY:QUANTITY[,KEY:QUANTITY...] with DEVICE one of {', '.join(crd.DEVICE_TYPES)} "
+    f"and KEY one of {', '.join(render.RANK_RESOURCE_KEYS)}, e.g. npu=cpu:8,memory:64Gi,shm:8Gi"
+)
+
+
+def _rank_resources(text: str) -> tuple[str, dict[str, str]]:
+    """`gpu=cpu:8,memory:32Gi` -> ("gpu", {"cpu": "8", "memory": "32Gi"})."""
+    device, _, items = text.partition("=")
+    pairs = [item.partition(":") for item in items.split(",")]
+    if device not in crd.DEVICE_TYPES or any(
+        key not in render.RANK_RESOURCE_KEYS or not sep for key, sep, _ in pairs
+    ):
+        raise argparse.ArgumentTypeError(f"{text!r}: {RANK_RESOURCES_FORM}")
+    try:
+        return device, {key: render.check_quantity(value) for key, _, value in pairs}
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,9 +114,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the group owning the NPU driver's device files on the nodes, added to NPU rank "
         "pods' groups; default: none (the image's HwHiAiUser group, 1000)",
     )
+    p.add_argument(
+        "--rank-resources",
+        type=_rank_resources,
+        action="append",
+        default=[],
+        metavar="DEVICE=KEY:QUANTITY,...",
+        help="what each rank of a pod of DEVICE (cpu, gpu, npu) jobs gets, times the ranks "
+        "in the pod, unless the job's podTemplate sets the container's own: KEY cpu and "
+        "memory are requests (no limits), shm is /dev/shm's sizeLimit; repeatable, keys not "
+        "given keep their defaults: "
+        + "; ".join(
+            f"{device}=cpu:{r.cpu},memory:{r.memory},shm:{r.shm}"
+            for device, r in render.RANK_RESOURCES.items()
+        ),
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # The flags change the defaults, one device type and key at a time.
+    args.rank_resources = render.rank_resources(args.rank_resources, d.rank_resources)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,11 @@ class Settings:
     # The gid owning the NPU driver's device files on the nodes, when the image's group
     # (HwHiAiUser, 1000) is not it: added to NPU pods' supplementalGroups.
     npu_device_group: int | None = None
+    # By device type, each rank's CPU and memory requests and /dev/shm size, where the
+    # job's podTemplate sets none (render.RankResources).
+    rank_resources: Mapping[str, render.RankResources] = field(
+        default_factory=lambda: dict(render.RANK_RESOURCES)
+    )
 
     def __post_init__(self) -> None:
         if self.job_policy not in job_policy.LEVELS:
@@ -523,7 +528,11 @@ def create_pods(draft: Draft, seen: Seen) -> Plan | None:
         if index not in seen.current:
             draft.plan.create.append(
                 render.render_pod(
-                    seen.job, index, restarts, device_group=seen.settings.npu_device_group
+                    seen.job,
+                    index,
+                    restarts,
+                    device_group=seen.settings.npu_device_group,
+                    resources=seen.settings.rank_resources,
                 )
             )
     again = f" (restart {restarts})" if restarts else ""

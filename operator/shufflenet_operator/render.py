@@ -11,13 +11,17 @@ never duplicates anything:
   scheduler binds all of them or none (a job half placed holds devices and cannot train);
 - `<job>-rank-<k>`: one pod per device, with the env contract of `shufflenet_contract.job`
   (`<job>-node-<k>`: one pod per spec.devices.perPod devices, running that many ranks),
-  locked down to pass Pod Security "restricted" unless spec.podTemplate loosens it.
+  locked down to pass Pod Security "restricted" unless spec.podTemplate loosens it, with
+  CPU and memory requests and a bounded /dev/shm (`RankResources`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 from shufflenet_contract import crd, env, ranktable
@@ -71,6 +75,69 @@ ASCEND_WRITABLE_ENV = {
     "ACL_OP_COMPILER_CACHE_DIR": f"{TMP_PATH}/ascend/cache/op",
     "ASCEND_PROCESS_LOG_PATH": f"{TMP_PATH}/ascend/log",
 }
+
+
+@dataclass(frozen=True)
+class RankResources:
+    """What the operator gives each rank (device) of a pod, times the ranks in the pod
+    (spec.devices.perPod), unless the job's podTemplate says otherwise: requests for `cpu`
+    and `memory` (quantities, as in a pod spec), and the `shm` sizeLimit of /dev/shm.
+
+    Requests and no limits: the pods are Burstable, not BestEffort (which the kubelet evicts
+    first, and one evicted rank restarts the whole job), the scheduler places them where
+    the CPU and memory are, and a namespace's requests quota admits them without a
+    LimitRange. No memory limit: a rank OOM-killed at a peak (DataLoader workers, /dev/shm
+    pages) also restarts the whole job; a job that wants a limit sets one in its podTemplate.
+    """
+
+    cpu: str
+    memory: str
+    shm: str
+
+
+RANK_RESOURCE_KEYS = ("cpu", "memory", "shm")
+# Floors that fit common nodes, not tuned sizes (the admin sets those: --rank-resources).
+# cpu ranks: small, the digits demo on a two-core node. gpu and npu: a core per DataLoader
+# worker (4 per rank by default) and room for them, the model and /dev/shm's batches; eight
+# NPUs then take 32 cores and 128Gi of an Ascend server's 192 cores.
+RANK_RESOURCES: dict[str, RankResources] = {
+    "cpu": RankResources(cpu="500m", memory="1Gi", shm="1Gi"),
+    "gpu": RankResources(cpu="4", memory="16Gi", shm="2Gi"),
+    "npu": RankResources(cpu="4", memory="16Gi", shm="2Gi"),
+}
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+def _quantity_parts(text: str) -> tuple[Decimal, str]:
+    """A plain quantity (500m, 2, 1.5, 16Gi) as (number, unit); ValueError otherwise."""
+    match = _QUANTITY.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a quantity such as 500m, 2, 1.5 or 16Gi")
+    return Decimal(match[1]), match[2] or ""
+
+
+def check_quantity(text: str) -> str:
+    """`text` when it is a plain quantity; ValueError otherwise."""
+    _quantity_parts(text)
+    return text
+
+
+def scale_quantity(quantity: str, times: int) -> str:
+    """`quantity` times `times`, in its own unit: 500m x 2 = 1000m, 16Gi x 8 = 128Gi."""
+    number, unit = _quantity_parts(quantity)
+    return f"{(number * times).normalize():f}{unit}"
+
+
+def rank_resources(
+    changes: Iterable[tuple[str, Mapping[str, str]]],
+    base: Mapping[str, RankResources] = RANK_RESOURCES,
+) -> dict[str, RankResources]:
+    """`base` with `changes` (device type, {key: quantity}) applied in order."""
+    out = dict(base)
+    for device, fields in changes:
+        out[device] = replace(out[device], **fields)
+    return out
+
 
 # Volcano's PodGroup, and the pod annotation naming a pod's group (the key Volcano shares
 # with the scheduler-plugins coscheduling plugin).
@@ -178,7 +245,9 @@ def render_configmap(job: Mapping[str, Any], attempt: int = 0) -> dict[str, Any]
     }
 
 
-def _volumes(job: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(
+    job: Mapping[str, Any], shm_size: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     spec = job["spec"]
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
@@ -193,8 +262,10 @@ def _volumes(job: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
     volumes.append({"name": CHECKPOINT_VOLUME, **source})
     mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": ckpt["path"]})
     # DataLoader workers pass batches through shared memory; the runtime's 64 MiB default
-    # /dev/shm is too small for ImageNet batches.
-    volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
+    # /dev/shm is too small for ImageNet batches. Its pages are the pod's memory: unbounded,
+    # the tmpfs could take half the node's; past sizeLimit the kubelet evicts the pod.
+    shm = {"medium": "Memory", "sizeLimit": shm_size}
+    volumes.append({"name": SHM_VOLUME, "emptyDir": shm})
     mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
     # A writable /tmp under a read-only root filesystem: caches, and the rank table's
     # regular-file copy that HCCL reads (the mounted one is a symlink it refuses).
@@ -209,17 +280,25 @@ def _volumes(job: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
 
 
 def render_pod(
-    job: Mapping[str, Any], rank: int, restarts: int = 0, *, device_group: int | None = None
+    job: Mapping[str, Any],
+    rank: int,
+    restarts: int = 0,
+    *,
+    device_group: int | None = None,
+    resources: Mapping[str, RankResources] = RANK_RESOURCES,
 ) -> dict[str, Any]:
     """Pod `rank` of attempt `restarts` (the rank itself, or the node rank of a pod of
     spec.devices.perPod devices), with spec.podTemplate merged in.
 
     `device_group`: the gid owning the NPU driver's device files on the nodes (the
-    operator's --npu-device-group), added to an NPU pod's groups.
+    operator's --npu-device-group), added to an NPU pod's groups. `resources`: by device
+    type, what each rank of the pod gets (the operator's --rank-resources).
     """
     name = jobs.pod_name(job, rank)
     env_list = _env(job, rank, restarts)
-    volumes, mounts = _volumes(job)
+    per_pod = jobs.devices_per_pod(job)
+    mine = resources[jobs.device_type(job)]
+    volumes, mounts = _volumes(job, scale_quantity(mine.shm, per_pod))
     npu = jobs.device_type(job) == "npu"
     defaults = [{"name": k, "value": v} for k, v in ASCEND_WRITABLE_ENV.items()] if npu else []
     container = _container(job, env_list + defaults, mounts)
@@ -233,6 +312,8 @@ def render_pod(
         pod["spec"]["securityContext"]["supplementalGroups"] = [device_group]
     merged = merge_pod_template(pod, job["spec"].get("podTemplate") or {})
     _keep_env_contract(merged, env_list)
+    requests = {"cpu": mine.cpu, "memory": mine.memory}
+    _default_requests(merged, {k: scale_quantity(v, per_pod) for k, v in requests.items()})
     return _drop_shadowed_mounts(merged, {v["name"] for v in volumes})
 
 
@@ -342,6 +423,22 @@ def _keep_env_contract(pod: dict[str, Any], env_list: list[dict[str, Any]]) -> N
     for c in pod["spec"]["containers"]:
         if c.get("name") == CONTAINER:
             c["env"] = env_list + [e for e in c.get("env", []) if e.get("name") not in ours]
+
+
+def _default_requests(pod: dict[str, Any], requests: Mapping[str, str]) -> None:
+    """The trainer's `requests`, where the podTemplate set neither a request nor a limit of
+    that resource: the job's own say wins, and a limit alone is its request too (the API
+    server's defaulting), which a default request above it would make an invalid pod."""
+    for c in pod["spec"]["containers"]:
+        if c.get("name") == CONTAINER:
+            resources = c.get("resources") or {}
+            given = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+            missing = {k: v for k, v in requests.items() if k not in given}
+            if missing:
+                c["resources"] = {
+                    **resources,
+                    "requests": {**(resources.get("requests") or {}), **missing},
+                }
 
 
 def _drop_shadowed_mounts(pod: dict[str, Any], ours: set[str]) -> dict[str, Any]:

@@ -218,7 +218,13 @@ fi
 # --insecure-port=0: no unauthenticated port. Without a node nothing reachable stands
 # behind the `kubernetes` Service (--endpoint-reconciler-type=none); with one, the lease
 # reconciler points it at the node address, where pods reach the API through kube-proxy.
-# Node,RBAC + NodeRestriction: the kubelet is authorised as its node only.
+# Node,RBAC + NodeRestriction: the kubelet is authorised as its node only. The admission
+# plugins of strict clusters besides 1.20's default set (which has LimitRanger and
+# ResourceQuota already; named here so that no test depends on the default):
+# OwnerReferencesPermissionEnforcement (on in OpenShift) refuses an object whose owner
+# reference sets blockOwnerDeletion unless its creator may update the owner's finalizers;
+# ResourceQuota refuses pods without requests in a namespace with a requests quota;
+# LimitRanger applies a namespace's LimitRange.
 RECONCILER=none
 ((NODE)) && RECONCILER=lease
 start_ns kube-apiserver "$BIN/kube-apiserver" \
@@ -232,7 +238,7 @@ start_ns kube-apiserver "$BIN/kube-apiserver" \
     --kubelet-certificate-authority "$PKI/ca.crt" \
     --kubelet-preferred-address-types InternalIP,Hostname \
     --token-auth-file "$PKI/tokens.csv" --authorization-mode Node,RBAC \
-    --enable-admission-plugins NodeRestriction \
+    --enable-admission-plugins NodeRestriction,OwnerReferencesPermissionEnforcement,LimitRanger,ResourceQuota \
     --service-account-key-file "$PKI/sa.key" \
     --service-account-signing-key-file "$PKI/sa.key" \
     --service-account-issuer https://kubernetes.default.svc \

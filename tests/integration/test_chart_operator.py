@@ -19,6 +19,7 @@ from integration.metrics_tools import CHART, ROOT, by_kind, helm, helm_template
 
 from shufflenet_contract import crd
 from shufflenet_operator import main as operator_main
+from shufflenet_operator import render
 
 # The schemas the manifests are checked against: a current Kubernetes. (1.20, the oldest the
 # product supports, is checked by applying them to the real 1.20 API server in tests/k8s.)
@@ -167,6 +168,45 @@ def test_deployment_args_are_flags_the_operator_accepts(values: tuple[str, ...])
         args.progress_seconds,
     )
     assert timing == (10, 300, 60, 30) and args.workers == 2
+    # The chart's rankResources are the operator's own defaults.
+    assert args.rank_resources == render.RANK_RESOURCES
+
+
+def operator_args(*values: str) -> list[str]:
+    (dep,) = by_kind(helm_template(*OPERATOR_ONLY, *values))["Deployment"]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    return list(c["args"])
+
+
+def test_rank_resources_values_become_the_operators_flag() -> None:
+    args = operator_args(
+        "--set", "operator.rankResources.npu.cpu=250m", "--set", "operator.rankResources.gpu=null"
+    )  # fmt: skip
+    assert "--rank-resources=npu=cpu:250m,memory:16Gi,shm:2Gi" in args
+    resources = operator_main.parse_args(args).rank_resources
+    assert resources["npu"] == render.RankResources(cpu="250m", memory="16Gi", shm="2Gi")
+    # A device type left out keeps the operator's defaults.
+    assert resources["gpu"] == render.RANK_RESOURCES["gpu"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("operator.rankResources.tpu.cpu=1", "operator.rankResources.tpu: not a device type"),
+        (
+            "operator.rankResources.gpu.requests.cpu=1",
+            "operator.rankResources.gpu.requests: not one of cpu, memory, shm",
+        ),
+    ],
+)
+def test_a_bad_rank_resources_value_fails_the_install_by_name(value: str, message: str) -> None:
+    proc = subprocess.run(
+        [helm(), "template", "x", str(CHART), "--set", value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and message in proc.stderr
 
 
 def test_operator_podmonitor_selects_the_operator_pod() -> None:
@@ -206,6 +246,10 @@ def test_rbac_all_namespaces_one_cluster_role() -> None:
     job = ("training.shufflenet.io", "shufflenettrainingjobs")
     assert {(*job, v) for v in ("get", "list", "watch", "delete")} <= granted
     assert ("training.shufflenet.io", "shufflenettrainingjobs/status", "patch") in granted
+    # What OwnerReferencesPermissionEnforcement asks of whoever creates a child whose owner
+    # reference blocks the owner's deletion; no API call serves it.
+    assert ("training.shufflenet.io", "shufflenettrainingjobs/finalizers", "update") in granted
+    assert ("training.shufflenet.io", "shufflenettrainingjobs", "update") not in granted
     assert ("", "pods", "create") in granted and ("", "pods", "update") not in granted
     assert ("", "events", "create") in granted
     podgroups = {v for g, r, v in granted if (g, r) == ("scheduling.volcano.sh", "podgroups")}

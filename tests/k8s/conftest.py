@@ -13,7 +13,7 @@ There is no kubelet: `node_agent` gives a SIMULATED kubelet + Ascend device plug
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -100,6 +100,27 @@ def operator(
     try:
         yield op
     finally:
+        op.stop()
+
+
+@pytest.fixture
+def start_operator(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Starts the operator watching `namespace` with the given extra flags; stops it after."""
+    started: list[OperatorProcess] = []
+
+    def start(*args: str) -> OperatorProcess:
+        install_crd(control_plane.api)
+        log_dir = tmp_path / f"operator-{len(started)}"
+        log_dir.mkdir()
+        op = OperatorProcess(control_plane, namespace, log_dir, args=args)
+        started.append(op)
+        op.start()
+        return op
+
+    yield start
+    for op in started:
         op.stop()
 
 

@@ -5,12 +5,16 @@ control plane; the operator then runs under that ServiceAccount's token (as in i
 Deployment, which the API server also accepts, by a server-side dry run) and takes jobs
 through creation, a whole-job restart, success and TTL deletion, with the SIMULATED kubelet
 and device plugin (tests/sim) as the nodes. Any 403 would show in its log or stall the job.
+The API server runs OwnerReferencesPermissionEnforcement (scripts/cluster/up.sh), as strict
+clusters such as OpenShift do: every child's blocking owner reference needs the chart's
+`update` on `shufflenettrainingjobs/finalizers`.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,6 +90,12 @@ def no_refusals(op: OperatorProcess) -> None:
             ln for ln in log.read_text().splitlines() if any(r in ln.lower() for r in REFUSALS)
         ]
         assert not lines, f"operator log {log.name}:\n" + "\n".join(lines[:20])
+
+
+def child_of(owner: dict[str, str]) -> dict[str, Any]:
+    """A ConfigMap owned by `owner` as the operator owns its children (blockOwnerDeletion)."""
+    ref = {**owner, "uid": str(uuid.uuid4()), "controller": True, "blockOwnerDeletion": True}
+    return {"metadata": {"generateName": "child-", "ownerReferences": [ref]}}
 
 
 def _other_jobs_gone(custom: client.CustomObjectsApi, namespace: str) -> bool:
@@ -199,6 +209,11 @@ def test_cluster_role_runs_an_npu_job_in_any_namespace(node_agent: NodeAgent, ca
     assert refused(lambda: rbac.core.list_namespaced_secret(ns))
     assert refused(lambda: rbac.core.list_node())
     assert not refused(lambda: rbac.core.list_pod_for_all_namespaces(limit=1))
+    # The API server runs OwnerReferencesPermissionEnforcement, as strict clusters do: a child
+    # whose owner reference blocks the owner's deletion needs update on the owner's
+    # finalizers, which the chart grants for the jobs only (the jobs below show it enough).
+    configmap_owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner"}
+    assert refused(lambda: rbac.core.create_namespaced_config_map(ns, child_of(configmap_owner)))
 
     # Watching every namespace, the operator would also act on the jobs that earlier tests
     # left in namespaces still being deleted, where the API server refuses new objects.

@@ -13,41 +13,18 @@ No kubelet is needed: the tests look at what the API server holds, not at runnin
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from kubernetes import client
 from sim.node_agent import wait_for
 
-from k8s.cluster import ControlPlane
-from k8s.operator_harness import RESYNC_S, Jobs, OperatorProcess, install_crd, job_manifest
+from k8s.operator_harness import RESYNC_S, Jobs, OperatorProcess, job_manifest
 
 HOST_NETWORK = {"spec": {"hostNetwork": True}}
 # A sidecar without a security context: baseline takes it, restricted does not.
 SIDECAR = {"spec": {"containers": [{"name": "sidecar", "image": "busybox"}]}}
-
-
-@pytest.fixture
-def start_operator(
-    control_plane: ControlPlane, namespace: str, tmp_path: Path
-) -> Iterator[Callable[..., OperatorProcess]]:
-    """Starts the operator watching `namespace` with the given extra flags; stops it after."""
-    started: list[OperatorProcess] = []
-
-    def start(*args: str) -> OperatorProcess:
-        install_crd(control_plane.api)
-        log_dir = tmp_path / f"operator-{len(started)}"
-        log_dir.mkdir()
-        op = OperatorProcess(control_plane, namespace, log_dir, args=args)
-        started.append(op)
-        op.start()
-        return op
-
-    yield start
-    for op in started:
-        op.stop()
 
 
 def _refused(jobs: Jobs, name: str, field: str, level: str) -> None:

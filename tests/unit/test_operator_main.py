@@ -7,7 +7,7 @@ from typing import Any
 import kopf
 import pytest
 
-from shufflenet_operator import handlers, main, policy
+from shufflenet_operator import handlers, main, policy, render
 
 
 def test_flags_reach_the_handlers_in_the_memo(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,9 +40,34 @@ def test_the_job_policy_and_the_npu_device_group_are_flags(monkeypatch: pytest.M
     assert handlers.Options().job_policy == policy.Settings().job_policy == "baseline"
 
 
+def test_rank_resources_change_the_defaults_one_key_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(kopf, "run", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(kopf, "configure", lambda **kw: None)
+    argv = ["--rank-resources", "npu=cpu:16,memory:64Gi", "--rank-resources", "npu=shm:8Gi"]
+    assert main.main(argv) == 0
+    options = handlers.options_of(seen["memo"])
+    assert options.rank_resources["npu"] == render.RankResources("16", "64Gi", "8Gi")
+    assert options.rank_resources["gpu"] == render.RANK_RESOURCES["gpu"]
+    # Without the flag: the defaults, the same under `kopf run -m`.
+    assert main.parse_args([]).rank_resources == handlers.Options().rank_resources
+    assert handlers.Options().rank_resources == policy.Settings().rank_resources
+
+
 @pytest.mark.parametrize(
     "argv",
-    [["--job-policy", "strict"], ["--npu-device-group", "0"], ["--npu-device-group", "wheel"]],
+    [
+        ["--job-policy", "strict"],
+        ["--npu-device-group", "0"],
+        ["--npu-device-group", "wheel"],
+        ["--rank-resources", "tpu=cpu:1"],
+        ["--rank-resources", "gpu=cpu:8x"],
+        ["--rank-resources", "gpu=requests:1"],
+        ["--rank-resources", "gpu"],
+        ["--rank-resources", "gpu=cpu8"],
+    ],
 )
 def test_a_bad_job_policy_or_group_stops_the_operator_at_once(
     argv: list[str], capsys: pytest.CaptureFixture[str]

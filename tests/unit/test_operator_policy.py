@@ -841,6 +841,17 @@ def test_npu_pods_get_the_device_group_setting() -> None:
         assert pod["spec"]["securityContext"]["supplementalGroups"] == [1001]
 
 
+def test_rank_pods_get_the_rank_resources_setting() -> None:
+    c = Cluster()
+    resources = render.rank_resources([("npu", {"cpu": "6", "memory": "48Gi"})])
+    c.settings = dataclasses.replace(SETTINGS, rank_resources=resources)
+    c.reconcile()
+    assert c.pods
+    for pod in c.pods.values():
+        requests = pod["spec"]["containers"][0]["resources"]["requests"]
+        assert (requests["cpu"], requests["memory"]) == ("6", "48Gi")
+
+
 # --- children that are not the job's -----------------------------------------------------
 
 

@@ -91,7 +91,8 @@ def test_resources_per_device_type(devices: dict[str, Any], resource: Any) -> No
     pod = render.render_pod(make_job(devices), 0)
     container = pod["spec"]["containers"][0]
     if devices["type"] == "cpu":
-        assert "resources" not in container
+        # No device, and no limits: only the default requests.
+        assert container["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}}
         assert "RANK_TABLE_FILE" not in env_of(pod)
         assert render.RANKTABLE_VOLUME not in {v["name"] for v in pod["spec"]["volumes"]}
     elif devices["type"] == "npu":
@@ -379,3 +380,79 @@ def test_pod_template_can_loosen_the_defaults() -> None:
     assert env_of(pod)["ASCEND_PROCESS_LOG_PATH"] == "/checkpoints/log"
     names = [e["name"] for e in container["env"]]
     assert len(names) == len(set(names))
+
+
+# --- CPU, memory and /dev/shm ---------------------------------------------------------------
+
+
+def shm_of(pod: dict[str, Any]) -> dict[str, Any]:
+    (shm,) = [v for v in pod["spec"]["volumes"] if v["name"] == render.SHM_VOLUME]
+    return shm["emptyDir"]
+
+
+@pytest.mark.parametrize(
+    ("devices", "requests", "shm"),
+    [
+        ({"type": "cpu", "count": 2}, {"cpu": "500m", "memory": "1Gi"}, "1Gi"),
+        ({"type": "gpu", "count": 2}, {"cpu": "4", "memory": "16Gi"}, "2Gi"),
+        ({"type": "npu", "count": 2}, {"cpu": "4", "memory": "16Gi"}, "2Gi"),
+        # A pod of several ranks gets as much per rank.
+        ({"type": "cpu", "count": 4, "perPod": 2}, {"cpu": "1000m", "memory": "2Gi"}, "2Gi"),
+        ({"type": "npu", "count": 16, "perPod": 8}, {"cpu": "32", "memory": "128Gi"}, "16Gi"),
+    ],
+)
+def test_rank_pods_request_cpu_and_memory_by_device_type_and_bound_dev_shm(
+    devices: dict[str, Any], requests: dict[str, str], shm: str
+) -> None:
+    pod = render.render_pod(make_job(devices), 0)
+    (container,) = pod["spec"]["containers"]
+    resources = container["resources"]
+    device = jobs.resource_name(make_job(devices))
+    per_pod = {device: str(jobs.devices_per_pod(make_job(devices)))} if device else {}
+    assert resources["requests"] == {**requests, **per_pod}
+    # Requests only: no CPU or memory limit to OOM-kill or throttle a rank.
+    assert resources.get("limits", {}) == per_pod
+    assert shm_of(pod) == {"medium": "Memory", "sizeLimit": shm}
+
+
+def test_the_operators_setting_changes_the_defaults() -> None:
+    resources = render.rank_resources([("gpu", {"cpu": "8", "shm": "8Gi"})])
+    assert resources["gpu"] == render.RankResources(cpu="8", memory="16Gi", shm="8Gi")
+    assert resources["npu"] == render.RANK_RESOURCES["npu"]
+    job = make_job({"type": "gpu", "count": 4, "perPod": 2})
+    pod = render.render_pod(job, 0, resources=resources)
+    assert pod["spec"]["containers"][0]["resources"]["requests"] == {
+        "cpu": "16",
+        "memory": "32Gi",
+        "nvidia.com/gpu": "2",
+    }
+    assert shm_of(pod)["sizeLimit"] == "16Gi"
+
+
+def test_the_jobs_own_resources_win_over_the_defaults() -> None:
+    own = {"requests": {"cpu": "2"}, "limits": {"memory": "4Gi"}}
+    template = {"spec": {"containers": [{"name": "trainer", "resources": own}]}}
+    pod = render.render_pod(make_job(podTemplate=template), 0)
+    resources = pod["spec"]["containers"][0]["resources"]
+    # Its CPU request; no memory request under its limit (the API server takes the limit
+    # as the request); the chip, as always.
+    assert resources["requests"] == {"cpu": "2", "huawei.com/Ascend910": "1"}
+    assert resources["limits"] == {"memory": "4Gi", "huawei.com/Ascend910": "1"}
+    # Its /dev/shm size too.
+    shm = {"name": render.SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "32Gi"}}
+    pod = render.render_pod(make_job(podTemplate={"spec": {"volumes": [shm]}}), 0)
+    assert shm_of(pod)["sizeLimit"] == "32Gi"
+
+
+@pytest.mark.parametrize(
+    ("quantity", "times", "scaled"),
+    [("500m", 2, "1000m"), ("16Gi", 8, "128Gi"), ("1.5", 2, "3"), ("0.5", 3, "1.5"), ("4", 1, "4")],
+)
+def test_quantities_scale_in_their_own_unit(quantity: str, times: int, scaled: str) -> None:
+    assert render.scale_quantity(quantity, times) == scaled
+
+
+@pytest.mark.parametrize("text", ["", "8x", "-1", "1e3", "Gi", "1 Gi"])
+def test_a_bad_quantity_is_refused_by_name(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a quantity such as 500m"):
+        render.check_quantity(text)

@@ -56,8 +56,11 @@ What the operator does in the namespaces it watches: the jobs (kopf lists and wa
 the controller reads each, writes its status, deletes it after ttlSecondsAfterFinished), the
 rank pods (watched; created, deleted on restarts), the headless Service and rank-table
 ConfigMap (read, created; the ConfigMap rewritten), Events (the controller's and kopf's),
-and Volcano PodGroups for gang scheduling. Nothing else: no update, no deletecollection,
-no secrets.
+and Volcano PodGroups for gang scheduling. And `update` on the jobs' `finalizers`
+subresource, which no API call serves: the OwnerReferencesPermissionEnforcement admission
+plugin (on in OpenShift and other strict clusters) checks it before it lets anyone create an
+object whose owner reference sets blockOwnerDeletion, as every child's does. Nothing else:
+no update of any object, no deletecollection, no secrets.
 */}}
 {{- define "shufflenet.operatorNamespacedRules" -}}
 - apiGroups: [training.shufflenet.io]
@@ -66,6 +69,9 @@ no secrets.
 - apiGroups: [training.shufflenet.io]
   resources: [shufflenettrainingjobs/status]
   verbs: [patch]
+- apiGroups: [training.shufflenet.io]
+  resources: [shufflenettrainingjobs/finalizers]
+  verbs: [update]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, create, delete]
