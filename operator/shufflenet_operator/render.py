@@ -96,14 +96,14 @@ class RankResources:
 
 
 RANK_RESOURCE_KEYS = ("cpu", "memory", "shm")
-# Floors that fit common nodes, not tuned sizes (the admin sets those: --rank-resources).
-# cpu ranks: small, the digits demo on a two-core node. gpu and npu: a core per DataLoader
-# worker (4 per rank by default) and room for them, the model and /dev/shm's batches; eight
-# NPUs then take 32 cores and 128Gi of an Ascend server's 192 cores.
+# Floors, not sizes: they make a rank Burstable and admissible under a requests quota on any
+# node, the smallest included (four ranks on two cores), and leave sizing to the admin
+# (--rank-resources), who knows the node: an Ascend server shares 192 cores among 8 chips.
+# A floor too big leaves a job Pending where it would run; one too small only shares CPUs.
 RANK_RESOURCES: dict[str, RankResources] = {
-    "cpu": RankResources(cpu="500m", memory="1Gi", shm="1Gi"),
-    "gpu": RankResources(cpu="4", memory="16Gi", shm="2Gi"),
-    "npu": RankResources(cpu="4", memory="16Gi", shm="2Gi"),
+    "cpu": RankResources(cpu="250m", memory="1Gi", shm="1Gi"),
+    "gpu": RankResources(cpu="250m", memory="2Gi", shm="2Gi"),
+    "npu": RankResources(cpu="250m", memory="2Gi", shm="2Gi"),
 }
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 

@@ -180,11 +180,11 @@ def operator_args(*values: str) -> list[str]:
 
 def test_rank_resources_values_become_the_operators_flag() -> None:
     args = operator_args(
-        "--set", "operator.rankResources.npu.cpu=250m", "--set", "operator.rankResources.gpu=null"
+        "--set", "operator.rankResources.npu.cpu=24", "--set", "operator.rankResources.gpu=null"
     )  # fmt: skip
-    assert "--rank-resources=npu=cpu:250m,memory:16Gi,shm:2Gi" in args
+    assert "--rank-resources=npu=cpu:24,memory:2Gi,shm:2Gi" in args
     resources = operator_main.parse_args(args).rank_resources
-    assert resources["npu"] == render.RankResources(cpu="250m", memory="16Gi", shm="2Gi")
+    assert resources["npu"] == render.RankResources(cpu="24", memory="2Gi", shm="2Gi")
     # A device type left out keeps the operator's defaults.
     assert resources["gpu"] == render.RANK_RESOURCES["gpu"]
 

@@ -83,7 +83,7 @@ def test_a_requests_quota_without_a_limit_range_admits_the_rank_pods(
     assert len(pods) == 2
     for pod in pods:
         # The operator's defaults for cpu ranks; Burstable, not BestEffort.
-        assert trainer_requests(pod) == {"cpu": "500m", "memory": "1Gi"}
+        assert trainer_requests(pod) == {"cpu": "250m", "memory": "1Gi"}
         assert pod.status.qos_class == "Burstable"
         (shm,) = [v for v in pod.spec.volumes if v.name == render.SHM_VOLUME]
         assert shm.empty_dir.medium == "Memory" and shm.empty_dir.size_limit == "1Gi"

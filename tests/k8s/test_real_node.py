@@ -59,15 +59,10 @@ def real_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNode]:
         for resource in ranktable.DEVICE_ANNOTATIONS:
             plugins.append(start_device_plugin(cp, resource))
         node = RealNode(cp, images, plugins)
-        # Quick restarts and progress scrapes, so the tests do not wait on production pacing;
-        # NPU ranks (CPU ranks here, with simulated chips) sized to this small node, as an
-        # admin sizes them to theirs.
+        # Quick restarts and progress scrapes, so the tests do not wait on production pacing.
         helm_install_operator(
-            node,
-            "--set", "operator.restartBackoff=1", "--set", "operator.progressInterval=3",
-            "--set", "operator.rankResources.npu.cpu=250m",
-            "--set", "operator.rankResources.npu.memory=512Mi",
-        )  # fmt: skip
+            node, "--set", "operator.restartBackoff=1", "--set", "operator.progressInterval=3"
+        )
         yield node
     finally:
         for plugin in plugins:

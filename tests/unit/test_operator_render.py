@@ -92,7 +92,7 @@ def test_resources_per_device_type(devices: dict[str, Any], resource: Any) -> No
     container = pod["spec"]["containers"][0]
     if devices["type"] == "cpu":
         # No device, and no limits: only the default requests.
-        assert container["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}}
+        assert container["resources"] == {"requests": {"cpu": "250m", "memory": "1Gi"}}
         assert "RANK_TABLE_FILE" not in env_of(pod)
         assert render.RANKTABLE_VOLUME not in {v["name"] for v in pod["spec"]["volumes"]}
     elif devices["type"] == "npu":
@@ -393,12 +393,12 @@ def shm_of(pod: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("devices", "requests", "shm"),
     [
-        ({"type": "cpu", "count": 2}, {"cpu": "500m", "memory": "1Gi"}, "1Gi"),
-        ({"type": "gpu", "count": 2}, {"cpu": "4", "memory": "16Gi"}, "2Gi"),
-        ({"type": "npu", "count": 2}, {"cpu": "4", "memory": "16Gi"}, "2Gi"),
+        ({"type": "cpu", "count": 2}, {"cpu": "250m", "memory": "1Gi"}, "1Gi"),
+        ({"type": "gpu", "count": 2}, {"cpu": "250m", "memory": "2Gi"}, "2Gi"),
+        ({"type": "npu", "count": 2}, {"cpu": "250m", "memory": "2Gi"}, "2Gi"),
         # A pod of several ranks gets as much per rank.
-        ({"type": "cpu", "count": 4, "perPod": 2}, {"cpu": "1000m", "memory": "2Gi"}, "2Gi"),
-        ({"type": "npu", "count": 16, "perPod": 8}, {"cpu": "32", "memory": "128Gi"}, "16Gi"),
+        ({"type": "cpu", "count": 4, "perPod": 2}, {"cpu": "500m", "memory": "2Gi"}, "2Gi"),
+        ({"type": "npu", "count": 16, "perPod": 8}, {"cpu": "2000m", "memory": "16Gi"}, "16Gi"),
     ],
 )
 def test_rank_pods_request_cpu_and_memory_by_device_type_and_bound_dev_shm(
@@ -417,13 +417,13 @@ def test_rank_pods_request_cpu_and_memory_by_device_type_and_bound_dev_shm(
 
 def test_the_operators_setting_changes_the_defaults() -> None:
     resources = render.rank_resources([("gpu", {"cpu": "8", "shm": "8Gi"})])
-    assert resources["gpu"] == render.RankResources(cpu="8", memory="16Gi", shm="8Gi")
+    assert resources["gpu"] == render.RankResources(cpu="8", memory="2Gi", shm="8Gi")
     assert resources["npu"] == render.RANK_RESOURCES["npu"]
     job = make_job({"type": "gpu", "count": 4, "perPod": 2})
     pod = render.render_pod(job, 0, resources=resources)
     assert pod["spec"]["containers"][0]["resources"]["requests"] == {
         "cpu": "16",
-        "memory": "32Gi",
+        "memory": "4Gi",
         "nvidia.com/gpu": "2",
     }
     assert shm_of(pod)["sizeLimit"] == "16Gi"
