@@ -51,7 +51,7 @@ HELM="$(scripts/install-helm.sh)"
     --namespace "$OPERATOR_NAMESPACE" --create-namespace \
     --set "operator.image.repository=${OPERATOR_IMAGE%:*}" \
     --set "operator.image.tag=${OPERATOR_IMAGE##*:}" --set operator.image.pullPolicy=Never \
-    --set operator.progressInterval=5 --set monitoring.enabled=false \
+    --set operator.progressInterval=5 \
     --wait --timeout 300s >/dev/null
 
 "$PYTHON" -m shufflenet_trainer.data.prep.demo_data "$DATA" >/dev/null

@@ -7,7 +7,9 @@
 # Deployment, numbered in the order `kubectl apply -f` must create them) and ROOT/monitoring/
 # (dashboard, PodMonitors, alert rules). One file per object, rendered by helm from
 # charts/shufflenet-operator with its default values, so the chart stays the one source; the
-# tests check that the committed copies are in sync. The CRD is not rendered here: it comes
+# tests check that the committed copies are in sync. `helm template` knows no cluster: it is
+# told the cluster serves the Prometheus Operator's monitoring.coreos.com/v1, as the clusters
+# that apply monitoring/ do, so that monitoring.enabled's default (auto) renders them. The CRD is not rendered here: it comes
 # from trainer/shufflenet_contract/crd.py (`snjob render crd`, see the Makefile).
 # HELM names a helm binary; default: scripts/install-helm.sh.
 set -euo pipefail
@@ -35,7 +37,8 @@ render() {
     # $1: template under $CHART/templates; $2: output file.
     {
         header "$CHART (templates/$1)" "the chart"
-        "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" --show-only "templates/$1"
+        "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" --show-only "templates/$1" \
+            --api-versions monitoring.coreos.com/v1
     } | write "$2"
 }
 

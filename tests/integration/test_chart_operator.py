@@ -210,7 +210,7 @@ def test_a_bad_rank_resources_value_fails_the_install_by_name(value: str, messag
 
 
 def test_operator_podmonitor_selects_the_operator_pod() -> None:
-    kinds = by_kind(helm_template())
+    kinds = by_kind(helm_template("--api-versions", "monitoring.coreos.com/v1"))
     (dep,) = kinds["Deployment"]
     monitor = next(
         m for m in kinds["PodMonitor"] if m["metadata"]["name"].endswith("-operator-operator")
@@ -288,5 +288,6 @@ def test_rbac_some_namespaces_roles_there_and_only_kopf_reads_cluster_wide() -> 
 
 
 def test_operator_off_leaves_monitoring_only() -> None:
-    kinds = set(by_kind(helm_template("--set", "operator.enabled=false")))
+    kinds = set(by_kind(helm_template("--set", "operator.enabled=false", "--set",
+                                      "monitoring.enabled=true")))  # fmt: skip
     assert kinds == {"ConfigMap", "PodMonitor", "PrometheusRule"}

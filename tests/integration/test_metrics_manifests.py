@@ -6,12 +6,20 @@ import json
 import re
 import subprocess
 
+import pytest
 import yaml
 from integration.metrics_tools import CHART, DASHBOARD, RULES, by_kind, helm, helm_template
 
 # The operator's objects are tested in test_chart_operator.py (which also checks that the
 # plain copies under manifests/ are in sync); here only the monitoring ones.
 NO_OPERATOR = ("--set", "operator.enabled=false")
+# `helm template` knows no cluster: told that it serves the Prometheus Operator's kinds.
+SERVED = ("--api-versions", "monitoring.coreos.com/v1")
+EVERYTHING = {"ConfigMap": 1, "PodMonitor": 2, "PrometheusRule": 1}
+# monitoring.enabled, and what a cluster serving only one of the kinds tells helm install.
+AUTO, TRUE, FALSE = (), ("--set", "monitoring.enabled=true"), ("--set", "monitoring.enabled=false")
+ONLY_PODMONITOR = (*SERVED, "--api-versions", "monitoring.coreos.com/v1/PodMonitor")
+ONLY_RULE = ("--api-versions", "monitoring.coreos.com/v1/PrometheusRule")
 
 
 def test_chart_lints() -> None:
@@ -22,7 +30,7 @@ def test_chart_lints() -> None:
 
 
 def test_objects_carry_their_single_sources() -> None:
-    kinds = by_kind(helm_template(*NO_OPERATOR))
+    kinds = by_kind(helm_template(*SERVED, *NO_OPERATOR))
     (cm,) = kinds["ConfigMap"]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["shufflenet-training.json"]) == json.loads(DASHBOARD.read_text())
@@ -49,14 +57,54 @@ def test_objects_carry_their_single_sources() -> None:
     )
 
 
-def test_values_switch_and_relabel() -> None:
-    assert helm_template("--set", "monitoring.enabled=false", *NO_OPERATOR) == []
-    docs = helm_template(
-        "--set", "monitoring.release=", "--set", "monitoring.namespace=monitoring", *NO_OPERATOR
+def kind_counts(*args: str) -> dict[str, int]:
+    return {k: len(v) for k, v in by_kind(helm_template(*args, *NO_OPERATOR)).items()}
+
+
+@pytest.mark.parametrize(
+    ("values", "api_versions", "expected"),
+    [
+        # auto (the default): the Prometheus Operator's objects where the cluster serves
+        # them, which `helm template` knows only from --api-versions; the dashboard always.
+        pytest.param(AUTO, (), {"ConfigMap": 1}, id="auto"),
+        pytest.param(AUTO, SERVED, EVERYTHING, id="auto-served"),
+        pytest.param(("--set", "monitoring.enabled=auto"), SERVED, EVERYTHING, id="auto-set"),
+        # helm install's discovery lists each served kind too: only those.
+        pytest.param(AUTO, ONLY_PODMONITOR, {"ConfigMap": 1, "PodMonitor": 2}, id="only-pm"),
+        pytest.param(AUTO, ONLY_RULE, {"ConfigMap": 1, "PrometheusRule": 1}, id="only-rule"),
+        # true: all of them, served or not (renders for GitOps, which know no cluster).
+        pytest.param(TRUE, (), EVERYTHING, id="true"),
+        pytest.param(("--set-string", "monitoring.enabled=true"), (), EVERYTHING, id="true-str"),
+        # false: none of them, served or not.
+        pytest.param(FALSE, SERVED, {}, id="false"),
+        pytest.param(("--set-string", "monitoring.enabled=false"), SERVED, {}, id="false-str"),
+    ],
+)
+def test_monitoring_enabled_auto_true_false(
+    values: tuple[str, ...], api_versions: tuple[str, ...], expected: dict[str, int]
+) -> None:
+    assert kind_counts(*values, *api_versions) == expected
+
+
+def test_a_bad_monitoring_enabled_fails_naming_the_choices() -> None:
+    proc = subprocess.run(
+        [helm(), "template", "x", str(CHART), "--set", "monitoring.enabled=yes"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+    assert proc.returncode != 0
+    assert 'monitoring.enabled: "yes" is not one of auto' in proc.stderr
+
+
+def test_values_switch_and_relabel() -> None:
+    docs = helm_template(
+        "--set", "monitoring.release=", "--set", "monitoring.namespace=monitoring", *SERVED,
+        *NO_OPERATOR,
+    )  # fmt: skip
     assert len(docs) == 4
     for d in docs:
         assert "release" not in d["metadata"]["labels"]
         assert d["metadata"]["namespace"] == "monitoring"
-    kinds = by_kind(helm_template("--set", "monitoring.dashboard.enabled=false", *NO_OPERATOR))
-    assert "ConfigMap" not in kinds and len(kinds["PodMonitor"]) == 2
+    kinds = kind_counts("--set", "monitoring.dashboard.enabled=false", *SERVED)
+    assert kinds == {"PodMonitor": 2, "PrometheusRule": 1}

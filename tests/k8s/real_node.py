@@ -111,8 +111,7 @@ def helm_install_operator(node: RealNode, *values: str) -> None:
         "upgrade", "--install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
         "--create-namespace", "--set", f"operator.image.repository={repo}",
         "--set", f"operator.image.tag={tag}", "--set", "operator.image.pullPolicy=Never",
-        # No Prometheus Operator CRDs on this cluster (the demo runs a plain Prometheus).
-        "--set", "monitoring.enabled=false", *values, "--wait", "--timeout", "300s",
+        *values, "--wait", "--timeout", "300s",
     )  # fmt: skip
 
 

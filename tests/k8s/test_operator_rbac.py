@@ -40,10 +40,9 @@ REFUSALS = ("forbidden", "not enough permissions")
 
 
 def operator_objects(release: str, namespace: str, *values: str) -> list[dict[str, Any]]:
-    """The chart's operator objects (ServiceAccount, RBAC, Deployment) for this release."""
-    return helm_template(
-        "--set", "monitoring.enabled=false", *values, release=release, namespace=namespace
-    )
+    """The chart's objects for this release with its default values: ServiceAccount, RBAC,
+    Deployment, and the dashboard ConfigMap (no PodMonitor: `helm template` serves no CRD)."""
+    return helm_template(*values, release=release, namespace=namespace)
 
 
 def service_account_kubeconfig(
@@ -136,7 +135,8 @@ class Case:
         return proc.stdout
 
     def install_rbac(self, *values: str) -> Installed:
-        """The chart's ServiceAccount and RBAC (not the Deployment), with these values."""
+        """The chart's ServiceAccount, RBAC and dashboard ConfigMap (not the Deployment), with
+        these values."""
         docs: dict[str, list[dict[str, Any]]] = {}
         for d in operator_objects(f"rbac-{self.namespace}", self.namespace, *values):
             docs.setdefault(d["kind"], []).append(d)
@@ -196,6 +196,7 @@ def test_cluster_role_runs_an_npu_job_in_any_namespace(node_agent: NodeAgent, ca
     assert sorted(rbac.docs) == [
         "ClusterRole",
         "ClusterRoleBinding",
+        "ConfigMap",
         "Deployment",
         "ServiceAccount",
     ]
@@ -272,6 +273,7 @@ def test_roles_in_watched_namespaces_only(node_agent: NodeAgent, case: Case) -> 
     assert sorted(rbac.docs) == [
         "ClusterRole",
         "ClusterRoleBinding",
+        "ConfigMap",
         "Deployment",
         "Role",
         "RoleBinding",

@@ -27,6 +27,43 @@ release: {{ . | quote }}
 {{- end }}
 {{- end -}}
 
+{{/* monitoring.enabled, checked: "auto", "true" or "false" (booleans or strings: --set and
+--set-string both work). */}}
+{{- define "shufflenet.monitoringEnabled" -}}
+{{- $v := toString .Values.monitoring.enabled -}}
+{{- if not (has $v (list "auto" "true" "false")) -}}
+{{- fail (printf "monitoring.enabled: %q is not one of auto (when the cluster serves the Prometheus Operator's kinds), true, false" $v) -}}
+{{- end -}}
+{{- $v -}}
+{{- end -}}
+
+{{/*
+"true" when the Prometheus Operator object of kind .kind is rendered (.root: the chart's
+context), else empty. monitoring.enabled true renders it always, false never, auto when the
+cluster serves the kind, so that `helm install` with the defaults works on a cluster without
+the Prometheus Operator's CRDs (an object of a kind the API server does not serve fails the
+whole release: "resource mapping not found"). helm install/upgrade fill
+.Capabilities.APIVersions from the API server's discovery: every served group version, and
+"<group version>/<Kind>" for every kind in it (helm's action.GetVersionSet), so a cluster
+serving PodMonitor but not PrometheusRule gets the PodMonitors only. `helm template` knows
+no cluster: `--api-versions monitoring.coreos.com/v1` (the group version without any of its
+kinds, which discovery never gives) stands for all the kinds, or name each kind.
+*/}}
+{{- define "shufflenet.prometheusOperatorServes" -}}
+{{- $enabled := include "shufflenet.monitoringEnabled" .root -}}
+{{- $gv := "monitoring.coreos.com/v1" -}}
+{{- $served := .root.Capabilities.APIVersions -}}
+{{- $kindsListed := false -}}
+{{- range $served -}}
+{{- if hasPrefix (printf "%s/" $gv) . -}}{{- $kindsListed = true -}}{{- end -}}
+{{- end -}}
+{{- $kindServed := $served.Has (printf "%s/%s" $gv .kind) -}}
+{{- $groupAlone := and ($served.Has $gv) (not $kindsListed) -}}
+{{- if or (eq $enabled "true") (and (eq $enabled "auto") (or $kindServed $groupAlone)) -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{- define "shufflenet.monitoringNamespace" -}}
 {{- .Values.monitoring.namespace | default .Release.Namespace -}}
 {{- end -}}
