@@ -1,8 +1,9 @@
 """Worker threads that reconcile jobs: observe -> policy.plan -> apply, with metrics.
 
-One reconcile (`Controller.reconcile`): observe the job (gone: forget it) -> scrape rank 0's
-progress while it runs -> plan -> apply (a rejected child fails the job, a refused one makes
-it wait) -> record metrics -> requeue for the next look.
+One reconcile (`Controller.reconcile`): observe the job (gone: forget it) -> take the
+progress the scraper found at rank 0 while it runs (scraper.py: in its own threads, so that
+no reconcile waits on a job's pod) -> plan -> apply (a rejected child fails the job, a
+refused one makes it wait) -> record metrics -> requeue for the next look.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from . import metrics, policy, progress
 from . import status as st
 from .kube import Kube, Refused, Rejected
+from .scraper import Scraper
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -24,8 +26,6 @@ log = logging.getLogger(__name__)
 # After an unexpected error (API server unreachable, a conflict...) the job is looked at
 # again after this long, doubling up to the resync period.
 ERROR_BACKOFF_S = 1.0
-# The longest pause between scrapes of a job whose metrics endpoint does not answer.
-MAX_SCRAPE_BACKOFF_S = 600.0
 
 
 def utcnow() -> datetime:
@@ -48,17 +48,17 @@ class Controller:
         self.settings = settings
         self.resync_seconds = resync_seconds
         self.progress_seconds = progress_seconds
-        self.scrape = scrape
-        # Per job: when its next scrape is due, and how many scrapes in a row found nothing.
-        self._scrape_due: dict[tuple[str, str], float] = {}
-        self._scrape_misses: dict[tuple[str, str], int] = {}
         self.queue = WorkQueue()
+        # Progress found is shown at the job's next reconcile: right away.
+        self.scraper = Scraper(progress_seconds, scrape=scrape, found=self.queue.add)
         self.clock = clock
         self._workers = workers
         self._threads: list[threading.Thread] = []
         self._errors: dict[tuple[str, str], int] = {}
 
     def start(self) -> None:
+        if self.progress_seconds > 0:
+            self.scraper.start()
         for i in range(self._workers):
             t = threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
             t.start()
@@ -66,6 +66,7 @@ class Controller:
 
     def stop(self) -> None:
         self.queue.close()
+        self.scraper.stop()
         for t in self._threads:
             t.join(timeout=10)
         self._threads.clear()
@@ -93,14 +94,14 @@ class Controller:
                 self._forget(key)
                 return
             now = self.clock()
-            scraped = self._scrape_progress(key, observed.job, observed.pods)
-            plan = policy.plan(observed, now=now, settings=self.settings, progress=scraped)
+            found = self._progress(key, observed.job, observed.pods)
+            plan = policy.plan(observed, now=now, settings=self.settings, progress=found)
             applied = self._apply(key, observed.job, plan, now)
             if applied is None:  # refused: requeued with the error backoff
                 return
             self._errors.pop(key, None)
             _record_metrics(key, applied, now)
-            self.queue.add_after(key, self._next_look(key, applied))
+            self.queue.add_after(key, self._next_look(applied))
         except Exception:
             wait = self._retry_later(key)
             log.exception("job %s/%s: reconcile failed (retry in %gs)", namespace, name, wait)
@@ -112,8 +113,7 @@ class Controller:
         backoff."""
         metrics.PHASES.forget(*key)
         self._errors.pop(key, None)
-        self._scrape_due.pop(key, None)
-        self._scrape_misses.pop(key, None)
+        self.scraper.watch(key, None)
 
     def _apply(
         self, key: tuple[str, str], job: dict[str, Any], plan: policy.Plan, now: datetime
@@ -135,16 +135,11 @@ class Controller:
             return None
         return plan
 
-    def _next_look(self, key: tuple[str, str], plan: policy.Plan) -> float:
+    def _next_look(self, plan: policy.Plan) -> float:
         """Seconds until the job is reconciled again, unless an event comes first."""
         wait = self.resync_seconds
         if plan.requeue_after is not None:
             wait = min(wait, plan.requeue_after)
-        if plan.status.get("phase") == policy.RUNNING and self.progress_seconds > 0:
-            # Back when the next scrape is due (later while an endpoint stays silent).
-            due = self._scrape_due.get(key)
-            left = self.progress_seconds if due is None else due - time.monotonic()
-            wait = min(wait, max(left, 0.0))
         return wait
 
     def _retry_later(self, key: tuple[str, str]) -> float:
@@ -155,31 +150,18 @@ class Controller:
         self.queue.add_after(key, wait)
         return wait
 
-    def _scrape_progress(
+    def _progress(
         self, key: tuple[str, str], job: dict[str, Any], pods: list[dict[str, Any]]
     ) -> dict[str, float] | None:
-        """Rank 0's progress, at most every progress_seconds per job, while it runs.
+        """What the scraper found at rank 0 since the last look, while the job runs.
 
-        An endpoint that answers nothing is asked less and less often (doubling, up to ten
-        intervals or MAX_SCRAPE_BACKOFF_S): a scrape that times out holds a worker, and a
-        cluster whose network policy keeps the operator from the pods must not starve the
-        reconciles.
+        Only the job's status says it runs (the pods may run before the rank table is
+        complete); a job not running, or with progress off, is no longer scraped.
         """
-        if self.progress_seconds <= 0 or (job.get("status") or {}).get("phase") != policy.RUNNING:
-            return None
-        now = time.monotonic()
-        if now < self._scrape_due.get(key, 0.0):
-            return None
-        url = progress.endpoint(job, pods)
-        if url is None:
-            return None
-        found = self.scrape(url)
-        misses = 0 if found else self._scrape_misses.get(key, 0) + 1
-        self._scrape_misses[key] = misses
-        longest = max(min(MAX_SCRAPE_BACKOFF_S, 10 * self.progress_seconds), self.progress_seconds)
-        wait = min(self.progress_seconds * 2**misses, longest)
-        self._scrape_due[key] = now + wait
-        return found
+        running = (job.get("status") or {}).get("phase") == policy.RUNNING
+        url = progress.endpoint(job, pods) if running and self.progress_seconds > 0 else None
+        self.scraper.watch(key, url)
+        return self.scraper.take(key)
 
 
 def _record_metrics(key: tuple[str, str], plan: policy.Plan, now: datetime) -> None:

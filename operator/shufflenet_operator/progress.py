@@ -3,13 +3,19 @@
 The trainer exports its epoch, throughput (FPS@all: the whole job's images/s) and validation
 accuracy on every rank; rank 0's values stand for the job. `parse` and `endpoint` are pure;
 `scrape` does the HTTP GET and returns None on any failure: progress is informative, and an
-unreachable endpoint (a pod starting, a network policy) must not disturb reconciling.
+unreachable endpoint (a pod starting, a network policy) must not disturb reconciling. A GET
+is bounded in all: DEADLINE_S for the whole exchange (not per read: a rank 0 that dribbles
+a byte at a time, or streams without end, is cut off too) and MAX_BYTES for the answer.
 """
 
 from __future__ import annotations
 
+import http.client
+import io
 import logging
-import urllib.request
+import socket
+import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,7 +31,12 @@ FIELDS = {
     "shufflenet_train_images_per_second": ("imagesPerSecond", 1),
     "shufflenet_val_top1": ("top1", 2),
 }
-SCRAPE_TIMEOUT_S = 2.0
+# A whole scrape, connect to last byte. Rank 0's page is rendered by a thread of the
+# training process (prometheus_client's server), which may wait for the GIL behind a busy
+# loop: a few seconds, as Prometheus' own default scrape_timeout (10 s) allows for.
+DEADLINE_S = 5.0
+# The trainer's page for one rank is about 7 KiB; an answer this large is not it.
+MAX_BYTES = 256 * 1024
 
 
 def parse(text: str) -> dict[str, float]:
@@ -53,10 +64,66 @@ def endpoint(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> str |
     return None
 
 
-def scrape(url: str, timeout: float = SCRAPE_TIMEOUT_S) -> dict[str, float] | None:
+def scrape(
+    url: str, deadline: float = DEADLINE_S, max_bytes: int = MAX_BYTES
+) -> dict[str, float] | None:
+    """Rank 0's progress at `url`; None when it does not answer in time, in size, or at all."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return parse(response.read().decode("utf-8", errors="replace")) or None
-    except (OSError, ValueError) as exc:
+        return parse(fetch(url, deadline, max_bytes).decode("utf-8", errors="replace")) or None
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         log.debug("progress: %s not scraped: %s", url, exc)
         return None
+
+
+def fetch(url: str, deadline: float = DEADLINE_S, max_bytes: int = MAX_BYTES) -> bytes:
+    """The body of `GET url` (http://IP:PORT/PATH), all of it within `deadline` seconds and
+    `max_bytes` bytes, else TimeoutError or ValueError.
+
+    urllib's timeout bounds each socket operation, not the request: an answer that keeps
+    coming slower than that never times out. Here every read waits only for what is left of
+    the deadline and asks for no more than is left of the cap. The request is HTTP/1.0, so
+    the answer ends when the server closes (no chunked encoding, RFC 9112 section 6.1), and
+    http.client parses what was read.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.port is None:
+        raise ValueError(f"not an http://HOST:PORT/ URL: {url}")
+    end = time.monotonic() + deadline
+
+    def left() -> float:
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        return remaining
+
+    answer = bytearray()
+    try:
+        # The host is a pod IP (endpoint()): no name lookup, which no timeout would bound.
+        with socket.create_connection((parts.hostname, parts.port), timeout=left()) as sock:
+            request = f"GET {parts.path or '/'} HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n"
+            sock.sendall(request.encode("ascii"))  # the timeout bounds it all (Python 3.5+)
+            while len(answer) < max_bytes:
+                sock.settimeout(left())
+                chunk = sock.recv(min(max_bytes - len(answer), 64 * 1024))
+                if not chunk:
+                    break
+                answer += chunk
+            else:
+                raise ValueError(f"answer larger than {max_bytes} bytes")
+    except TimeoutError:
+        raise TimeoutError(f"no whole answer within {deadline:g}s") from None
+    response = http.client.HTTPResponse(_Received(bytes(answer)))  # type: ignore[arg-type]
+    response.begin()
+    if response.status != 200:
+        raise ValueError(f"HTTP {response.status} {response.reason}")
+    return response.read()
+
+
+class _Received:
+    """An answer already read, as http.client.HTTPResponse reads one from a socket."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self._data)

@@ -1,4 +1,5 @@
-"""Operator: status.progress from rank 0's metrics (parse and endpoint are pure)."""
+"""Operator: status.progress from rank 0's metrics (parse and endpoint are pure; the scrape
+itself: test_operator_progress_scraper.py)."""
 
 from __future__ import annotations
 
@@ -44,34 +45,3 @@ def test_endpoint_is_rank_0s_pod_ip_and_the_jobs_metrics_port() -> None:
     assert progress.endpoint(job, [pod(0, phase="Pending")]) is None
     assert progress.endpoint(job, [pod(0, ip=None)]) is None
     assert progress.endpoint(job, [pod(1)]) is None
-
-
-def test_an_unreachable_endpoint_gives_no_progress() -> None:
-    assert progress.scrape("http://127.0.0.1:9/metrics", timeout=1) is None
-
-
-def test_scrapes_every_interval_and_backs_off_from_a_silent_endpoint(monkeypatch) -> None:
-    from shufflenet_operator import controller, policy
-
-    now = [0.0]
-    monkeypatch.setattr(controller.time, "monotonic", lambda: now[0])
-    silent = [False, True, True, True]  # answers, then three scrapes find nothing
-    asked: list[float] = []
-
-    def scrape(url: str) -> dict | None:
-        asked.append(now[0])
-        return None if (silent.pop(0) if silent else False) else {"epoch": 1.0}
-
-    ctl = controller.Controller(None, policy.Settings(), progress_seconds=30, scrape=scrape)  # type: ignore[arg-type]
-    job = {"spec": {"metrics": {"port": 9400}}, "status": {"phase": "Running"}}
-    assert ctl._scrape_progress(("ns", "sn"), job, [pod(0)]) == {"epoch": 1.0}
-    now[0] = 10.0
-    assert ctl._scrape_progress(("ns", "sn"), job, [pod(0)]) is None  # within the interval
-    for t in range(40, 520, 30):  # the reconciles of a running job, every 30 s
-        now[0] = float(t)
-        ctl._scrape_progress(("ns", "sn"), job, [pod(0)])
-    # Every 30 s while it answers; 60, 120, 240 s after the first, second, third silence.
-    assert asked == [0, 40, 100, 220, 460, 490]
-    job["status"]["phase"] = "Succeeded"
-    now[0] = 1000.0
-    assert ctl._scrape_progress(("ns", "sn"), job, [pod(0)]) is None and asked[-1] == 490
