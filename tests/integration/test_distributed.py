@@ -12,14 +12,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 import torch
 
-from shufflenet_contract.env import RankEnv, rank_env
+from shufflenet_contract.env import INPLACE_RESTARTS, RankEnv, rank_env
 from shufflenet_trainer.errors import EXIT_DIST, EXIT_SIGTERM
 from shufflenet_trainer.jobs.launch import free_port
 from shufflenet_trainer.train.config import parse_config
@@ -35,6 +35,12 @@ SMALL = [
 ]  # fmt: skip
 
 
+# The rank's process trains itself (no restarts in place): what the tests of a rank that
+# loses its peer look at. Supervised ranks: tests/integration/test_recovery_in_place.py.
+def without_supervisor(rank: int) -> dict[str, str]:
+    return {INPLACE_RESTARTS: "0"}
+
+
 def cli(*args: Any, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "shufflenet_trainer.cli", *map(str, args)],
@@ -45,8 +51,13 @@ def cli(*args: Any, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     )
 
 
-def start_ranks(n: int, args: list[Any], logs: Path) -> list[subprocess.Popen[bytes]]:
-    """n rank processes with the environment the operator gives rank pods."""
+def start_ranks(
+    n: int,
+    args: list[Any],
+    logs: Path,
+    extra_env: Callable[[int], Mapping[str, str]] = lambda rank: {},
+) -> list[subprocess.Popen[bytes]]:
+    """n rank processes with the environment the operator gives rank pods, and extra_env's."""
     port = free_port()
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
@@ -66,6 +77,7 @@ def start_ranks(n: int, args: list[Any], logs: Path) -> list[subprocess.Popen[by
                 ),
                 device_type="cpu",
             ),
+            **extra_env(k),
         }
         out: IO[bytes] = open(logs / f"rank{k}.out", "ab")  # noqa: SIM115
         procs.append(
@@ -312,7 +324,7 @@ def test_killed_rank_ends_the_others_and_resume_auto_continues(
         "--lr", "0.1", "-p", "5", "--dist-timeout", timeout,
     ]  # fmt: skip
     out = tmp_path / "job"
-    procs = start_ranks(2, [*flags, "--output-dir", out], tmp_path / "logs")
+    procs = start_ranks(2, [*flags, "--output-dir", out], tmp_path / "logs", without_supervisor)
     wait_for(lambda: any(out.glob("training_*/checkpoint.pth.tar")), 120, "a checkpoint")
     procs[1].kill()
     t0 = time.monotonic()
@@ -340,7 +352,7 @@ def test_frozen_rank_ends_the_others_within_the_timeout(digits32: Path, tmp_path
         "-p", "1", "--dist-timeout", timeout,
     ]  # fmt: skip
     out = tmp_path / "job"
-    procs = start_ranks(2, [*flags, "--output-dir", out], tmp_path / "logs")
+    procs = start_ranks(2, [*flags, "--output-dir", out], tmp_path / "logs", without_supervisor)
     try:
         wait_for(lambda: len(step_records(out)) >= 2, 120, "two steps")
         procs[1].send_signal(signal.SIGSTOP)

@@ -56,6 +56,21 @@ FORCE_CPU = "SHUFFLENET_FORCE_CPU"
 # The channel-shuffle kernel policy when --shuffle-kernel is not given (model/kernel_choice.py).
 SHUFFLE_KERNEL = "SHUFFLENET_SHUFFLE_KERNEL"
 
+# Tier 1 recovery in place (docs/reliability.md#tier-1-in-place): how many times a rank pod's
+# supervisor may start the training processes again under a new generation, and the backoff
+# before the first such restart (doubled for each one after it). Set by the operator from
+# spec.runPolicy once it has the fields; until then the defaults hold. 0 restarts: no
+# supervisor, the training process is the pod's process (the whole job restarts, as before).
+INPLACE_RESTARTS = "SHUFFLENET_INPLACE_RESTARTS"
+INPLACE_BACKOFF = "SHUFFLENET_INPLACE_BACKOFF_SECONDS"
+DEFAULT_INPLACE_RESTARTS = 3
+DEFAULT_INPLACE_BACKOFF_SECONDS = 1.0
+# Written by the supervisor for the training process it starts: the generation it belongs
+# to (its process group meets under its own store prefix), and, after a recovery, what that
+# recovery was (JSON: generation, cause, failed_at, rendezvous_at; wall-clock seconds).
+GENERATION = "SHUFFLENET_GENERATION"
+RECOVERY = "SHUFFLENET_RECOVERY"
+
 # Variables the kubelet fills in from the pod (downward API fieldRefs), known only once the
 # pod exists: the operator renders them as `valueFrom`, a local launcher sets stand-ins.
 DOWNWARD_API = {POD_IP: "status.podIP", POD_UID: "metadata.uid", HOST_IP: "status.hostIP"}
@@ -277,3 +292,31 @@ def read_rank_env(environ: Mapping[str, str]) -> RankEnv:
         rank_table_dir=environ.get(RANK_TABLE_DIR, "").strip() or None,
         force_cpu=_flag(environ, FORCE_CPU),
     )
+
+
+@dataclass(frozen=True)
+class InPlacePolicy:
+    """Tier 1's budget: restarts in place (0: none) and the first restart's backoff."""
+
+    restarts: int = DEFAULT_INPLACE_RESTARTS
+    backoff_seconds: float = DEFAULT_INPLACE_BACKOFF_SECONDS
+
+
+def read_inplace_policy(environ: Mapping[str, str]) -> InPlacePolicy:
+    """The in-place restart budget and backoff; EnvError names a bad variable."""
+    restarts = _int(environ, INPLACE_RESTARTS, minimum=0)
+    text = environ.get(INPLACE_BACKOFF, "").strip()
+    backoff = DEFAULT_INPLACE_BACKOFF_SECONDS
+    if text:
+        try:
+            backoff = float(text)
+        except ValueError:
+            raise EnvError(f"{INPLACE_BACKOFF}={text!r} is not a number of seconds") from None
+        if not 0 <= backoff <= 3600:
+            raise EnvError(f"{INPLACE_BACKOFF}={text} must be in [0, 3600] seconds")
+    return InPlacePolicy(DEFAULT_INPLACE_RESTARTS if restarts is None else restarts, backoff)
+
+
+def read_generation(environ: Mapping[str, str]) -> int | None:
+    """The generation a supervised training process belongs to (None: not supervised)."""
+    return _int(environ, GENERATION, minimum=0)

@@ -13,6 +13,8 @@ from .errors import EXIT_DIST, TrainerError, first_line, one_line
 if TYPE_CHECKING:
     from .jobs.launch import Node
     from .train.config import TrainConfig
+    from .train.loop import Hooks
+    from .train.supervisor import Supervisor
 
 
 @dataclass(frozen=True)
@@ -69,11 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .jobs.launch import launch_nproc
 
             return launch_nproc(plan.cfg, plan.argv, plan.node)
+        supervisor = _supervisor(plan)
+        if supervisor is not None:
+            return supervisor.run()
         from .metrics.exporter import start_exporter
         from .train.loop import Hooks
         from .train.run import run
 
         hooks = Hooks()
+        _record_recovery(hooks)
         # Bound before training starts: a taken port is a configuration error (exit 2), not
         # a crash hours into the run.
         exporter = start_exporter(plan.cfg, hooks)
@@ -101,6 +107,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Leave at once: interpreter shutdown would tear down a process group whose peers are
         # gone, which can hang (the reason this rank is exiting).
         os._exit(EXIT_DIST)
+
+
+def _supervisor(plan: Plan) -> Supervisor | None:
+    """The supervisor this process is, as a rank of a multi-rank job restarted in place
+    (train/supervisor.py); None where it trains itself: one process, a training process
+    already supervised, under torchrun (its agent restarts workers), or no restarts."""
+    from shufflenet_contract.env import EnvError, read_generation, read_inplace_policy
+
+    from .errors import ConfigError
+
+    try:
+        policy = read_inplace_policy(os.environ)
+        supervised = read_generation(os.environ) is not None
+    except EnvError as exc:
+        raise ConfigError(f"rank environment: {exc}") from None
+    if plan.env_world_size == 1 or supervised or policy.restarts == 0:
+        return None
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return None
+    from .train.distributed import rank_environment
+    from .train.supervisor import Supervisor
+
+    return Supervisor(plan.argv, rank_environment(), policy, plan.cfg.dist_timeout)
+
+
+def _record_recovery(hooks: Hooks) -> None:
+    """In a supervised training process: die with the supervisor, and after a recovery
+    record its times (train/supervisor.py)."""
+    import json
+
+    from shufflenet_contract.env import GENERATION, RECOVERY
+
+    if GENERATION not in os.environ:
+        return
+    from .train.supervisor import RecoveryRecord, die_with_parent
+
+    die_with_parent()
+    if RECOVERY in os.environ:
+        record = RecoveryRecord(json.loads(os.environ[RECOVERY]), int(os.environ.get("RANK", 0)))
+        hooks.on_start.append(record.on_start)
+        hooks.on_step.append(record.on_step)
 
 
 def error_line(exc: TrainerError) -> str:

@@ -40,6 +40,7 @@ from shufflenet_contract.env import (
     RANK_TABLE_FILE,
     EnvError,
     RankEnv,
+    read_generation,
     read_rank_env,
 )
 
@@ -367,7 +368,7 @@ def setup(env: RankEnv, device: torch.device, timeout: float) -> DistContext:
     os.environ.setdefault("MASTER_PORT", str(env.master_port))
     try:
         dist.init_process_group(
-            backend, init_method="env://", rank=env.rank, world_size=env.world_size, timeout=delta
+            backend, rank=env.rank, world_size=env.world_size, timeout=delta, **_rendezvous(delta)
         )
         control = None if backend == "gloo" else dist.new_group(backend="gloo", timeout=delta)
     except Exception as exc:
@@ -383,6 +384,20 @@ def setup(env: RankEnv, device: torch.device, timeout: float) -> DistContext:
         control=control,
         watchdog=watchdog,
     )
+
+
+def _rendezvous(timeout: datetime.timedelta) -> dict[str, Any]:
+    """How this process meets its peers: env:// (rank 0 serves the store), or, when a
+    supervisor started it (train/supervisor.py), as a client of the supervisors' store under
+    this generation's own prefix, so that nothing a dead generation left there (HCCL's root
+    info under the key "0", gloo's addresses) is read by this one."""
+    generation = read_generation(os.environ)
+    if generation is None:
+        return {"init_method": "env://"}
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout
+    )
+    return {"store": dist.PrefixStore(f"generation/{generation}", store)}
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device, ctx: DistContext) -> torch.nn.Module:
