@@ -116,9 +116,7 @@ def _elector(options: Options, controller: Controller) -> leader.LeaderElector:
     namespace = options.leader_elect_namespace or leader.default_namespace()
     if namespace is None:  # main() checks this first; `kopf run -m` does not
         raise kopf.PermanentError("--leader-elect-resource-namespace: needed outside a pod")
-    leases = leader.Leases(
-        load_api_client(), namespace, options.leader_elect_name, timeout=timing.retry_period
-    )
+    leases = leader.Leases(load_api_client(), namespace, options.leader_elect_name)
     return leader.LeaderElector(
         leases,
         leader.default_identity(),

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 # client-go's JitterFactor: renewDeadline must exceed retryPeriod times this.
 JITTER_FACTOR = 1.2
+# The shortest an API call of a leader may take (its deadline nearly spent): it then
+# overruns the deadline by at most two such calls, well within leaseDuration - renewDeadline.
+MIN_CALL_TIMEOUT_S = 0.5
 # Where a pod finds its own namespace (the ServiceAccount's projected files).
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -229,20 +232,18 @@ def default_namespace() -> str | None:
 
 
 class Leases:
-    """Get, create and replace one Lease, as plain dicts (times in MicroTime form)."""
+    """Get, create and replace one Lease, as plain dicts (times in MicroTime form). Each
+    call gives up after `timeout` seconds."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, name: str, timeout: float) -> None:
+    def __init__(self, api: client.ApiClient, namespace: str, name: str) -> None:
         self.coordination = client.CoordinationV1Api(api)
         self.namespace = namespace
         self.name = name
-        # Every call returns within this, so that a hung connection cannot keep a leader
-        # believing in a lease it can no longer renew.
-        self.timeout = timeout
 
-    def get(self) -> dict[str, Any] | None:
+    def get(self, timeout: float) -> dict[str, Any] | None:
         try:
             resp = self.coordination.read_namespaced_lease(
-                self.name, self.namespace, _preload_content=False, _request_timeout=self.timeout
+                self.name, self.namespace, _preload_content=False, _request_timeout=timeout
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -250,18 +251,18 @@ class Leases:
             raise
         return json.loads(resp.data)
 
-    def write(self, current: dict[str, Any] | None, spec: dict[str, Any]) -> None:
+    def write(self, current: dict[str, Any] | None, spec: dict[str, Any], timeout: float) -> None:
         """Create the Lease, or replace `current` with this spec under its resourceVersion
         (409 Conflict when another wrote it since: it raises)."""
         if current is None:
             body = {"metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
             self.coordination.create_namespaced_lease(
-                self.namespace, body, _preload_content=False, _request_timeout=self.timeout
+                self.namespace, body, _preload_content=False, _request_timeout=timeout
             )
             return
         body = {**current, "spec": spec}
         self.coordination.replace_namespaced_lease(
-            self.name, self.namespace, body, _preload_content=False, _request_timeout=self.timeout
+            self.name, self.namespace, body, _preload_content=False, _request_timeout=timeout
         )
 
 
@@ -316,10 +317,19 @@ class LeaderElector:
             if self._stop.wait(self.timing.retry_period):
                 return
 
+    def _timeout(self) -> float:
+        """How long the next API call may take: a leader's, no longer than its renew
+        deadline leaves (as client-go's calls run under it), so that a hung connection
+        cannot keep it leading past the deadline; a candidate's, the renew deadline."""
+        if self._last_renewed is None:
+            return self.timing.renew_deadline
+        left = self._last_renewed + self.timing.renew_deadline - self.clock()
+        return max(left, MIN_CALL_TIMEOUT_S)
+
     def step(self) -> Decision:
         """One try: read the Lease, decide, and write it when acquiring or renewing."""
         try:
-            lease = self.leases.get()
+            lease = self.leases.get(self._timeout())
             now = self.clock()
             self._observe(lease, now)
             decision = decide(
@@ -352,7 +362,7 @@ class LeaderElector:
             else acquired(self._observed, self.identity, wall, self.timing)
         )
         spec = lease_spec(record)
-        self.leases.write(lease, spec)
+        self.leases.write(lease, spec, self._timeout())
         self._observed, self._observed_spec, self._observed_at = record, spec, now
         first = not self.leading
         self._last_renewed = now
@@ -367,16 +377,17 @@ class LeaderElector:
         client-go's ReleaseOnCancel asks the same)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=self.leases.timeout * 2 + 1)
+            self._thread.join(timeout=self.timing.renew_deadline)
         if not self.leading:
             return
         self._last_renewed = None
         metrics.LEADER.set(0)
         try:
-            lease = self.leases.get()
+            lease = self.leases.get(self.timing.retry_period)
             record = record_of(lease)
             if lease is not None and record is not None and record.holder == self.identity:
-                self.leases.write(lease, lease_spec(released(record, self.wall())))
+                released_spec = lease_spec(released(record, self.wall()))
+                self.leases.write(lease, released_spec, self.timing.retry_period)
                 log.info("leader election: released lease %s/%s", self.leases.namespace,
                          self.leases.name)  # fmt: skip
         except Exception as exc:  # it expires by itself then
