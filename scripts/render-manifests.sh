@@ -3,13 +3,14 @@
 #
 #   scripts/render-manifests.sh [ROOT]     # default ROOT: manifests
 #
-# writes ROOT/operator/ (namespace shufflenet-system, the operator's ServiceAccount, RBAC and
-# Deployment, numbered in the order `kubectl apply -f` must create them) and ROOT/monitoring/
-# (dashboard, PodMonitors, alert rules). One file per object, rendered by helm from
-# charts/shufflenet-operator with its default values, so the chart stays the one source; the
-# tests check that the committed copies are in sync. `helm template` knows no cluster: it is
-# told the cluster serves the Prometheus Operator's monitoring.coreos.com/v1, as the clusters
-# that apply monitoring/ do, so that monitoring.enabled's default (auto) renders them. The CRD is not rendered here: it comes
+# writes ROOT/operator/ (namespace shufflenet-system, the operator's ServiceAccount, RBAC,
+# Deployment, the Role for its leader-election Lease, its PodDisruptionBudget; numbered in
+# the order `kubectl apply -f` creates them) and ROOT/monitoring/ (dashboard, PodMonitors,
+# alert rules). One file per object, rendered by helm from charts/shufflenet-operator with
+# its default values, so the chart stays the one source; the tests check that the committed
+# copies are in sync. `helm template` knows no cluster: it is told the cluster serves the
+# Prometheus Operator's monitoring.coreos.com/v1, as the clusters that apply monitoring/ do,
+# so that monitoring.enabled's default (auto) renders them. The CRD is not rendered here: it comes
 # from trainer/shufflenet_contract/crd.py (`snjob render crd`, see the Makefile).
 # HELM names a helm binary; default: scripts/install-helm.sh.
 set -euo pipefail
@@ -54,7 +55,8 @@ metadata:
 NS
 } | write "$ROOT/operator/00-namespace.yaml"
 i=1
-for name in serviceaccount clusterrole clusterrolebinding deployment; do
+for name in serviceaccount clusterrole clusterrolebinding deployment leader-election-rbac \
+    poddisruptionbudget; do
     render "operator/$name.yaml" "$ROOT/operator/0$i-$name.yaml"
     i=$((i + 1))
 done

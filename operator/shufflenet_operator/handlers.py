@@ -10,6 +10,7 @@ works even while the operator is down.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ import kopf
 
 from shufflenet_contract import crd
 
-from . import metrics, policy, render
+from . import leader, metrics, policy, render
 from .controller import Controller
 from .kube import Kube, load_api_client
 
@@ -40,6 +41,13 @@ class Options:
     rank_resources: dict[str, render.RankResources] = field(
         default_factory=lambda: dict(render.RANK_RESOURCES)
     )
+    # Leader election (leader.py): off, the process reconciles from the start.
+    leader_elect: bool = False
+    leader_elect_name: str = "shufflenet-operator"
+    leader_elect_namespace: str | None = None  # None: the pod's own (leader.default_namespace)
+    leader_elect_lease_duration: float = leader.Timing.lease_duration
+    leader_elect_renew_deadline: float = leader.Timing.renew_deadline
+    leader_elect_retry_period: float = leader.Timing.retry_period
 
 
 def options_of(memo: kopf.Memo) -> Options:
@@ -81,7 +89,14 @@ def startup(
         progress_seconds=options.progress_seconds,
         workers=options.workers,
     )
-    controller.start()
+    if options.leader_elect:
+        # Only the leader's workers run; a standby's kopf watches and fills the queue, so
+        # that the jobs are all looked at the moment it takes over.
+        memo.elector = _elector(options, controller)
+        memo.elector.start()
+    else:
+        metrics.LEADER.set(1)
+        controller.start()
     # Startup handlers get the operator's memo; each object's handlers get a shallow copy of
     # it made when the object is first seen, which is after startup: they all see this one.
     memo.controller = controller
@@ -92,11 +107,43 @@ def startup(
     )
 
 
+def _elector(options: Options, controller: Controller) -> leader.LeaderElector:
+    timing = leader.Timing(
+        options.leader_elect_lease_duration,
+        options.leader_elect_renew_deadline,
+        options.leader_elect_retry_period,
+    )
+    namespace = options.leader_elect_namespace or leader.default_namespace()
+    if namespace is None:  # main() checks this first; `kopf run -m` does not
+        raise kopf.PermanentError("--leader-elect-resource-namespace: needed outside a pod")
+    leases = leader.Leases(load_api_client(), namespace, options.leader_elect_name)
+    return leader.LeaderElector(
+        leases,
+        leader.default_identity(),
+        timing,
+        on_started_leading=controller.start,
+        on_lost=_exit_lost,
+    )
+
+
+def _exit_lost() -> None:
+    # client-go's users exit in OnStoppedLeading: a reconcile may be mid-way in a worker,
+    # and only a new process is sure to do nothing until it leads again. The kubelet
+    # restarts the container; it comes back as a standby.
+    logging.shutdown()
+    os._exit(1)
+
+
 @kopf.on.cleanup()
 def cleanup(memo: kopf.Memo, **_: Any) -> None:
     controller = memo.get("controller")
     if controller is not None:
         controller.stop()
+    # After the workers stopped, never before: the lease, released, lets a standby start
+    # at once (client-go's ReleaseOnCancel asks the same order).
+    elector = memo.get("elector")
+    if elector is not None:
+        elector.stop()
 
 
 @kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL)

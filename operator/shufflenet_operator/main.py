@@ -11,7 +11,7 @@ import kopf
 
 from shufflenet_contract import crd
 
-from . import handlers, job_policy, render
+from . import handlers, job_policy, leader, render
 
 
 def _gid(text: str) -> int:
@@ -129,12 +129,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             for device, r in render.RANK_RESOURCES.items()
         ),
     )
+    _leader_election_flags(p, d)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
     # The flags change the defaults, one device type and key at a time.
     args.rank_resources = render.rank_resources(args.rank_resources, d.rank_resources)
+    if args.leader_elect:
+        _check_leader_election(p, args)
     return args
+
+
+def _check_leader_election(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """client-go's checks of the durations; the Lease's namespace found (exits if not)."""
+    timing = leader.Timing(
+        args.leader_elect_lease_duration,
+        args.leader_elect_renew_deadline,
+        args.leader_elect_retry_period,
+    )
+    if problem := timing.problem():
+        p.error(problem)
+    args.leader_elect_namespace = args.leader_elect_namespace or leader.default_namespace()
+    if not args.leader_elect_namespace:
+        p.error("--leader-elect-resource-namespace: name the Lease's namespace (outside a pod)")
+
+
+def _leader_election_flags(p: argparse.ArgumentParser, d: handlers.Options) -> None:
+    # kube-controller-manager's flag names and client-go's defaults.
+    p.add_argument(
+        "--leader-elect",
+        action="store_true",
+        default=d.leader_elect,
+        help="run as one of several replicas: only the holder of a coordination.k8s.io "
+        "Lease reconciles, the others stand by to take over",
+    )
+    p.add_argument(
+        "--leader-elect-resource-name",
+        dest="leader_elect_name",
+        default=d.leader_elect_name,
+        help="the Lease's name (default: %(default)s)",
+    )
+    p.add_argument(
+        "--leader-elect-resource-namespace",
+        dest="leader_elect_namespace",
+        default=d.leader_elect_namespace,
+        help="the Lease's namespace (default: the operator pod's own)",
+    )
+    for flag, default, what in (
+        ("lease-duration", d.leader_elect_lease_duration, "a standby waits after the "
+         "leader's last renewal it saw before it takes over"),
+        ("renew-deadline", d.leader_elect_renew_deadline, "the leader tries to renew "
+         "before it gives up leading (and exits)"),
+        ("retry-period", d.leader_elect_retry_period, "between tries to acquire or renew"),
+    ):  # fmt: skip
+        p.add_argument(
+            f"--leader-elect-{flag}",
+            type=float,
+            default=default,
+            metavar="SECONDS",
+            help=f"seconds {what} (default: %(default)s)",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         # kopf logs every handler call at INFO: a line per pod change of every rank.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
-        # One replica; peering (leader election between replicas) needs kopf's peering CRDs.
+        # No kopf peering (it needs kopf's own CRDs): with --leader-elect, a Lease decides
+        # which replica reconciles (leader.py); every replica's kopf only watches.
         standalone=True,
         namespaces=args.namespaces,
         clusterwide=not args.namespaces,

@@ -32,6 +32,12 @@ RECONCILE_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+LEADER = Gauge(
+    "shufflenet_operator_leader",
+    "1 while this replica holds the leader Lease and reconciles (or runs without leader "
+    "election), 0 while it stands by",
+    registry=REGISTRY,
+)
 RANKTABLE_SECONDS = Histogram(
     "shufflenet_operator_ranktable_seconds",
     "from the rank pods' creation to a completed HCCL rank table",

@@ -90,6 +90,9 @@ def test_plain_operator_manifests_apply_in_order() -> None:
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "Role",
+        "RoleBinding",
+        "PodDisruptionBudget",
     ]
     for d in docs[1:]:
         if d["kind"] != "ClusterRole":
@@ -134,11 +137,21 @@ def test_plain_manifests_are_valid_kubernetes() -> None:
 # --- the operator's Deployment ------------------------------------------------------------
 
 
-def test_deployment_runs_one_standalone_replica_as_non_root() -> None:
+def test_deployment_runs_two_replicas_with_leader_election_as_non_root() -> None:
     (dep,) = by_kind(helm_template(*OPERATOR_ONLY))["Deployment"]
     spec = dep["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # One leads, one stands by; a rollout starts the new pod before the old one goes.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = spec["template"]["spec"]
+    # On different nodes where there are several, on one where there is one.
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    selector = term["podAffinityTerm"]["labelSelector"]
+    assert selector["matchLabels"] == spec["selector"]["matchLabels"]
     (c,) = pod["containers"]
     assert c["image"] == "shufflenet/operator:0.1.0"
     assert c["command"] == ["shufflenet-operator"]
@@ -149,6 +162,9 @@ def test_deployment_runs_one_standalone_replica_as_non_root() -> None:
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 8080, "healthz": 8081}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    # The leader election's identity starts with the pod's name.
+    (env,) = c["env"]
+    assert env == {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
     (sa,) = by_kind(helm_template(*OPERATOR_ONLY))["ServiceAccount"]
     assert pod["serviceAccountName"] == sa["metadata"]["name"]
 
@@ -168,8 +184,56 @@ def test_deployment_args_are_flags_the_operator_accepts(values: tuple[str, ...])
         args.progress_seconds,
     )
     assert timing == (10, 300, 60, 30) and args.workers == 2
+    # The Lease, in the release's namespace, with client-go's durations.
+    assert args.leader_elect
+    assert (args.leader_elect_name, args.leader_elect_namespace) == (
+        "shufflenet-operator",
+        "shufflenet-system",
+    )
+    election = (
+        args.leader_elect_lease_duration,
+        args.leader_elect_renew_deadline,
+        args.leader_elect_retry_period,
+    )
+    assert election == (15, 10, 2)
     # The chart's rankResources are the operator's own defaults.
     assert args.rank_resources == render.RANK_RESOURCES
+
+
+def test_one_replica_without_leader_election_recreates_and_has_no_budget() -> None:
+    kinds = by_kind(
+        helm_template(
+            *OPERATOR_ONLY,
+            *("--set", "operator.replicas=1", "--set", "operator.leaderElection.enabled=false"),
+        )
+    )
+    (dep,) = kinds["Deployment"]
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert "--leader-elect" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "Role" not in kinds and "PodDisruptionBudget" not in kinds
+    # One replica, still elected: a budget would do nothing.
+    assert "PodDisruptionBudget" not in by_kind(
+        helm_template(*OPERATOR_ONLY, "--set", "operator.replicas=1")
+    )
+
+
+def test_replicas_without_leader_election_fail_the_install_by_name() -> None:
+    proc = subprocess.run(
+        [helm(), "template", "x", str(CHART), "--set", "operator.leaderElection.enabled=false"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "operator.replicas: more than 1 needs operator.leaderElection.enabled" in proc.stderr
+
+
+def test_pod_disruption_budget_lets_one_operator_pod_go_at_a_time() -> None:
+    kinds = by_kind(helm_template(*OPERATOR_ONLY))
+    (pdb,) = kinds["PodDisruptionBudget"]
+    (dep,) = kinds["Deployment"]
+    assert pdb["apiVersion"] == "policy/v1"  # helm template: a current Kubernetes
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": dep["spec"]["selector"]}
 
 
 def operator_args(*values: str) -> list[str]:
@@ -238,9 +302,38 @@ def test_rbac_is_explicit_no_wildcards() -> None:
             assert not {g for g in granted if g[1] in {"secrets", "nodes", "clusterroles"}}
 
 
+def leader_election_role(kinds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The Role for the Lease, checked to be granted to the operator, in its namespace."""
+    (role,) = [r for r in kinds["Role"] if r["metadata"]["name"].endswith("-leader-election")]
+    (binding,) = [
+        b for b in kinds["RoleBinding"] if b["roleRef"]["name"] == role["metadata"]["name"]
+    ]
+    (sa,) = kinds["ServiceAccount"]
+    assert role["metadata"]["namespace"] == sa["metadata"]["namespace"] == "shufflenet-system"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "shufflenet-system"}
+    ]
+    return role
+
+
+def test_rbac_for_the_lease_only_in_the_operators_namespace() -> None:
+    for values in [(), WATCH_TWO]:
+        role = leader_election_role(by_kind(helm_template(*OPERATOR_ONLY, *values)))
+        # What client-go's LeaseLock does: create, then get and update the one Lease.
+        assert role["rules"] == [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "resourceNames": ["shufflenet-operator"],
+                "verbs": ["get", "update"],
+            },
+        ]
+
+
 def test_rbac_all_namespaces_one_cluster_role() -> None:
     kinds = by_kind(helm_template(*OPERATOR_ONLY))
-    assert "Role" not in kinds and "RoleBinding" not in kinds
+    assert [leader_election_role(kinds)] == kinds["Role"]
     (role,) = kinds["ClusterRole"]
     granted = rule_set(role["rules"])
     job = ("training.shufflenet.io", "shufflenettrainingjobs")
@@ -276,6 +369,11 @@ def test_rbac_some_namespaces_roles_there_and_only_kopf_reads_cluster_wide() -> 
         ("", "namespaces", "list"),
         ("", "namespaces", "watch"),
     }
+    lease_role = leader_election_role(kinds)
+    kinds["Role"].remove(lease_role)
+    kinds["RoleBinding"] = [
+        b for b in kinds["RoleBinding"] if b["roleRef"]["name"] != lease_role["metadata"]["name"]
+    ]
     assert sorted(r["metadata"]["namespace"] for r in kinds["Role"]) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in kinds["RoleBinding"]) == [
         "team-a",

@@ -76,6 +76,7 @@ class OperatorProcess:
         self.log_dir = log_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
+        self.live_port = 0
         self.starts = 0
 
     @property
@@ -85,7 +86,7 @@ class OperatorProcess:
     def start(self) -> None:
         self.starts += 1
         self.metrics_port = free_port()
-        live_port = free_port()
+        self.live_port = live_port = free_port()
         cmd = [
             sys.executable,
             "-m",

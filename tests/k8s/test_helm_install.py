@@ -156,12 +156,18 @@ def test_helm_install_runs_the_operator_and_uninstall_removes_it(
         assert ext.read_custom_resource_definition(f"{crd.PLURAL}.{crd.GROUP}")
         apps = client.AppsV1Api(control_plane.api)
         (deployment,) = apps.list_namespaced_deployment(namespace).items
-        # --wait returned: the Deployment's pod was scheduled and reported ready.
-        assert deployment.status.ready_replicas == 1
-        (pod,) = core_v1.list_namespaced_pod(namespace).items
-        (container,) = pod.spec.containers
-        assert container.command == ["shufflenet-operator"]
-        assert pod.spec.service_account_name == deployment.spec.template.spec.service_account_name
+        # --wait returned: the Deployment's two pods were scheduled and reported ready.
+        assert deployment.status.ready_replicas == 2
+        for pod in core_v1.list_namespaced_pod(namespace).items:
+            (container,) = pod.spec.containers
+            assert container.command == ["shufflenet-operator"]
+            assert pod.spec.service_account_name == (
+                deployment.spec.template.spec.service_account_name
+            )
+        # The PodDisruptionBudget in the version the 1.20 API server serves.
+        pdbs = control_plane.kubectl("get", "pdb", "-n", namespace, "-o", "json").stdout
+        (pdb,) = json.loads(pdbs)["items"]
+        assert pdb["apiVersion"] == "policy/v1beta1" and pdb["spec"]["maxUnavailable"] == 1
         # No PodMonitor or PrometheusRule; the dashboard, which needs no CRD, is there.
         kinds = {d["kind"] for d in release_objects(control_plane, release, namespace)}
         assert not kinds & set(MONITORING_PLURALS)

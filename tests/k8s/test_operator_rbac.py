@@ -140,7 +140,10 @@ class Case:
         docs: dict[str, list[dict[str, Any]]] = {}
         for d in operator_objects(f"rbac-{self.namespace}", self.namespace, *values):
             docs.setdefault(d["kind"], []).append(d)
-        self.apply([d for kind, ds in docs.items() if kind != "Deployment" for d in ds])
+        # Not the Deployment, nor the PodDisruptionBudget (policy/v1 as `helm template`
+        # renders it; `helm install` picks 1.20's v1beta1: tests/k8s/test_real_node.py).
+        rbac = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+        self.apply([d for kind, ds in docs.items() if kind in rbac for d in ds])
         (sa,) = docs["ServiceAccount"]
         kubeconfig = service_account_kubeconfig(
             self.cp,
@@ -155,14 +158,19 @@ class Case:
     @contextmanager
     def operator_as(self, rbac: Installed, watch: list[str]) -> Iterator[OperatorProcess]:
         """The operator under the ServiceAccount's kubeconfig, with Volcano's PodGroup API
-        served (so that gang jobs need their PodGroup rights); at the end, its log must show
-        no refusal."""
+        served (so that gang jobs need their PodGroup rights), electing itself leader
+        through the Lease as the Deployment says; at the end, its log must show no refusal."""
+        (deployment,) = rbac.docs["Deployment"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        election = [a for a in container["args"] if a.startswith("--leader-elect")]
+        assert "--leader-elect" in election
         op = OperatorProcess(
             self.cp,
             self.namespace,
             self.log_dir,
             namespaces=watch,
             env={"KUBECONFIG": str(rbac.kubeconfig)},
+            args=election,
         )
         with podgroup_api(self.cp.api):
             op.start()
@@ -198,6 +206,9 @@ def test_cluster_role_runs_an_npu_job_in_any_namespace(node_agent: NodeAgent, ca
         "ClusterRoleBinding",
         "ConfigMap",
         "Deployment",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
         "ServiceAccount",
     ]
     # The Deployment passes the 1.20 API server's validation and admission as well.
@@ -275,6 +286,7 @@ def test_roles_in_watched_namespaces_only(node_agent: NodeAgent, case: Case) -> 
         "ClusterRoleBinding",
         "ConfigMap",
         "Deployment",
+        "PodDisruptionBudget",
         "Role",
         "RoleBinding",
         "ServiceAccount",
@@ -282,11 +294,18 @@ def test_roles_in_watched_namespaces_only(node_agent: NodeAgent, case: Case) -> 
     assert refused(lambda: rbac.core.list_namespaced_pod("default"))
     assert refused(lambda: rbac.core.list_pod_for_all_namespaces(limit=1))
     assert not refused(lambda: rbac.core.list_namespaced_pod(ns))
+    # Leader election: its own Lease, in its own namespace, and no other.
+    leases = client.CoordinationV1Api(rbac.core.api_client)
+    lease = f"rbac-{ns}-shufflenet-operator"
+    assert refused(lambda: leases.read_namespaced_lease("another", ns))
+    assert refused(lambda: leases.list_namespaced_lease(ns))
+    assert refused(lambda: leases.read_namespaced_lease(lease, "default"))
 
     node_agent.add_node(npus=4)
     with case.operator_as(rbac, watch=[ns]):
         jobs.create(job_manifest("rbac2", count=2, scheduling=GANG))
         jobs.wait_phase("rbac2", "Running")
+        assert leases.read_namespaced_lease(lease, ns).spec.holder_identity
         cm = core.read_namespaced_config_map("rbac2-ranktable", ns)
         assert json.loads(cm.data["hccl.json"])["status"] == "completed"
         for pod in jobs.pods("rbac2"):

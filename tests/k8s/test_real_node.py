@@ -183,12 +183,15 @@ def test_digits_job_succeeds_in_real_pods_from_the_images(
     logs = pod_logs(jobs, "digits-rank-0")
     assert "* Acc@1" in logs, logs[-3000:]
 
-    # The operator ran from its image, under the chart's ServiceAccount (not `default`).
+    # The operator ran from its image, under the chart's ServiceAccount (not `default`): its
+    # two replicas, the leader and the standby.
     core = client.CoreV1Api(real_node.cp.api)
-    (op,) = core.list_namespaced_pod(OPERATOR_NAMESPACE).items
-    assert op.spec.containers[0].image == real_node.images["OPERATOR_IMAGE"]
-    assert op.spec.service_account_name not in (None, "", "default")
-    assert op.status.phase == "Running"
+    ops = core.list_namespaced_pod(OPERATOR_NAMESPACE).items
+    assert len(ops) == 2
+    for op in ops:
+        assert op.spec.containers[0].image == real_node.images["OPERATOR_IMAGE"]
+        assert op.spec.service_account_name not in (None, "", "default")
+        assert op.status.phase == "Running"
 
 
 @pytest.mark.parametrize("resource", sorted(ranktable.DEVICE_ANNOTATIONS))
@@ -339,3 +342,97 @@ def test_deleting_the_job_stops_every_rank_with_sigterm_after_a_checkpoint(
     assert ckpt.stat().st_mtime > deleted_at
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["epoch"] < 50
+
+
+# --- the operator's replicas: leader election with the kubelet's real pod lifecycle --------
+
+# The chart's Lease: the release's full name, in its namespace; client-go's durations.
+OPERATOR_LEASE = "shufflenet-shufflenet-operator"
+LEASE_S, RETRY_S = 15.0, 2.0
+
+
+def lease_holder(node: RealNode) -> str:
+    """The leader's identity (its pod's name, '_', a random suffix); empty: none."""
+    api = client.CoordinationV1Api(node.cp.api)
+    try:
+        spec = api.read_namespaced_lease(OPERATOR_LEASE, OPERATOR_NAMESPACE).spec
+    except client.ApiException as e:
+        if e.status == 404:
+            return ""
+        raise
+    return spec.holder_identity or ""
+
+
+def operator_pods(node: RealNode) -> list[client.V1Pod]:
+    core = client.CoreV1Api(node.cp.api)
+    return [
+        p
+        for p in core.list_namespaced_pod(OPERATOR_NAMESPACE).items
+        if p.metadata.deletion_timestamp is None
+    ]
+
+
+def failover(node: RealNode, jobs: Jobs, name: str, kill: Any) -> tuple[float, float, str]:
+    """Kill the leader with `kill(pod)`, apply a job at once; the seconds until another
+    identity holds the Lease and until the job has its rank pods, and the new leader."""
+    before = wait_for(lambda: lease_holder(node), timeout=60, what="a leader")
+    pod = before.rpartition("_")[0]
+    (leader,) = [p for p in operator_pods(node) if p.metadata.name == pod]
+    killed = time.monotonic()
+    kill(leader)
+    # Pending forever (no node has the label): its pods are the operator's doing alone.
+    job = digits_job(node, name, **{"scheduling.nodeSelector": {"shufflenet.io/nowhere": "x"}})
+    jobs.create(job)
+    after = wait_for(
+        lambda: (h := lease_holder(node)) not in ("", before) and h,
+        timeout=120,
+        what="a new leader",
+    )
+    took_over = time.monotonic() - killed
+    wait_for(lambda: len(jobs.pods(name)) == 2, timeout=120, what="the job's rank pods")
+    reconciled = time.monotonic() - killed
+    assert jobs.status(name).get("phase"), jobs.status(name)
+    return took_over, reconciled, after
+
+
+def test_operator_replicas_fail_over_when_the_leader_is_killed_or_deleted(
+    real_node: RealNode, jobs: Jobs
+) -> None:
+    wait_for(
+        lambda: len([p for p in operator_pods(real_node) if p.status.phase == "Running"]) == 2,
+        timeout=120,
+        what="two operator pods running",
+    )
+    kubectl = real_node.cp.kubectl
+    results = {}
+
+    def sigkill(pod: client.V1Pod) -> None:
+        # Its process killed hard (as by the OOM killer, or a node gone): no release, so
+        # the Lease must expire; the kubelet restarts the container as a standby.
+        real_node.kill_container(pod.status.container_statuses[0].container_id)
+
+    def delete(pod: client.V1Pod) -> None:
+        # A rollout, a drain, an admin: the kubelet sends SIGTERM, the leader releases.
+        kubectl("delete", "pod", "-n", OPERATOR_NAMESPACE, pod.metadata.name, "--wait=false")
+
+    def force_delete(pod: client.V1Pod) -> None:
+        kubectl("delete", "pod", "-n", OPERATOR_NAMESPACE, pod.metadata.name,
+                "--grace-period=0", "--force", "--wait=false")  # fmt: skip
+
+    for name, kill in (("kill", sigkill), ("delete", delete), ("force", force_delete)):
+        results[name] = failover(real_node, jobs, f"ha-{name}", kill)
+        print(
+            f"\noperator failover ({name}): the Lease taken after {results[name][0]:.1f}s, "
+            f"a job applied after the kill reconciled after {results[name][1]:.1f}s "
+            f"(new leader {results[name][2]})"
+        )
+        wait_for(
+            lambda: len([p for p in operator_pods(real_node) if p.status.phase == "Running"]) == 2,
+            timeout=120,
+            what="the Deployment back to two running pods",
+        )
+    # Killed: the standby waits out the Lease it last saw renewed; the bound is the lease
+    # plus two retry periods (it saw the renewal up to one late, and tries every one).
+    assert LEASE_S - RETRY_S <= results["kill"][1] <= LEASE_S + 2 * RETRY_S + 5
+    # Deleted: the released Lease is taken at the standby's next try.
+    assert results["delete"][1] <= 2 * RETRY_S + 5
