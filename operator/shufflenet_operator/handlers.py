@@ -40,6 +40,7 @@ class Options:
     rank_resources: dict[str, render.RankResources] = field(
         default_factory=lambda: dict(render.RANK_RESOURCES)
     )
+    scheduler_wait_seconds: float = policy.Settings.scheduler_wait_seconds
 
 
 def options_of(memo: kopf.Memo) -> Options:
@@ -76,6 +77,7 @@ def startup(
             job_policy=options.job_policy,
             npu_device_group=options.npu_device_group,
             rank_resources=options.rank_resources,
+            scheduler_wait_seconds=options.scheduler_wait_seconds,
         ),
         resync_seconds=options.resync_seconds,
         progress_seconds=options.progress_seconds,
