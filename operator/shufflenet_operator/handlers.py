@@ -48,6 +48,7 @@ class Options:
     leader_elect_lease_duration: float = leader.Timing.lease_duration
     leader_elect_renew_deadline: float = leader.Timing.renew_deadline
     leader_elect_retry_period: float = leader.Timing.retry_period
+    scheduler_wait_seconds: float = policy.Settings.scheduler_wait_seconds
 
 
 def options_of(memo: kopf.Memo) -> Options:
@@ -84,6 +85,7 @@ def startup(
             job_policy=options.job_policy,
             npu_device_group=options.npu_device_group,
             rank_resources=options.rank_resources,
+            scheduler_wait_seconds=options.scheduler_wait_seconds,
         ),
         resync_seconds=options.resync_seconds,
         progress_seconds=options.progress_seconds,

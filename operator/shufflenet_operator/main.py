@@ -130,6 +130,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ),
     )
     _leader_election_flags(p, d)
+    p.add_argument(
+        "--scheduler-wait",
+        dest="scheduler_wait_seconds",
+        type=float,
+        default=d.scheduler_wait_seconds,
+        help="seconds after which a rank pod no scheduler has looked at makes its job say "
+        "SchedulerNotResponding (default: %(default)g)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)

@@ -15,8 +15,9 @@ still alive, create its missing Service, PodGroup and rank-table ConfigMap
 (`ensure_children`); then the DECIDE steps, in order, until one decides: `finished`
 (clean-up and TTL), `suspended`, `deadline`, `failures_and_backoff` (fail, or restart every
 pod), `succeeded`, `children_not_owned` (an object holding a child's name is not the job's:
-wait), `create_pods` (after the backoff) and `steady`. What the rank-table ConfigMap says is
-decided in `ranktable_policy`.
+wait), `create_pods` (after the backoff), `start_timeout` and `steady` (which also says why
+rank pods wait, from what the kubelet and the scheduler posted on them: `status.job_waiting`).
+What the rank-table ConfigMap says is decided in `ranktable_policy`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class Settings:
     rank_resources: Mapping[str, render.RankResources] = field(
         default_factory=lambda: dict(render.RANK_RESOURCES)
     )
+    # A rank pod no scheduler has looked at (no PodScheduled condition) this long after its
+    # creation makes its job say SchedulerNotResponding: the default scheduler looks at a
+    # new pod within a second, Volcano within its 1 s session period; a minute leaves room
+    # for a busy one.
+    scheduler_wait_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.job_policy not in job_policy.LEVELS:
@@ -107,6 +113,9 @@ class Draft:
         # Every status written says how many whole-job restarts there were, 0 at first, also
         # when the first one written is a refusal (kubectl's Restarts column, the tests).
         self.status["restarts"] = int(old.get("restarts") or 0)
+        # Why the rank pods have not started: only `steady` says it, from the pods as they
+        # are now; any other decision (restart, suspend, the end) leaves none waiting.
+        self.old_waiting = self.status.pop("waiting", None)
         self.plan = Plan(status=self.status)
 
     def cond(self, type_: str, value: bool, reason: str, message: str) -> None:
@@ -136,6 +145,7 @@ class Draft:
 
     def done(self) -> Plan:
         self.plan.events = st.transition_events(self.old_conditions, self.status["conditions"])
+        self.plan.events += st.waiting_events(self.old_waiting, self.status.get("waiting"))
         return self.plan
 
 
@@ -546,27 +556,83 @@ def create_pods(draft: Draft, seen: Seen) -> Plan | None:
     return draft.done()
 
 
+def _started(draft: Draft, seen: Seen) -> bool:
+    """Every rank of this attempt runs (or has run to its end)."""
+    counts = draft.status["ranks"]
+    active = counts["running"] + counts["succeeded"]
+    return active == seen.world and counts["running"] > 0
+
+
+def start_timeout(draft: Draft, seen: Seen) -> Plan | None:
+    """spec.runPolicy.startTimeoutSeconds: from this attempt's rank pods being created (the
+    Created condition turning True) to all ranks running; scheduling and image pulls count.
+    Past it the job fails, and its waiting pods go as cleanPodPolicy says."""
+    seconds = seen.run_policy.get("startTimeoutSeconds")
+    if not seconds or not draft.is_true(st.CREATED) or draft.is_true(st.RUNNING):
+        return None
+    if _started(draft, seen):
+        return None
+    created = st.get_condition(draft.status["conditions"], st.CREATED) or {}
+    since = st.parse_time(created.get("lastTransitionTime"))
+    if since is None:
+        return None
+    left = (since + timedelta(seconds=seconds) - draft.now).total_seconds()
+    if left > 0:
+        draft.plan.requeue(left)
+        return None
+    counts = draft.status["ranks"]
+    kubelet, scheduler = st.job_waiting(
+        seen.current, draft.now, seen.settings.scheduler_wait_seconds
+    )
+    why = kubelet or scheduler
+    detail = f"; {why.reason}: {why.status()['message']}" if why else ""
+    draft.fail(
+        "StartTimeoutExceeded",
+        f"spec.runPolicy.startTimeoutSeconds: {counts['running']} of {seen.world} ranks "
+        f"running {seconds}s after the rank pods were created{detail}",
+    )
+    return _finished(draft, seen.current, seen.run_policy)
+
+
 def steady(draft: Draft, seen: Seen) -> Plan:
-    """All pods exist and none failed: report scheduling, the rank table, running."""
+    """All pods exist and none failed: report scheduling (or why the scheduler has not
+    placed them), the rank table, running (or why the kubelet has not started them)."""
     status, world = draft.status, seen.world
     counts = status["ranks"]
     scheduled = counts["scheduled"]
+    wait_s = seen.settings.scheduler_wait_seconds
+    kubelet, scheduler = st.job_waiting(seen.current, draft.now, wait_s)
     if scheduled == world:
         draft.cond(
             st.SCHEDULED, True, "AllRanksScheduled", f"{world} of {world} rank pods scheduled"
         )
     else:
         message = f"{scheduled} of {world} rank pods scheduled"
-        draft.cond(st.SCHEDULED, False, "WaitingForScheduler", message)
+        if scheduler is None:
+            draft.cond(st.SCHEDULED, False, "WaitingForScheduler", message)
+        else:
+            detail = scheduler.status()["message"]
+            draft.cond(st.SCHEDULED, False, scheduler.reason, f"{message}; {detail}")
+        left = st.scheduler_wait_left(seen.current.values(), draft.now, wait_s)
+        if left is not None:
+            draft.plan.requeue(left)
     if seen.npu:
         _rank_table(draft, seen, seen.current)
-    active = counts["running"] + counts["succeeded"]
-    if active == world and counts["running"] > 0:
+    running = f"{counts['running']} of {world} ranks running"
+    if _started(draft, seen):
         draft.cond(st.RUNNING, True, "AllRanksRunning", f"{counts['running']} ranks running")
         status["phase"] = RUNNING
-    else:
-        draft.clear(st.RUNNING, "Waiting", f"{counts['running']} of {world} ranks running")
+    elif kubelet is not None:
+        draft.cond(st.RUNNING, False, kubelet.reason, f"{running}; {kubelet.status()['message']}")
         status["phase"] = PENDING
+    else:
+        draft.clear(st.RUNNING, "Waiting", running)
+        status["phase"] = PENDING
+    # The kubelet's trouble first: it needs the job's author (an image, a Secret), where
+    # the scheduler's may pass as other jobs end.
+    why = kubelet or scheduler
+    if why is not None and status["phase"] == PENDING:
+        status["waiting"] = why.status()
     return draft.done()
 
 
@@ -582,5 +648,6 @@ DECIDE: tuple[Callable[[Draft, Seen], Plan | None], ...] = (
     succeeded,
     children_not_owned,
     create_pods,
+    start_timeout,
     steady,
 )

@@ -7,6 +7,7 @@ type, `lastTransitionTime` changes only when `status` does.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -190,6 +191,144 @@ def set_condition(
         )
     order = {t: i for i, t in enumerate(CONDITION_TYPES)}
     return sorted(out, key=lambda c: order.get(str(c.get("type")), len(order)))
+
+
+# Why a rank pod has not started, as the kubelet and the scheduler post it on the pod.
+#
+# The kubelet: a container that could not be started is left `state.waiting` with the
+# `reason` and `message` of the error that stopped it (pkg/kubelet/kubelet_pods.go,
+# convertToAPIContainerStatuses, from its reasonCache). Its reasons are the error strings of
+# pkg/kubelet/images/types.go (ErrImagePull; ImagePullBackOff while it waits to pull again,
+# with the message `Back-off pulling image "<image>"`; InvalidImageName, ErrImageNeverPull,
+# ImageInspectError, RegistryUnavailable) and pkg/kubelet/kuberuntime/kuberuntime_container.go
+# (CreateContainerConfigError: a Secret or ConfigMap the container names is missing;
+# CreateContainerError). A container not created yet waits as ContainerCreating (or
+# PodInitializing behind init containers): nothing to report. Any other reason is reported
+# as posted, so that reasons of later kubelets need no change here.
+STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+# The kubelet alternates these while it retries a pull (image_manager.go's backOff): one
+# trouble, one Event.
+SAME_TROUBLE = {"ImagePullBackOff": "ErrImagePull"}
+# The scheduler: a pod it could not place gets the condition PodScheduled False, reason
+# Unschedulable (v1.PodReasonUnschedulable) and its FitError as the message ("0/4 nodes are
+# available: 4 Insufficient huawei.com/Ascend910."), posted by recordSchedulingFailure in
+# pkg/scheduler/scheduler.go; Volcano posts the same condition for the tasks of a gang it
+# cannot place (pkg/scheduler/cache: taskUnschedulable), with Unschedulable or Undetermined,
+# and Schedulable for a pod about to be bound, which is no trouble. No condition at all: no
+# scheduler has looked at the pod yet; past `Settings.scheduler_wait_seconds`, none will.
+SCHEDULABLE = "Schedulable"
+NO_SCHEDULER = "SchedulerNotResponding"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Why a rank pod (the first of `count` alike) has not started; `scheduling`: the
+    scheduler's trouble (the Scheduled condition), else the kubelet's (Running)."""
+
+    reason: str
+    message: str
+    scheduling: bool
+    count: int = 1
+
+    def status(self) -> dict[str, str]:
+        """status.waiting, which `kubectl get snjob` shows as its Waiting column."""
+        more = f" ({self.count - 1} more rank pods alike)" if self.count > 1 else ""
+        return {"reason": self.reason, "message": self.message + more}
+
+
+def _container_waiting(pod: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    status = pod.get("status") or {}
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for c in status.get(key) or []:
+            waiting = (c.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason and reason not in STARTING_REASONS:
+                return str(c.get("name")), str(reason), str(waiting.get("message") or "")
+    return None
+
+
+def pod_waiting(
+    pod: Mapping[str, Any], index: int, now: datetime, scheduler_wait: float
+) -> Waiting | None:
+    """Why rank pod `index` has not started, as the kubelet or the scheduler posted it;
+    None while it starts as it should (or runs, or has ended)."""
+    if pod_phase(pod) != "Pending" or is_deleting(pod):
+        return None
+    name = (pod.get("metadata") or {}).get("name", f"rank {index}")
+    container = _container_waiting(pod)
+    if container is not None:
+        cname, reason, message = container
+        return Waiting(reason, f"rank {index} pod {name} container {cname}: {message}", False)
+    if is_scheduled(pod):
+        return None
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    cond = get_condition(conditions, "PodScheduled")
+    if cond is not None:
+        reason = str(cond.get("reason") or "")
+        if cond.get("status") != "False" or not reason or reason == SCHEDULABLE:
+            return None
+        return Waiting(reason, f"rank {index} pod {name}: {cond.get('message') or reason}", True)
+    created = parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
+    if created is None or (now - created).total_seconds() < scheduler_wait:
+        return None
+    scheduler = (pod.get("spec") or {}).get("schedulerName") or "default-scheduler"
+    return Waiting(
+        NO_SCHEDULER,
+        f"no scheduler has looked at rank {index} pod {name} in {scheduler_wait:g}s: "
+        f'schedulerName "{scheduler}" (spec.scheduling.schedulerName; volcano when '
+        "spec.scheduling.gang is true and it is left out) names no scheduler running on "
+        "this cluster, or one that is not keeping up",
+        True,
+    )
+
+
+def job_waiting(
+    pods: Mapping[int, Mapping[str, Any]], now: datetime, scheduler_wait: float
+) -> tuple[Waiting | None, Waiting | None]:
+    """(the kubelet's, the scheduler's) trouble of the lowest rank pod that has one, each
+    with how many rank pods have one of its kind."""
+    found: dict[bool, list[Waiting]] = {False: [], True: []}
+    for index in sorted(pods):
+        waiting = pod_waiting(pods[index], index, now, scheduler_wait)
+        if waiting is not None:
+            found[waiting.scheduling].append(waiting)
+    first = {
+        kind: dataclasses.replace(ws[0], count=len(ws)) if ws else None
+        for kind, ws in found.items()
+    }
+    return first[False], first[True]
+
+
+def scheduler_wait_left(
+    pods: Iterable[Mapping[str, Any]], now: datetime, scheduler_wait: float
+) -> float | None:
+    """Seconds until the next unscheduled pod without a PodScheduled condition is overdue
+    (None: none is waiting to be): when to look again."""
+    lefts = []
+    for pod in pods:
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        created = parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
+        if is_scheduled(pod) or get_condition(conditions, "PodScheduled") or created is None:
+            continue
+        left = scheduler_wait - (now - created).total_seconds()
+        if left > 0:
+            lefts.append(left)
+    return min(lefts) if lefts else None
+
+
+def waiting_events(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[Event]:
+    """A Warning when rank pods start waiting for a reason, or for another one (not when
+    only its message changes, nor for the kubelet's ErrImagePull/ImagePullBackOff
+    alternation)."""
+    if not new:
+        return []
+    if old and _trouble(old.get("reason")) == _trouble(new.get("reason")):
+        return []
+    return [Event("Warning", str(new.get("reason")), str(new.get("message")))]
+
+
+def _trouble(reason: Any) -> Any:
+    return SAME_TROUBLE.get(reason, reason)
 
 
 @dataclass(frozen=True)

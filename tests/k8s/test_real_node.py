@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -436,3 +437,74 @@ def test_operator_replicas_fail_over_when_the_leader_is_killed_or_deleted(
     assert LEASE_S - RETRY_S <= results["kill"][1] <= LEASE_S + 2 * RETRY_S + 5
     # Deleted: the released Lease is taken at the standby's next try.
     assert results["delete"][1] <= 2 * RETRY_S + 5
+
+
+# An image on an address where nothing listens: the node's containerd is refused at once, so
+# the kubelet posts ErrImagePull within a second of trying (no registry timeout to wait out).
+UNPULLABLE = "127.0.0.1:1/shufflenet/not-there:1"
+
+
+def _first_pull_error(jobs: Jobs, name: str, seen: dict[str, float]) -> watch.Watch:
+    """Watch the job's pods; note when the kubelet's ErrImagePull first arrives."""
+    w = watch.Watch()
+
+    def run() -> None:
+        for event in w.stream(
+            jobs.core.list_namespaced_pod,
+            jobs.namespace,
+            label_selector=f"training.shufflenet.io/job-name={name}",
+            timeout_seconds=120,
+        ):
+            for cs in event["object"].status.container_statuses or []:
+                if cs.state.waiting and cs.state.waiting.reason == "ErrImagePull":
+                    seen.setdefault("pod", time.monotonic())
+
+    threading.Thread(target=run, daemon=True).start()
+    return w
+
+
+def test_an_image_that_cannot_be_pulled_shows_on_the_job_then_the_start_timeout_fails_it(
+    real_node: RealNode, jobs: Jobs, claims: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = digits_job(real_node, "nopull", **{"runPolicy.startTimeoutSeconds": 60})
+    # As a user's job names an image: pulled when not on the node (the demo's Never is for
+    # images imported by hand).
+    job["spec"].update(image=UNPULLABLE, imagePullPolicy="IfNotPresent")
+    seen: dict[str, float] = {}
+    pods = _first_pull_error(jobs, "nopull", seen)
+    jobs.create(job)
+
+    def job_shows_it() -> dict[str, Any] | None:
+        status = jobs.status("nopull")
+        if (status.get("waiting") or {}).get("reason") in ("ErrImagePull", "ImagePullBackOff"):
+            seen.setdefault("job", time.monotonic())
+            return status
+        return None
+
+    status = wait_for(job_shows_it, timeout=120, interval=0.05, what="the job's Waiting reason")
+    pods.stop()
+    assert "pod" in seen, "the kubelet's ErrImagePull was not seen on the pod"
+    lag = seen["job"] - seen["pod"]
+    with capsys.disabled():
+        print(f"\nkubelet posted ErrImagePull -> the job's status showed it: {lag:.2f}s")
+    assert lag < 5, lag
+    # Whichever rank's pull failed first (the kubelet pulls for both pods at once).
+    message = status["waiting"]["message"]
+    assert re.match(r"rank (\d) pod nopull-rank-\1 container trainer: ", message), message
+    assert "127.0.0.1:1" in message
+    running = jobs.condition("nopull", "Running")
+    assert running["status"] == "False"
+    assert running["reason"] in ("ErrImagePull", "ImagePullBackOff"), running
+    (event,) = wait_for(
+        lambda: [e for e in jobs.events("nopull") if e.reason == "ErrImagePull"],
+        what="the job's ErrImagePull Event",
+    )
+    assert event.type == "Warning"
+
+    # The start timeout: Failed, naming the field and the kubelet's reason; pods removed.
+    failed = jobs.wait_phase("nopull", "Failed", timeout=120)
+    (cond,) = [c for c in failed["conditions"] if c["type"] == "Failed"]
+    assert cond["reason"] == "StartTimeoutExceeded"
+    assert cond["message"].startswith("spec.runPolicy.startTimeoutSeconds: 0 of 2 ranks"), cond
+    assert "ImagePull" in cond["message"]
+    wait_for(lambda: not jobs.pods("nopull"), timeout=120, what="the rank pods removed")

@@ -16,6 +16,9 @@ those parts through the API server, the way they would:
   127.2.N.M from its node's range, writes the Ascend device plugin's annotation
   `ascend.kubectl.kubernetes.io/ascend-910-configuration` and marks it Running (or leaves it
   Pending in ContainerCreating with `auto_start=False`, until `start()` is called).
+* A container that cannot be started (`wait(pod, reason, message)`) is posted as kubelet posts
+  one: left `state.waiting` with the error's reason (ErrImagePull, ImagePullBackOff,
+  CreateContainerConfigError...) and message, the pod Pending, until `start()`.
 * Containers do not run. Tests end them with `finish(pod, exit_code=...)`, and the agent posts
   what kubelet would: terminated container states with that exit code, and the pod phase the
   restart policy implies (Never: Succeeded/Failed; OnFailure/Always: restarted, with
@@ -99,6 +102,8 @@ class _Container:
     finished_at: str | None = None
     restart_count: int = 0
     last_state: dict[str, Any] | None = None
+    # (reason, message) of the error that keeps it from being started (see NodeAgent.wait).
+    waiting: tuple[str, str] | None = None
 
 
 @dataclass
@@ -136,7 +141,8 @@ class NodeAgent:
 
     Nodes: `add_node()`, `set_node_ready()`, `delete_node()`; `nodes` maps name -> SimNode.
     Pods (a V1Pod or (namespace, name); each call first waits until the pod is admitted):
-    `start()` (with auto_start=False), `finish(exit_code=...)`, `device_ids()`.
+    `start()` (with auto_start=False), `wait(reason, message)` (a container it cannot start),
+    `finish(exit_code=...)`, `device_ids()`.
     Several agents may share a cluster: host and pod IPs stay unique across them.
     """
 
@@ -353,6 +359,32 @@ class NodeAgent:
         with self._lock:
             if not rec.started and not rec.terminal:
                 self._post_running(rec)
+
+    def wait(
+        self,
+        pod: PodRef,
+        reason: str,
+        message: str,
+        *,
+        container: str | None = None,
+        timeout: float = 30,
+    ) -> None:
+        """Leave the pod's containers (or one of them) not started, for `reason`, as kubelet
+        posts a container it could not start: `state.waiting` with the error's reason and
+        message (pkg/kubelet/kubelet_pods.go, convertToAPIContainerStatuses: the reasons are
+        the error strings of pkg/kubelet/images/types.go, e.g. ErrImagePull with the
+        runtime's pull error, ImagePullBackOff with `Back-off pulling image "<image>"`, and
+        of kuberuntime_container.go, e.g. CreateContainerConfigError with `secret "s" not
+        found`). The pod stays Pending; `start()` runs it (pulled at last, Secret made).
+        Only for pods not started (auto_start=False)."""
+        rec = self._wait_admitted(pod, timeout)
+        with self._lock:
+            if rec.started or rec.terminal:
+                raise RuntimeError(f"pod {rec.namespace}/{rec.name} has already started")
+            for c in rec.containers:
+                if container in (None, c.name):
+                    c.waiting = (reason, message)
+            self._post_status(rec)
 
     def finish(
         self,
@@ -619,6 +651,7 @@ class NodeAgent:
         rec.start_time = rec.start_time or now
         for c in rec.containers:
             c.started_at = now
+            c.waiting = None
         self._post_status(rec)
 
     def _terminated(self, rec: _PodRecord, c: _Container) -> dict[str, Any]:
@@ -636,8 +669,12 @@ class NodeAgent:
     def _post_status(self, rec: _PodRecord) -> None:
         statuses = []
         for c in rec.containers:
-            if not rec.started:
-                state: dict[str, Any] = {"waiting": {"reason": "ContainerCreating"}}
+            if not rec.started and c.waiting:
+                state: dict[str, Any] = {
+                    "waiting": {"reason": c.waiting[0], "message": c.waiting[1]}
+                }
+            elif not rec.started:
+                state = {"waiting": {"reason": "ContainerCreating"}}
             elif c.running:
                 state = {"running": {"startedAt": c.started_at}}
             else:

@@ -233,9 +233,15 @@ def restart_reasons_name_the_rank(
 
 
 def explained_wait(job: Mapping[str, Any]) -> bool:
-    """Whether a condition says why the job waits (scheduler, admission, devices)."""
-    return phase(job) == "Suspended" or any(
-        c.get("status") == "False" and c.get("reason") in WAITING_REASONS for c in _conditions(job)
+    """Whether a condition says why the job waits (scheduler, admission, devices), or
+    status.waiting what the kubelet or the scheduler posted on its pods."""
+    return (
+        phase(job) == "Suspended"
+        or bool((job.get("status") or {}).get("waiting"))
+        or any(
+            c.get("status") == "False" and c.get("reason") in WAITING_REASONS
+            for c in _conditions(job)
+        )
     )
 
 

@@ -202,6 +202,7 @@ def test_crd_is_structural_and_1_20_compatible() -> None:
     names = [c["name"] for c in version["additionalPrinterColumns"]]
     assert names == [
         "Phase",
+        "Waiting",
         "Ranks",
         "Epoch",
         "Img/s",

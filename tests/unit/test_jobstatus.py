@@ -51,3 +51,12 @@ def test_a_job_the_operator_has_not_seen() -> None:
         "job ns/new: not seen yet (? x cpu, restarts 0 of ?)",
         "progress: none yet",
     ]
+
+
+def test_a_waiting_job_says_why_on_its_own_line() -> None:
+    reason = "ImagePullBackOff"
+    message = 'rank 0 pod sn-rank-0 container trainer: Back-off pulling image "r/t:1"'
+    job = {**JOB, "status": {"phase": "Pending", "waiting": {"reason": reason, "message": message}}}
+    lines = describe(job).splitlines()
+    assert lines[1] == f"waiting:  {reason}: {message}"
+    assert not any(line.startswith("waiting:") for line in describe(JOB).splitlines())

@@ -113,6 +113,15 @@ def test_a_stalled_job_unless_a_condition_says_why() -> None:
         conditions=[{"type": "Scheduled", "status": "False", "reason": "WaitingForScheduler"}],
     )
     assert inv.not_stalled(waiting, 200, 120, 300) == []
+    # What the scheduler or the kubelet posted on its pods (status.waiting) says why too.
+    unschedulable = {"type": "Scheduled", "status": "False", "reason": "Unschedulable"}
+    told = job(
+        "p",
+        "Pending",
+        conditions=[unschedulable],
+        waiting={"reason": "Unschedulable", "message": "rank 0 pod p-rank-0: 0/1 nodes"},
+    )
+    assert inv.not_stalled(told, 200, 120, 300) == []
     assert inv.ended_with_reason(job("x", "Failed", conditions=[])) != []
 
 

@@ -243,6 +243,17 @@ SPEC: dict[str, Any] = _obj(
                 "activeDeadlineSeconds": _int(
                     1, nullable=True, description="the job fails after running this long"
                 ),
+                "startTimeoutSeconds": _int(
+                    1,
+                    nullable=True,
+                    description="the job fails (StartTimeoutExceeded) when its ranks are not "
+                    "all running this long after an attempt's rank pods were created: "
+                    "scheduling, a gang's wait in its queue and image pulls count. None by "
+                    "default: on a shared cluster a job may rightly wait hours for devices; "
+                    "where jobs do not queue, a value of a few times a cold pull of the image "
+                    "(minutes for a multi-GB Ascend image) frees the devices of a job whose "
+                    "image or Secret is wrong",
+                ),
                 "suspend": _bool(
                     default=False, description="true: the rank pods are deleted until false"
                 ),
@@ -341,6 +352,18 @@ STATUS: dict[str, Any] = _obj(
             "and version",
         ),
         "restarts": _int(0, description="whole-job restarts so far"),
+        "waiting": _obj(
+            {
+                "reason": _str(
+                    description="as the kubelet or the scheduler posted it on a rank pod: "
+                    "ErrImagePull, ImagePullBackOff, CreateContainerConfigError, "
+                    "Unschedulable..., or SchedulerNotResponding"
+                ),
+                "message": _str(description="the rank pod and what was posted on it"),
+            },
+            description="why rank pods of a pending job have not started (none: nothing "
+            "known stops them); kubectl get's Waiting column",
+        ),
         "progress": _obj(
             {
                 "epoch": _num(
@@ -372,6 +395,8 @@ SCHEMA: dict[str, Any] = _obj(
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    # Why a Pending job's ranks have not started, as kubectl get pods shows a pod's.
+    {"name": "Waiting", "type": "string", "jsonPath": ".status.waiting.reason"},
     {"name": "Ranks", "type": "integer", "jsonPath": ".status.ranks.running"},
     {"name": "Epoch", "type": "number", "jsonPath": ".status.progress.epoch"},
     {"name": "Img/s", "type": "number", "jsonPath": ".status.progress.imagesPerSecond"},

@@ -1,6 +1,7 @@
 """`snjob status NAME`: a job's state on a cluster, in a few lines a person reads.
 
-What `kubectl get snjob` shows in columns, plus what it does not: the conditions with their
+What `kubectl get snjob` shows in columns, plus what it does not: why its ranks wait (the
+kubelet's or the scheduler's reason, with the pod and the message), the conditions with their
 reasons, the rank table, why the last restart happened, and the job's latest Events. The
 cluster is read with kubectl (its configuration, context and credentials, nothing of ours),
 so the trainer's package needs no Kubernetes client. `describe` is pure.
@@ -51,6 +52,10 @@ def describe(job: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()) -
         f" ({devices.get('count', '?')} x {devices.get('type', '?')}, "
         f"restarts {status.get('restarts', 0)} of {limit if limit is not None else '?'})"
     ]
+    waiting = status.get("waiting")
+    if waiting:
+        # Why the ranks have not started (the job's Waiting column), before the detail.
+        lines.append(f"waiting:  {waiting.get('reason', '?')}: {waiting.get('message', '')}")
     ranks = status.get("ranks")
     if ranks:
         lines.append(
