@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -444,23 +444,36 @@ def test_operator_replicas_fail_over_when_the_leader_is_killed_or_deleted(
 UNPULLABLE = "127.0.0.1:1/shufflenet/not-there:1"
 
 
-def _first_pull_error(jobs: Jobs, name: str, seen: dict[str, float]) -> watch.Watch:
-    """Watch the job's pods; note when the kubelet's ErrImagePull first arrives."""
+def _first_pull_error(jobs: Jobs, name: str, seen: dict[str, float]) -> Callable[[], None]:
+    """Watch the job's pods; note when the kubelet's ErrImagePull first arrives. Returns
+    what stops the watch."""
     w = watch.Watch()
+    stopped = threading.Event()
 
     def run() -> None:
-        for event in w.stream(
-            jobs.core.list_namespaced_pod,
-            jobs.namespace,
-            label_selector=f"training.shufflenet.io/job-name={name}",
-            timeout_seconds=120,
-        ):
-            for cs in event["object"].status.container_statuses or []:
-                if cs.state.waiting and cs.state.waiting.reason == "ErrImagePull":
-                    seen.setdefault("pod", time.monotonic())
+        try:
+            for event in w.stream(
+                jobs.core.list_namespaced_pod,
+                jobs.namespace,
+                label_selector=f"training.shufflenet.io/job-name={name}",
+                timeout_seconds=120,
+            ):
+                for cs in event["object"].status.container_statuses or []:
+                    if cs.state.waiting and cs.state.waiting.reason == "ErrImagePull":
+                        seen.setdefault("pod", time.monotonic())
+        except Exception:
+            if not stopped.is_set():  # stopping cuts the stream short
+                raise
 
-    threading.Thread(target=run, daemon=True).start()
-    return w
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopped.set()
+        w.stop()
+        thread.join(timeout=10)
+
+    return stop
 
 
 def test_an_image_that_cannot_be_pulled_shows_on_the_job_then_the_start_timeout_fails_it(
@@ -471,7 +484,7 @@ def test_an_image_that_cannot_be_pulled_shows_on_the_job_then_the_start_timeout_
     # images imported by hand).
     job["spec"].update(image=UNPULLABLE, imagePullPolicy="IfNotPresent")
     seen: dict[str, float] = {}
-    pods = _first_pull_error(jobs, "nopull", seen)
+    stop_watch = _first_pull_error(jobs, "nopull", seen)
     jobs.create(job)
 
     def job_shows_it() -> dict[str, Any] | None:
@@ -482,7 +495,7 @@ def test_an_image_that_cannot_be_pulled_shows_on_the_job_then_the_start_timeout_
         return None
 
     status = wait_for(job_shows_it, timeout=120, interval=0.05, what="the job's Waiting reason")
-    pods.stop()
+    stop_watch()
     assert "pod" in seen, "the kubelet's ErrImagePull was not seen on the pod"
     lag = seen["job"] - seen["pod"]
     with capsys.disabled():
