@@ -40,6 +40,7 @@ class Options:
     rank_resources: dict[str, render.RankResources] = field(
         default_factory=lambda: dict(render.RANK_RESOURCES)
     )
+    trainer_images: dict[str, str] = field(default_factory=dict)
 
 
 def options_of(memo: kopf.Memo) -> Options:
@@ -76,6 +77,7 @@ def startup(
             job_policy=options.job_policy,
             npu_device_group=options.npu_device_group,
             rank_resources=options.rank_resources,
+            trainer_images=options.trainer_images,
         ),
         resync_seconds=options.resync_seconds,
         progress_seconds=options.progress_seconds,
