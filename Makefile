@@ -98,8 +98,12 @@ cluster-down:
 
 # The operator, CPU trainer and pause images, built offline with buildah from a Debian base
 # and a wheelhouse, cached outside the repository (docs/images.md); prints the references.
+# With REGISTRY=host[:port] it also pushes the operator and trainer images there
+# (REGISTRY/shufflenet/NAME:TAG; REGISTRY_CA and REGISTRY_AUTH_FILE: the registry's CA and
+# credentials) and prints their references, tags and digests, the chart's image values.
+REGISTRY ?=
 images:
-	@scripts/images/build.sh
+	@scripts/images/build.sh $(if $(REGISTRY),push $(REGISTRY))
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -4,15 +4,16 @@
 #
 #   scripts/demo-cluster.sh          # then: scripts/cluster/down.sh (make demo-cluster-down)
 #
-# Brings up the cluster with its node (scripts/cluster/up.sh --node; builds the Kubernetes
-# binaries and the images when they are not cached), loads the operator and trainer images
-# into the node's containerd, `helm install`s the chart, creates as an admin would the
-# volumes the example claims (PersistentVolumes on directories of this machine: data/digits
-# and a fresh checkpoint folder under result/cluster/, bound to the claims `digits` and
-# `shufflenet-checkpoints`), applies the 2-rank CPU digits job as shipped but for the image
-# built here (the operator runs its pods non-root on a read-only root filesystem), starts
-# Prometheus scraping the rank pods, shows `kubectl get sntj` until the job ends, and prints
-# what to run next.
+# Brings up the cluster with its node and its registry (scripts/cluster/up.sh --node; builds
+# the Kubernetes binaries and the images when they are not cached), pushes the operator and
+# trainer images to the registry, `helm install`s the chart with the image values (registry,
+# tags, digests: the node's containerd pulls them), creates as an admin would the volumes the
+# example claims (PersistentVolumes on directories of this machine: data/digits and a fresh
+# checkpoint folder under result/cluster/, bound to the claims `digits` and
+# `shufflenet-checkpoints`), applies the 2-rank CPU digits job as shipped (no image: the
+# operator runs the chart's cpu trainer image, non-root on a read-only root filesystem),
+# starts Prometheus scraping the rank pods, shows `kubectl get sntj` until the job ends, and
+# prints what to run next.
 #
 # Environment:
 #   SHUFFLENET_CLUSTER_DIR   the cluster's state dir (default /tmp/shufflenet-cluster)
@@ -41,16 +42,15 @@ log() { printf '[demo-cluster] %s\n' "$*" >&2; }
 
 export SHUFFLENET_CLUSTER_DIR="$STATE"
 eval "$(scripts/cluster/up.sh --node)"
-eval "$(scripts/images/build.sh env)"
-scripts/images/build.sh import --address "$STATE/containerd/containerd.sock" \
-    "$OPERATOR_IMAGE" "$TRAINER_IMAGE"
+eval "$(scripts/cluster/push-images.sh)"
 
-log "helm install $RELEASE (operator image $OPERATOR_IMAGE)"
+log "helm install $RELEASE (images from the registry $REGISTRY)"
 HELM="$(scripts/install-helm.sh)"
 "$HELM" upgrade --install "$RELEASE" charts/shufflenet-operator \
     --namespace "$OPERATOR_NAMESPACE" --create-namespace \
-    --set "operator.image.repository=${OPERATOR_IMAGE%:*}" \
-    --set "operator.image.tag=${OPERATOR_IMAGE##*:}" --set operator.image.pullPolicy=Never \
+    --set "global.imageRegistry=$REGISTRY" \
+    --set "operator.image.tag=$OPERATOR_TAG" --set "operator.image.digest=$OPERATOR_DIGEST" \
+    --set "trainer.images.cpu.tag=$TRAINER_TAG" --set "trainer.images.cpu.digest=$TRAINER_DIGEST" \
     --set operator.progressInterval=5 \
     --wait --timeout 300s >/dev/null
 
@@ -70,11 +70,13 @@ volumes() {
 volumes | kubectl delete -f - --ignore-not-found --wait >/dev/null
 volumes | kubectl apply -f -
 
-# The user's part: the example as shipped, but for the image (no registry has it).
-set_epochs=()
-[[ -n "${DEMO_EPOCHS:-}" ]] && set_epochs=(--set "training.epochs=$DEMO_EPOCHS")
-"$PYTHON" scripts/cluster/local_job.py job "$EXAMPLE" --image "$TRAINER_IMAGE" \
-    "${set_epochs[@]}" | kubectl apply -f -
+# The user's part: the example as shipped.
+if [[ -n "${DEMO_EPOCHS:-}" ]]; then
+    "$PYTHON" scripts/cluster/local_job.py job "$EXAMPLE" --set "training.epochs=$DEMO_EPOCHS" |
+        kubectl apply -f -
+else
+    kubectl apply -f "$EXAMPLE"
+fi
 
 PROM_PORT="$(scripts/cluster/prometheus.sh)"
 
@@ -107,4 +109,8 @@ Next:
     e.g. sum by (job) (rate(shufflenet_train_images_total[1m]))
 Tear down (every process, mount, interface and namespace it made): make demo-cluster-down
 EOF
+# Where the images came from: the kubelet's pulls from the registry (nothing imported them).
+echo "Images (the kubelet's Pulled events):"
+kubectl get events --all-namespaces --field-selector reason=Pulled \
+    -o custom-columns=POD:.involvedObject.name,MESSAGE:.message | sed 's/^/  /'
 [[ "$phase" == Succeeded ]]

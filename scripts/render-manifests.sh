@@ -12,7 +12,10 @@
 # Prometheus Operator's monitoring.coreos.com/v1, as the clusters that apply monitoring/ do,
 # so that monitoring.enabled's default (auto) renders them. The CRD is not rendered here: it comes
 # from trainer/shufflenet_contract/crd.py (`snjob render crd`, see the Makefile).
-# HELM names a helm binary; default: scripts/install-helm.sh.
+# HELM names a helm binary; default: scripts/install-helm.sh. REGISTRY: the registry the
+# images are in (the chart's required global.imageRegistry); the committed copies name
+# registry.example.com, a name reserved for examples (RFC 2606): render your own with
+# `REGISTRY=registry.internal:5000 scripts/render-manifests.sh DIR`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +24,7 @@ HELM="${HELM:-$(scripts/install-helm.sh)}"
 CHART=charts/shufflenet-operator
 RELEASE=shufflenet-operator
 NAMESPACE=shufflenet-system
+REGISTRY="${REGISTRY:-registry.example.com}"
 
 header() {
     # $1: where the object comes from; $2: what to edit instead.
@@ -38,7 +42,8 @@ render() {
     # $1: template under $CHART/templates; $2: output file.
     {
         header "$CHART (templates/$1)" "the chart"
-        "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" --show-only "templates/$1" \
+        "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" \
+            --set "global.imageRegistry=$REGISTRY" --show-only "templates/$1" \
             --api-versions monitoring.coreos.com/v1
     } | write "$2"
 }

@@ -49,6 +49,7 @@ class Options:
     leader_elect_renew_deadline: float = leader.Timing.renew_deadline
     leader_elect_retry_period: float = leader.Timing.retry_period
     scheduler_wait_seconds: float = policy.Settings.scheduler_wait_seconds
+    trainer_images: dict[str, str] = field(default_factory=dict)
 
 
 def options_of(memo: kopf.Memo) -> Options:
@@ -86,6 +87,7 @@ def startup(
             npu_device_group=options.npu_device_group,
             rank_resources=options.rank_resources,
             scheduler_wait_seconds=options.scheduler_wait_seconds,
+            trainer_images=options.trainer_images,
         ),
         resync_seconds=options.resync_seconds,
         progress_seconds=options.progress_seconds,

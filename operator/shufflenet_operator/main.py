@@ -11,7 +11,7 @@ import kopf
 
 from shufflenet_contract import crd
 
-from . import handlers, job_policy, leader, render
+from . import handlers, job_policy, leader, render, trainer_images
 
 
 def _gid(text: str) -> int:
@@ -39,6 +39,13 @@ def _rank_resources(text: str) -> tuple[str, dict[str, str]]:
         return device, {key: render.check_quantity(value) for key, _, value in pairs}
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def _trainer_image(text: str) -> tuple[str, str]:
+    try:
+        return trainer_images.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -131,6 +138,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     _leader_election_flags(p, d)
     p.add_argument(
+        trainer_images.FLAG,
+        dest="trainer_images",
+        type=_trainer_image,
+        action="append",
+        default=[],
+        metavar="DEVICE=REF",
+        help="the image of DEVICE (cpu, gpu, npu) jobs that leave spec.image empty; "
+        "repeatable; a job of a device type without one must name its image",
+    )
+    p.add_argument(
         "--scheduler-wait",
         dest="scheduler_wait_seconds",
         type=float,
@@ -143,6 +160,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     # The flags change the defaults, one device type and key at a time.
     args.rank_resources = render.rank_resources(args.rank_resources, d.rank_resources)
+    args.trainer_images = dict(args.trainer_images)
     if args.leader_elect:
         _check_leader_election(p, args)
     return args

@@ -31,7 +31,7 @@ from typing import Any
 from shufflenet_contract import exitcodes
 from shufflenet_contract import job as jobs
 
-from . import job_policy, ranktable_policy, render
+from . import job_policy, ranktable_policy, render, trainer_images
 from . import status as st
 from .observed import Observed
 
@@ -62,6 +62,8 @@ class Settings:
     # new pod within a second, Volcano within its 1 s session period; a minute leaves room
     # for a busy one.
     scheduler_wait_seconds: float = 60.0
+    # By device type, the image of a job that names none (spec.image; trainer_images).
+    trainer_images: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.job_policy not in job_policy.LEVELS:
@@ -278,6 +280,7 @@ def plan(
     status = draft.status
     try:
         job = jobs.validate_job({k: obj.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
+        job = trainer_images.with_default(job, settings.trainer_images)
         job_policy.check(job, settings.job_policy, device_group=settings.npu_device_group)
     except jobs.ManifestError as exc:
         # The schema cannot say everything (the batch must divide over the ranks...), nor

@@ -112,15 +112,28 @@ install_kubectl() {
         rm -f "$BIN/kubectl"
     fi
     log "fetching Debian's kubernetes-client for kubectl"
-    local tmp
-    tmp="$(mktemp -d "$ROOT/kubectl.XXXXXX")"
-    (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root kubernetes-client >&2) || {
+    deb_install kubernetes-client usr/bin/kubectl
+}
+
+# Debian's registry (docker-registry: the CNCF distribution registry 2.8), which the real
+# node runs inside its namespace (node.sh). Unpacked into the cache like kubectl: installing
+# the package would also enable its service, a registry on the host's port 5000.
+have_registry() {
+    [[ -x "$BIN/docker-registry" ]] && "$BIN/docker-registry" --version 2>/dev/null | grep -q ' 2\.'
+}
+
+# deb_install PACKAGE PATH: the file PATH of Debian's PACKAGE, into $BIN, without installing
+# the package system-wide.
+deb_install() {
+    local package=$1 path=$2 tmp
+    tmp="$(mktemp -d "$ROOT/deb.XXXXXX")"
+    (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "$package" >&2) || {
         apt-get update -qq >&2
-        (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root kubernetes-client >&2)
+        (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "$package" >&2)
     }
-    dpkg-deb -x "$tmp"/kubernetes-client_*.deb "$tmp/x"
-    install -m 0755 "$tmp/x/usr/bin/kubectl" "$BIN/kubectl.new"
-    mv -f "$BIN/kubectl.new" "$BIN/kubectl"
+    dpkg-deb -x "$tmp/${package}"_*.deb "$tmp/x"
+    install -m 0755 "$tmp/x/$path" "$BIN/${path##*/}.new"
+    mv -f "$BIN/${path##*/}.new" "$BIN/${path##*/}"
     rm -rf "$tmp"
 }
 
@@ -210,6 +223,10 @@ main() {
         }
     fi
     have_kubectl || install_kubectl
+    if [[ "${1:-}" == --node ]] && ! have_registry; then
+        log "fetching Debian's docker-registry for the node's registry"
+        deb_install docker-registry usr/bin/docker-registry
+    fi
     printf '%s\n' "$BIN"
 }
 

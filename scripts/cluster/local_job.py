@@ -4,15 +4,15 @@
     # named as the example's (the node's mount namespace sees the host's files).
     python scripts/cluster/local_job.py volumes manifests/examples/cpu-digits-2rank.yaml \
         --data DIR --checkpoints DIR [--namespace NS] | kubectl apply -f -
-    # The user's part: the example as shipped, but for the image built here.
+    # The user's part: the example as shipped (or renamed, or with spec fields set).
     python scripts/cluster/local_job.py job manifests/examples/cpu-digits-2rank.yaml \
-        --image localhost/shufflenet/trainer-cpu:TAG [--name NAME] [--set FIELD=YAML]... \
-        | kubectl apply -f -
+        [--name NAME] [--set FIELD=YAML]... | kubectl apply -f -
 
-The job changes only what this cluster cannot do otherwise: the image is the one built here
-and is never pulled (no registry has it). No securityContext, no volumes: the operator locks
-the rank pods down by itself, and the example's claims are the volumes above. --set
-overrides a spec field (e.g. training.epochs=3).
+The job names no image: the operator runs the trainer image the chart configured for its
+device type, which the node's containerd pulls from the cluster's registry. No
+securityContext, no volumes: the operator locks the rank pods down by itself, and the
+example's claims are the volumes above. --set overrides a spec field (e.g.
+training.epochs=3).
 
 The volumes: one PersistentVolume per claim of the example (data, checkpoints), a hostPath
 of this machine's directory (the node is this machine), pre-bound both ways (the PV's
@@ -46,18 +46,14 @@ def _set(spec: dict[str, Any], dotted: str, value: Any) -> None:
 def local_job(
     example: dict[str, Any],
     *,
-    image: str,
     name: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`example` with the image built here, never pulled (a new dict); `overrides` set
-    dotted spec fields."""
+    """`example` renamed (a new dict); `overrides` set dotted spec fields."""
     job = copy.deepcopy(example)
     if name:
         job["metadata"]["name"] = name
     spec = job["spec"]
-    spec["image"] = image
-    spec["imagePullPolicy"] = "Never"
     for dotted, value in (overrides or {}).items():
         _set(spec, dotted, value)
     return job
@@ -130,9 +126,8 @@ def _overrides(p: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
-    job = sub.add_parser("job", help="the example job, with the image built here")
+    job = sub.add_parser("job", help="the example job, renamed or with spec fields set")
     job.add_argument("example", type=Path)
-    job.add_argument("--image", required=True)
     job.add_argument("--name")
     job.add_argument(
         "--set",
@@ -149,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     example = yaml.safe_load(args.example.read_text(encoding="utf-8"))
     if args.what == "job":
-        out = [
-            local_job(example, image=args.image, name=args.name, overrides=_overrides(p, args.set))
-        ]
+        out = [local_job(example, name=args.name, overrides=_overrides(p, args.set))]
     else:
         out = claim_volumes(
             example, data=args.data, checkpoints=args.checkpoints, namespace=args.namespace

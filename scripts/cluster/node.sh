@@ -17,6 +17,14 @@
 # refuses a loopback --node-ip and there is no dummy module here), pods 10.244.0.0/24 on the
 # bridge, Services 10.96.0.0/24. The host reaches the API server (and Prometheus) through
 # loopback port forwards (socat on 127.0.0.1 -> nsenter -> socat into the namespace).
+#
+# The images come from a registry, as on any cluster: Debian's docker-registry (the CNCF
+# distribution registry) serves HTTPS at $REGISTRY with a certificate of the cluster's CA,
+# which the node's containerd trusts through its registry hosts configuration (config_path,
+# one hosts.toml per registry host: containerd's docs/hosts.md). Its storage is in the cache,
+# so an image pushed once is there for every later cluster. Only the pod sandbox image is
+# imported instead: it is part of the node, as node images bake it in or kubeadm pulls it
+# ahead, and the kubelet needs it before any pod's image can be pulled.
 
 # shellcheck disable=SC2034  # constants used by up.sh and down.sh, which source this file
 NODE_NAME=shufflenet-node
@@ -25,10 +33,12 @@ POD_CIDR=10.244.0.0/24
 SERVICE_CIDR=10.96.0.0/24
 KUBERNETES_SERVICE_IP=10.96.0.1
 CLUSTER_DOMAIN=cluster.local
+# The registry the node pulls from (scripts/cluster/push-images.sh pushes there).
+REGISTRY=$NODE_IP:5000
 # The kubelet writes these host-wide sysctls; they are shielded inside the mount namespace.
 SHIELDED_SYSCTLS=(kernel/panic kernel/panic_on_oops vm/overcommit_memory vm/panic_on_oom
     kernel/keys/root_maxkeys kernel/keys/root_maxbytes)
-NODE_DAEMONS=(containerd kubelet kube-proxy dnsmasq dns-sync)
+NODE_DAEMONS=(registry containerd kubelet kube-proxy dnsmasq dns-sync)
 
 # Run a command inside the cluster's namespaces.
 in_ns() { nsenter -t "$(cat "$STATE/pids/holder.pid")" -n -m -- "$@"; }
@@ -129,6 +139,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
+  # One hosts.toml per registry host under config_path (containerd's docs/hosts.md): here
+  # the cluster's registry, and its CA. (A table of its own, after the plugin's own keys: a
+  # key below a table header belongs to that table.)
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$STATE/containerd/certs.d"
+EOF
+    mkdir -p "$STATE/containerd/certs.d/$REGISTRY"
+    cat >"$STATE/containerd/certs.d/$REGISTRY/hosts.toml" <<EOF
+server = "https://$REGISTRY"
+[host."https://$REGISTRY"]
+  capabilities = ["pull", "resolve"]
+  ca = "$PKI/ca.crt"
 EOF
     cat >"$STATE/cni/net.d/10-shufflenet.conflist" <<EOF
 {
@@ -169,7 +191,7 @@ readOnlyPort: 0
 cgroupDriver: cgroupfs
 cgroupRoot: "$(node_cgroup_root)"
 failSwapOn: false
-# The images were imported, not pulled: garbage-collecting them would lose them for good.
+# The sandbox image is imported, not pulled: garbage-collecting it would lose it for good.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 # The shared disk of a test machine is no reason to evict training pods.
@@ -226,9 +248,31 @@ cgroup_root_remove() {
     done
 }
 
+# The cluster's registry: HTTPS on the node's address with a certificate of the cluster's
+# CA, no authentication (only the namespace reaches it), storage in the cache.
+start_registry() {
+    local bin=$1 dir="$STATE/registry"
+    mkdir -p "$dir" "$CACHE/registry"
+    pki_cert registry "/CN=shufflenet-registry" "IP:$NODE_IP" serverAuth
+    cat >"$dir/config.yml" <<EOF
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage:
+  filesystem: {rootdirectory: "$CACHE/registry"}
+  # Pushes of the same image reuse its blobs; nothing here deletes them.
+  delete: {enabled: false}
+http:
+  addr: $REGISTRY
+  tls: {certificate: "$PKI/registry.crt", key: "$PKI/registry.key"}
+EOF
+    start_ns registry "$bin/docker-registry" serve "$dir/config.yml"
+    wait_for "the registry at $REGISTRY" in_ns curl -sf --cacert "$PKI/ca.crt" "https://$REGISTRY/v2/"
+}
+
 start_node() {
     local bin=$1
     cgroup_root_create
+    start_registry "$bin"
     write_containerd_config
     start_ns containerd containerd --config "$STATE/containerd/config.toml"
     wait_for containerd ctr --address "$STATE/containerd/containerd.sock" version
@@ -288,4 +332,5 @@ stop_node() {
         done
     fi
     stop containerd
+    stop registry
 }

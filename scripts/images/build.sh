@@ -5,6 +5,9 @@
 #   scripts/images/build.sh [build]   # base, wheelhouse, operator, trainer-cpu, pause; then
 #                                     # prints the image references as shell assignments
 #   scripts/images/build.sh env       # the same (a no-op when everything is cached)
+#   scripts/images/build.sh push REGISTRY   # build, then push the operator
+#                                     # and trainer images to REGISTRY/shufflenet/NAME:TAG;
+#                                     # prints their references, tags and digests
 #   scripts/images/build.sh import --address SOCKET IMAGE...   # into containerd's k8s.io
 #   scripts/images/build.sh run IMAGE [ARG...]   # podman run it as a pod would: uid 10001,
 #                                     # read-only root, tmpfs /tmp, no network
@@ -26,6 +29,10 @@
 #                      $SHUFFLENET_CACHE/images
 #   PYTHON             the host Python whose pip makes the wheelhouse (default: python3)
 #   BUILDAH_RUNTIME    the OCI runtime of the RUN steps (default: runc)
+#   REGISTRY_CA        push: a CA certificate file the registry's certificate is signed by,
+#                      when the system's trust does not cover it
+#   REGISTRY_AUTH_FILE push: the registry credentials (`buildah login --authfile`), as every
+#                      tool of the containers stack reads them
 set -euo pipefail
 # Most results come back through $(...): fail there too.
 shopt -s inherit_errexit
@@ -295,6 +302,53 @@ build_all() {
     printf 'export OPERATOR_IMAGE TRAINER_IMAGE PAUSE_IMAGE BASE_IMAGE\n'
 }
 
+# push REGISTRY: the operator and trainer images, built or cached, to
+# REGISTRY/shufflenet/<name>:<tag> (the tag: the hash of the image's inputs). An image the
+# registry already holds under that reference, with the same config, is not pushed again:
+# buildah 1.28 always gzips layers for a registry, and its record of which compressed blobs a
+# registry holds lives in /var/lib/containers, read-only here, so a second push would
+# compress and send the gigabytes again. Prints shell assignments: REGISTRY, then
+# <NAME>_IMAGE (the full reference), <NAME>_TAG and <NAME>_DIGEST (the manifest's digest)
+# for OPERATOR and TRAINER.
+push_all() {
+    local tls=() registry="${1%/}" built var ref dest start
+    [[ -n "$registry" && $# -eq 1 ]] || die "usage: $0 push REGISTRY (host[:port])"
+    if [[ -n "${REGISTRY_CA:-}" ]]; then
+        # buildah and skopeo read CA certificates (*.crt) from a directory.
+        mkdir -p "$WORK/certs"
+        cp "$REGISTRY_CA" "$WORK/certs/ca.crt"
+        tls+=(--cert-dir "$WORK/certs")
+    fi
+    built="$(build_all)"
+    eval "$built"
+    printf 'REGISTRY=%s\n' "$registry"
+    for var in OPERATOR TRAINER; do
+        ref="${var}_IMAGE"
+        ref="${!ref}"
+        dest="$registry/${ref#localhost/}"
+        start=$SECONDS
+        if [[ "$(registry_config_digest "$dest" "${tls[@]}")" == "sha256:$(image_id "$ref")" ]]; then
+            log "$dest: already in the registry"
+        else
+            buildah push --quiet "${tls[@]}" "$ref" "docker://$dest" >&2
+            log "$dest: pushed in $((SECONDS - start)) s"
+        fi
+        skopeo inspect --raw "${tls[@]}" "docker://$dest" >"$WORK/manifest"
+        printf '%s_IMAGE=%s\n%s_TAG=%s\n%s_DIGEST=sha256:%s\n' "$var" "$dest" "$var" \
+            "${ref##*:}" "$var" "$(sha256sum "$WORK/manifest" | cut -d' ' -f1)"
+    done
+}
+
+# registry_config_digest REF [TLS OPTION...]: the config digest of the manifest the registry
+# holds under REF (empty when it has none).
+registry_config_digest() {
+    local ref=$1
+    shift
+    skopeo inspect --raw "$@" "docker://$ref" >"$WORK/manifest" 2>/dev/null || return 0
+    "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["config"]["digest"])' \
+        "$WORK/manifest"
+}
+
 # The config digest containerd holds under REF (empty when it has none).
 containerd_config_digest() {
     local address="$1" ref="$2" manifest
@@ -393,7 +447,7 @@ main() {
     # Before isolate: installing packages writes the host's /var, read-only in there.
     if [[ -z "${SHUFFLENET_IMAGES_ISOLATED:-}" ]]; then
         case "${1:-build}" in
-        build | env) need buildah mmdebstrap runc gcc skopeo "$PYTHON" ;;
+        build | env | push) need buildah mmdebstrap runc gcc skopeo "$PYTHON" ;;
         import) need ctr buildah skopeo ;;
         run) need podman ;;
         esac
@@ -405,6 +459,10 @@ main() {
     trap 'rm -rf "$WORK"' EXIT
     case "${1:-build}" in
     build | env) build_all ;;
+    push)
+        shift
+        push_all "$@"
+        ;;
     import)
         shift
         import_images "$@"
@@ -414,7 +472,7 @@ main() {
         run_image "$@"
         ;;
     clean) clean ;;
-    *) die "usage: $0 [build|env|import --address SOCKET IMAGE...|run IMAGE [ARG...]|clean]" ;;
+    *) die "usage: $0 [build|env|push REGISTRY|import --address SOCKET IMAGE...|run IMAGE [ARG...]|clean]" ;;
     esac
 }
 

@@ -8,6 +8,12 @@ from typing import Any
 
 from shufflenet_contract import crd
 
+# The trainer images the chart gives the operator by default (--trainer-image DEVICE=REF):
+# what the examples, which name no image, run.
+TRAINER_IMAGES = {
+    device: f"registry.test:5000/shufflenet/trainer-{device}:0.1.0" for device in crd.DEVICE_TYPES
+}
+
 
 def job_manifest(
     name: str = "sn",

@@ -23,6 +23,8 @@ DASHBOARD = CHART / "dashboards" / "shufflenet-training.json"
 RULES = CHART / "rules" / "shufflenet-training.rules.yaml"
 RULES_TEST = ROOT / "tests" / "prometheus" / "shufflenet-training.rules.test.yaml"
 GRAFANA_DIR = ROOT / "tests" / "grafana"
+# The chart requires the registry of its images; .test is reserved (RFC 2606), no one's.
+REGISTRY_VALUES = ("--set", "global.imageRegistry=registry.test:5000")
 
 
 def dashboard_targets() -> list[tuple[str, str, str]]:
@@ -82,7 +84,7 @@ def helm_template(
 ) -> list[dict[str, Any]]:
     """The chart's objects as `helm template` renders them (extra flags in args)."""
     proc = subprocess.run(
-        [helm(), "template", release, str(CHART), "-n", namespace, *args],
+        [helm(), "template", release, str(CHART), "-n", namespace, *REGISTRY_VALUES, *args],
         capture_output=True,
         text=True,
         timeout=120,

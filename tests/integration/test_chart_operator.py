@@ -15,7 +15,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from integration.metrics_tools import CHART, ROOT, by_kind, helm, helm_template
+from integration.metrics_tools import CHART, REGISTRY_VALUES, ROOT, by_kind, helm, helm_template
 
 from shufflenet_contract import crd
 from shufflenet_operator import main as operator_main
@@ -153,7 +153,9 @@ def test_deployment_runs_two_replicas_with_leader_election_as_non_root() -> None
     selector = term["podAffinityTerm"]["labelSelector"]
     assert selector["matchLabels"] == spec["selector"]["matchLabels"]
     (c,) = pod["containers"]
-    assert c["image"] == "shufflenet/operator:0.1.0"
+    assert c["image"] == "registry.test:5000/shufflenet/operator:0.1.0"
+    # A registry pulls what is not on the node (and IfNotPresent keeps a pinned tag cached).
+    assert c["imagePullPolicy"] == "IfNotPresent"
     assert c["command"] == ["shufflenet-operator"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
@@ -198,6 +200,42 @@ def test_deployment_args_are_flags_the_operator_accepts(values: tuple[str, ...])
     assert election == (15, 10, 2)
     # The chart's rankResources are the operator's own defaults.
     assert args.rank_resources == render.RANK_RESOURCES
+    # A job without an image runs the trainer image of its device type, from the registry.
+    assert args.trainer_images == {
+        "cpu": "registry.test:5000/shufflenet/trainer-cpu:0.1.0",
+        "gpu": "registry.test:5000/shufflenet/trainer-cuda:0.1.0",
+        "npu": "registry.test:5000/shufflenet/trainer-ascend:0.1.0",
+    }
+
+
+def test_image_values_make_registry_qualified_references_pinned_by_digest() -> None:
+    digest = "sha256:" + "ab" * 32
+    (dep,) = by_kind(
+        helm_template(
+            *OPERATOR_ONLY,
+            "--set", "global.imageRegistry=reg.internal:5000/",
+            "--set", "operator.image.tag=1.2", "--set", f"operator.image.digest={digest}",
+            "--set", "trainer.images.cpu.repository=ml/trainer",
+            "--set", "trainer.images.cpu.tag=7",
+            "--set", "trainer.images.gpu.repository=",
+        )
+    )["Deployment"]  # fmt: skip
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == f"reg.internal:5000/shufflenet/operator:1.2@{digest}"
+    # An empty repository: no default for gpu jobs (they must name their image).
+    assert operator_main.parse_args(c["args"]).trainer_images == {
+        "cpu": "reg.internal:5000/ml/trainer:7",
+        "npu": "reg.internal:5000/shufflenet/trainer-ascend:0.1.0",
+    }
+
+
+def test_the_registry_is_required_with_a_one_line_error_naming_the_value() -> None:
+    proc = subprocess.run(
+        [helm(), "template", "x", str(CHART)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    (line,) = [ln for ln in proc.stderr.splitlines() if "global.imageRegistry" in ln]
+    assert "required" in line and "--set global.imageRegistry=" in line
 
 
 def test_one_replica_without_leader_election_recreates_and_has_no_budget() -> None:
@@ -265,7 +303,7 @@ def test_rank_resources_values_become_the_operators_flag() -> None:
 )
 def test_a_bad_rank_resources_value_fails_the_install_by_name(value: str, message: str) -> None:
     proc = subprocess.run(
-        [helm(), "template", "x", str(CHART), "--set", value],
+        [helm(), "template", "x", str(CHART), *REGISTRY_VALUES, "--set", value],
         capture_output=True,
         text=True,
         timeout=60,

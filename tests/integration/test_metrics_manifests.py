@@ -8,7 +8,15 @@ import subprocess
 
 import pytest
 import yaml
-from integration.metrics_tools import CHART, DASHBOARD, RULES, by_kind, helm, helm_template
+from integration.metrics_tools import (
+    CHART,
+    DASHBOARD,
+    REGISTRY_VALUES,
+    RULES,
+    by_kind,
+    helm,
+    helm_template,
+)
 
 # The operator's objects are tested in test_chart_operator.py (which also checks that the
 # plain copies under manifests/ are in sync); here only the monitoring ones.
@@ -24,7 +32,10 @@ ONLY_RULE = ("--api-versions", "monitoring.coreos.com/v1/PrometheusRule")
 
 def test_chart_lints() -> None:
     proc = subprocess.run(
-        [helm(), "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=120
+        [helm(), "lint", "--strict", str(CHART), *REGISTRY_VALUES],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers.jobs import TRAINER_IMAGES
 from integration.metrics_tools import ROOT, helm_template
 from integration.pod_security_tools import check_restricted, resource_id
 
 from shufflenet_contract import job as jobs
-from shufflenet_operator import render
+from shufflenet_operator import render, trainer_images
 
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 # The one object that talks to the API server: the operator keeps its token mounted.
@@ -40,7 +41,8 @@ def example_pods() -> list[dict[str, Any]]:
     for path in EXAMPLES:
         manifest = yaml.safe_load(path.read_text())
         manifest["metadata"].update(namespace=path.stem, uid=f"uid-{path.stem}")
-        job = jobs.validate_job(manifest)
+        # No image: the chart's default trainer image for the device type.
+        job = trainer_images.with_default(jobs.validate_job(manifest), TRAINER_IMAGES)
         pods += [render.render_pod(job, pod) for pod in range(jobs.pod_count(job))]
     return pods
 

@@ -107,6 +107,8 @@ class OperatorProcess:
             "--watch-timeout",
             "10",
             "--verbose",
+            # As the chart starts it: a default trainer image per device type.
+            *(f"--trainer-image={d}={ref}" for d, ref in jobs.TRAINER_IMAGES.items()),
             *self.args,
         ]
         with self.log_path.open("wb") as out:

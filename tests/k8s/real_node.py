@@ -1,15 +1,18 @@
 """The one-machine cluster with a REAL node, for tests and `make demo-cluster` alike.
 
 Real: the control plane, the kubelet v1.20.2 with containerd and runc, the CNI bridge,
-kube-proxy, dnsmasq as cluster DNS, the images built by scripts/images/build.sh, the chart
-installed by helm with the operator running from its image under the chart's
-ServiceAccount. SIMULATED: only the hardware side of the Ascend device plugin
+kube-proxy, dnsmasq as cluster DNS, the cluster's registry (Debian's docker-registry, TLS with
+the cluster's CA), the images built by scripts/images/build.sh and pushed there, which the
+node's containerd pulls, the chart installed by helm with only the image values (and the
+tests' pacing) with the operator running from its image under the chart's ServiceAccount.
+SIMULATED: only the hardware side of the Ascend device plugin
 (tests/sim/ascend_device_plugin.py), which speaks the kubelet's real device-plugin API.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ from sim.ascend_device_plugin import AscendDevicePlugin, PluginConfig
 
 from k8s.cluster import REPO, ControlPlane
 
-IMAGES_TOOL = REPO / "scripts" / "images" / "build.sh"
+PUSH_TOOL = REPO / "scripts" / "cluster" / "push-images.sh"
 OPERATOR_NAMESPACE = "shufflenet-system"
 RELEASE = "shufflenet"
 NPU_CHIPS = 8
@@ -40,13 +43,11 @@ _demo = _load_script_module("local_job")
 local_job, claim_volumes = _demo.local_job, _demo.claim_volumes
 
 
-def build_images(timeout: float = 3600) -> dict[str, str]:
-    """Build (or find cached) the images; their references by variable name."""
-    proc = subprocess.run(
-        ["bash", str(IMAGES_TOOL), "env"], capture_output=True, text=True, timeout=timeout
-    )
+def _assignments(argv: list[str], timeout: float, env: dict[str, str]) -> dict[str, str]:
+    """The NAME=VALUE lines a script prints."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"scripts/images/build.sh env failed:\n{proc.stderr[-6000:]}")
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stderr[-6000:]}")
     return dict(
         line.split("=", 1)
         for line in proc.stdout.splitlines()
@@ -54,9 +55,21 @@ def build_images(timeout: float = 3600) -> dict[str, str]:
     )
 
 
+def push_images(cp: ControlPlane, timeout: float = 1800) -> dict[str, str]:
+    """The operator and trainer images pushed to the cluster's registry: REGISTRY and each
+    image's reference, tag and digest (OPERATOR_IMAGE, _TAG, _DIGEST; TRAINER_...)."""
+    env = {**os.environ, "SHUFFLENET_CLUSTER_DIR": str(cp.state_dir)}
+    return _assignments(["bash", str(PUSH_TOOL)], timeout, env)
+
+
+def pinned(images: dict[str, str], name: str) -> str:
+    """The reference the chart makes of a pushed image: registry/repository:tag@digest."""
+    return f"{images[name + '_IMAGE']}@{images[name + '_DIGEST']}"
+
+
 @dataclass
 class RealNode:
-    """A running cluster with a real node, the images in its containerd, and the chart."""
+    """A running cluster with a real node, the images in its registry, and the chart."""
 
     cp: ControlPlane
     images: dict[str, str]
@@ -92,25 +105,17 @@ class RealNode:
         return proc
 
 
-def import_images(cp: ControlPlane, *refs: str) -> None:
-    sock = cp.state_dir / "containerd" / "containerd.sock"
-    proc = subprocess.run(
-        ["bash", str(IMAGES_TOOL), "import", "--address", str(sock), *refs],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"image import failed:\n{proc.stderr[-6000:]}")
-
-
 def helm_install_operator(node: RealNode, *values: str) -> None:
-    """The chart as a user installs it, with the operator image built here."""
-    repo, _, tag = node.images["OPERATOR_IMAGE"].rpartition(":")
+    """The chart as a user installs it: the images' registry, tags and digests (pushed by
+    push_images), nothing else but `values`."""
+    images = node.images
     node.helm(
         "upgrade", "--install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
-        "--create-namespace", "--set", f"operator.image.repository={repo}",
-        "--set", f"operator.image.tag={tag}", "--set", "operator.image.pullPolicy=Never",
+        "--create-namespace", "--set", f"global.imageRegistry={images['REGISTRY']}",
+        "--set", f"operator.image.tag={images['OPERATOR_TAG']}",
+        "--set", f"operator.image.digest={images['OPERATOR_DIGEST']}",
+        "--set", f"trainer.images.cpu.tag={images['TRAINER_TAG']}",
+        "--set", f"trainer.images.cpu.digest={images['TRAINER_DIGEST']}",
         *values, "--wait", "--timeout", "300s",
     )  # fmt: skip
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from integration.metrics_tools import CHART, helm
+from integration.metrics_tools import CHART, REGISTRY_VALUES, helm
 from kubernetes import client
 from sim.node_agent import NodeAgent, wait_for
 
@@ -146,7 +146,7 @@ def test_helm_install_runs_the_operator_and_uninstall_removes_it(
     run_helm(
         control_plane,
         "install", release, str(CHART), "--namespace", namespace, "--create-namespace",
-        "--wait", "--timeout", "120s",
+        *REGISTRY_VALUES, "--wait", "--timeout", "120s",
     )  # fmt: skip
     try:
         status = json.loads(run_helm(control_plane, "status", release, "-n", namespace,

@@ -34,11 +34,11 @@ from k8s.operator_harness import Jobs, new_namespace
 from k8s.real_node import (
     OPERATOR_NAMESPACE,
     RealNode,
-    build_images,
     claim_volumes,
     helm_install_operator,
-    import_images,
     local_job,
+    pinned,
+    push_images,
     start_device_plugin,
 )
 from shufflenet_contract import ranktable
@@ -51,12 +51,11 @@ TRAINER_UID = 10001
 
 @pytest.fixture(scope="module")
 def real_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNode]:
-    images = build_images()
     state = tmp_path_factory.mktemp("node") / "cluster"
     cp = start_control_plane(state, node=True)
     plugins = []
     try:
-        import_images(cp, images["OPERATOR_IMAGE"], images["TRAINER_IMAGE"])
+        images = push_images(cp)
         for resource in ranktable.DEVICE_ANNOTATIONS:
             plugins.append(start_device_plugin(cp, resource))
         node = RealNode(cp, images, plugins)
@@ -121,15 +120,10 @@ def claims(jobs: Jobs, digits: Path, checkpoints: Path) -> Iterator[None]:
 
 
 def digits_job(node: RealNode, name: str, **overrides: Any) -> dict:
-    """The example as the demo applies it: only the image (built here) and the name differ,
-    and the overrides (2 epochs unless they say otherwise)."""
+    """The example as the demo applies it, no image (the operator's default, from the
+    registry): only the name and the overrides differ (2 epochs unless they say otherwise)."""
     example = yaml.safe_load(EXAMPLE.read_text())
-    return local_job(
-        example,
-        image=node.images["TRAINER_IMAGE"],
-        name=name,
-        overrides={"training.epochs": 2, **overrides},
-    )
+    return local_job(example, name=name, overrides={"training.epochs": 2, **overrides})
 
 
 def run_folder(jobs: Jobs, checkpoints: Path, name: str) -> Path:
@@ -173,7 +167,11 @@ def test_digits_job_succeeds_in_real_pods_from_the_images(
     for pod in pods:
         (c,) = [c for c in pod.spec.containers if c.name == "trainer"]
         assert c.security_context.read_only_root_filesystem is True
-        assert c.image == real_node.images["TRAINER_IMAGE"]
+        # The chart's cpu trainer image, pinned by digest, pulled from the registry.
+        assert c.image == pinned(real_node.images, "TRAINER")
+        assert pod.status.container_statuses[0].image_id.endswith(
+            real_node.images["TRAINER_DIGEST"]
+        )
         claimed = {
             v.persistent_volume_claim.claim_name
             for v in pod.spec.volumes
@@ -190,9 +188,16 @@ def test_digits_job_succeeds_in_real_pods_from_the_images(
     ops = core.list_namespaced_pod(OPERATOR_NAMESPACE).items
     assert len(ops) == 2
     for op in ops:
-        assert op.spec.containers[0].image == real_node.images["OPERATOR_IMAGE"]
+        assert op.spec.containers[0].image == pinned(real_node.images, "OPERATOR")
         assert op.spec.service_account_name not in (None, "", "default")
         assert op.status.phase == "Running"
+    # Nothing imported them: containerd holds both under the registry's names, pulled.
+    images = real_node.images
+    listed = real_node.ctr("images", "ls", "-q").stdout.split()
+    for name in ("OPERATOR", "TRAINER"):
+        repository = images[f"{name}_IMAGE"].rpartition(":")[0]
+        digest = images[f"{name}_DIGEST"]
+        assert any(r.startswith(repository) and r.endswith(f"@{digest}") for r in listed), listed
 
 
 @pytest.mark.parametrize("resource", sorted(ranktable.DEVICE_ANNOTATIONS))

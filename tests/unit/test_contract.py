@@ -191,7 +191,7 @@ def test_job_spec_reference_lists_defaults_and_limits() -> None:
     text = jobspec.render_markdown()
     row = next(line for line in text.splitlines() if line.startswith("| `spec.devices.count`"))
     assert "`1`" in row and ">= 1" in row
-    assert "| `spec.image` | string |  | required; not empty |" in text
+    assert "| `spec.devices` | object |  | required |" in text
 
 
 def test_crd_is_structural_and_1_20_compatible() -> None:

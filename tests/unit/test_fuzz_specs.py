@@ -16,17 +16,19 @@ from datetime import datetime, timezone
 from typing import Any
 
 from helpers.fixed_draws import local_constants_off
+from helpers.jobs import TRAINER_IMAGES
 from helpers.spec_mutations import Case, cases
 from hypothesis import HealthCheck, given, settings
 
 from shufflenet_contract import job as jobs
-from shufflenet_operator import job_policy, policy
+from shufflenet_operator import job_policy, policy, trainer_images
 from shufflenet_operator import status as st
 from shufflenet_operator.observed import Observed
 
 EXAMPLES = 2000
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-SETTINGS = policy.Settings()
+# The chart's operator: a default trainer image per device type (the examples name none).
+SETTINGS = policy.Settings(trainer_images=TRAINER_IMAGES)
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Checks across fields name the field the rule is written on: the global batch must divide
 # over devices.count, perPod must divide it, an Ascend pod holds certain chip counts.
@@ -104,6 +106,7 @@ def _one_mutation(case: Case) -> None:
         obj["metadata"] = {**obj["metadata"], "namespace": "ns", "uid": "job-uid"}
     try:
         job = jobs.validate_job({k: obj.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
+        job = trainer_images.with_default(job, SETTINGS.trainer_images)  # "" is no image
         job_policy.check(job, SETTINGS.job_policy)  # a hostPath volume, hostNetwork...
     except jobs.ManifestError:
         job = None

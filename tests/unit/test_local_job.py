@@ -21,11 +21,13 @@ def example() -> dict:
     return yaml.safe_load(EXAMPLE.read_text())
 
 
-def test_job_is_the_example_but_for_the_image() -> None:
-    job = demo["local_job"](example(), image="localhost/t:1", overrides={"training.epochs": 2})
+def test_job_is_the_example_as_shipped_but_for_the_overrides() -> None:
+    assert demo["local_job"](example()) == example()
+    job = demo["local_job"](example(), overrides={"training.epochs": 2})
     expected = example()
-    expected["spec"].update(image="localhost/t:1", imagePullPolicy="Never")
     expected["spec"]["training"]["epochs"] = 2
+    # No image, no pull policy: the operator's default trainer image, pulled from a registry.
+    assert "image" not in job["spec"] and "imagePullPolicy" not in job["spec"]
     # No securityContext, no volumes: the operator's defaults and the example's claims.
     assert job == expected
     jobs.validate_job(job)
@@ -59,7 +61,7 @@ def test_cli_prints_the_volumes_then_the_job_apart(
     assert demo["main"](argv) == 0
     kinds = [d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out)]
     assert sorted(kinds) == ["PersistentVolume"] * 2 + ["PersistentVolumeClaim"] * 2
-    argv = ["job", str(EXAMPLE), "--image", "i:1", "--name", "n", "--set", "training.epochs=3"]
+    argv = ["job", str(EXAMPLE), "--name", "n", "--set", "training.epochs=3"]
     assert demo["main"](argv) == 0
     (job,) = yaml.safe_load_all(capsys.readouterr().out)
     assert job["metadata"]["name"] == "n" and job["spec"]["training"]["epochs"] == 3

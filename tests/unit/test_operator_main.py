@@ -10,6 +10,15 @@ import pytest
 from shufflenet_operator import handlers, main, policy, render
 
 
+def started_with(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> handlers.Options:
+    """The options the handlers get when the operator starts with `argv` (kopf stubbed)."""
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(kopf, "run", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(kopf, "configure", lambda **kw: None)
+    assert main.main(argv) == 0
+    return handlers.options_of(seen["memo"])
+
+
 def test_flags_reach_the_handlers_in_the_memo(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
     monkeypatch.setattr(kopf, "run", lambda **kw: seen.update(kw))
@@ -43,12 +52,8 @@ def test_the_job_policy_and_the_npu_device_group_are_flags(monkeypatch: pytest.M
 def test_rank_resources_change_the_defaults_one_key_at_a_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    seen: dict[str, Any] = {}
-    monkeypatch.setattr(kopf, "run", lambda **kw: seen.update(kw))
-    monkeypatch.setattr(kopf, "configure", lambda **kw: None)
     argv = ["--rank-resources", "npu=cpu:16,memory:64Gi", "--rank-resources", "npu=shm:8Gi"]
-    assert main.main(argv) == 0
-    options = handlers.options_of(seen["memo"])
+    options = started_with(monkeypatch, argv)
     assert options.rank_resources["npu"] == render.RankResources("16", "64Gi", "8Gi")
     assert options.rank_resources["gpu"] == render.RANK_RESOURCES["gpu"]
     # Without the flag: the defaults, the same under `kopf run -m`.
@@ -56,9 +61,20 @@ def test_rank_resources_change_the_defaults_one_key_at_a_time(
     assert handlers.Options().rank_resources == policy.Settings().rank_resources
 
 
+def test_trainer_images_are_flags_by_device_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = ["--trainer-image", "cpu=r:5000/a/t-cpu:1", "--trainer-image", "npu=r/t@sha256:ab"]
+    options = started_with(monkeypatch, argv)
+    assert options.trainer_images == {"cpu": "r:5000/a/t-cpu:1", "npu": "r/t@sha256:ab"}
+    assert main.parse_args([]).trainer_images == handlers.Options().trainer_images == {}
+    assert policy.Settings().trainer_images == {}
+
+
 @pytest.mark.parametrize(
     "argv",
     [
+        ["--trainer-image", "tpu=r/t:1"],
+        ["--trainer-image", "cpu="],
+        ["--trainer-image", "r/t:1"],
         ["--job-policy", "strict"],
         ["--npu-device-group", "0"],
         ["--npu-device-group", "wheel"],

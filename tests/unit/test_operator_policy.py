@@ -329,6 +329,38 @@ def test_invalid_spec_fails_with_the_field_and_creates_nothing() -> None:
     assert c.reconcile(1).events == []  # reported once
 
 
+def test_a_job_without_an_image_runs_the_operators_default_for_its_device_type() -> None:
+    c = Cluster(image=None)
+    del c.job["spec"]["image"]
+    c.settings = dataclasses.replace(SETTINGS, trainer_images={"npu": "reg:5000/t-npu:1"})
+    plan = c.reconcile()
+    pods = [m for m in plan.create if m["kind"] == "Pod"]
+    assert len(pods) == 4
+    assert {p["spec"]["containers"][0]["image"] for p in pods} == {"reg:5000/t-npu:1"}
+    # The job's own image wins over the default.
+    c = Cluster(image="mine:2")
+    c.settings = dataclasses.replace(SETTINGS, trainer_images={"npu": "reg:5000/t-npu:1"})
+    pods = [m for m in c.reconcile().create if m["kind"] == "Pod"]
+    assert {p["spec"]["containers"][0]["image"] for p in pods} == {"mine:2"}
+
+
+@pytest.mark.parametrize("image", [None, ""])
+def test_a_job_without_an_image_and_no_default_fails_naming_the_field_and_flag(
+    image: str | None,
+) -> None:
+    c = Cluster(image=image)
+    if image is None:
+        del c.job["spec"]["image"]
+    c.settings = dataclasses.replace(SETTINGS, trainer_images={"cpu": "reg:5000/t-cpu:1"})
+    plan = c.reconcile()
+    assert plan.create == []
+    failed = c.cond("Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert failed["message"].startswith("spec.image: not set"), failed["message"]
+    assert "--trainer-image npu=REF" in failed["message"]
+    assert "\n" not in failed["message"]
+
+
 def test_deadline_and_suspend() -> None:
     c = Cluster(runPolicy={"activeDeadlineSeconds": 60})
     c.reconcile()

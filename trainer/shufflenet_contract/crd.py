@@ -82,7 +82,10 @@ def _embedded(description: str) -> dict[str, Any]:
 
 SPEC: dict[str, Any] = _obj(
     {
-        "image": _str(minLength=1, description="trainer container image"),
+        "image": _str(
+            description="trainer container image; empty: the operator's default for the "
+            "job's device type (--trainer-image, chart values trainer.images)"
+        ),
         "imagePullPolicy": _str(
             enum=["Always", "IfNotPresent", "Never"], description="of the rank pods' image"
         ),
@@ -313,7 +316,7 @@ SPEC: dict[str, Any] = _obj(
             "InvalidSpec naming the field"
         ),
     },
-    required=["image", "devices"],
+    required=["devices"],
 )
 
 _CONDITION = _obj(

@@ -141,3 +141,15 @@ to follow them. (API discovery, which it also reads, is open to every authentica
   verbs: [list, watch]
 {{- end }}
 {{- end -}}
+
+{{/*
+An image reference: <global.imageRegistry>/<repository>:<tag>[@<digest>], the tag defaulting
+to the chart's appVersion. The registry is required: no image of this chart is in a registry
+the chart could name for you. Called with (dict "root" $ "image" <values of one image>).
+*/}}
+{{- define "shufflenet.image" -}}
+{{- $registry := required "global.imageRegistry: required, the registry holding the images (e.g. --set global.imageRegistry=registry.internal:5000; docs/install.md)" .root.Values.global.imageRegistry -}}
+{{- $ref := printf "%s/%s:%s" (trimSuffix "/" $registry) .image.repository (.image.tag | default .root.Chart.AppVersion | toString) -}}
+{{- with .image.digest }}{{ $ref = printf "%s@%s" $ref . }}{{ end -}}
+{{- $ref -}}
+{{- end -}}
