@@ -99,7 +99,7 @@ def test_monitoring_enabled_auto_true_false(
 
 def test_a_bad_monitoring_enabled_fails_naming_the_choices() -> None:
     proc = subprocess.run(
-        [helm(), "template", "x", str(CHART), "--set", "monitoring.enabled=yes"],
+        [helm(), "template", "x", str(CHART), *REGISTRY_VALUES, "--set", "monitoring.enabled=yes"],
         capture_output=True,
         text=True,
         timeout=60,

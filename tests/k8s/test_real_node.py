@@ -485,8 +485,7 @@ def test_an_image_that_cannot_be_pulled_shows_on_the_job_then_the_start_timeout_
     real_node: RealNode, jobs: Jobs, claims: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     job = digits_job(real_node, "nopull", **{"runPolicy.startTimeoutSeconds": 60})
-    # As a user's job names an image: pulled when not on the node (the demo's Never is for
-    # images imported by hand).
+    # A user's job naming an image the node cannot pull.
     job["spec"].update(image=UNPULLABLE, imagePullPolicy="IfNotPresent")
     seen: dict[str, float] = {}
     stop_watch = _first_pull_error(jobs, "nopull", seen)
