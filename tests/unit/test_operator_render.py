@@ -456,3 +456,24 @@ def test_quantities_scale_in_their_own_unit(quantity: str, times: int, scaled: s
 def test_a_bad_quantity_is_refused_by_name(text: str) -> None:
     with pytest.raises(ValueError, match="is not a quantity such as 500m"):
         render.check_quantity(text)
+
+
+@pytest.mark.parametrize(
+    ("run_policy", "expected"),
+    [
+        # Unset: the contract's defaults, a few restarts in place before the whole job.
+        ({}, env.InPlacePolicy(crd.DEFAULT_INPLACE_RESTARTS, crd.DEFAULT_INPLACE_BACKOFF_SECONDS)),
+        ({"inPlaceRestarts": 5, "inPlaceBackoffSeconds": 2.5}, env.InPlacePolicy(5, 2.5)),
+        # Off: the pod's process trains itself and a crash restarts the whole job.
+        ({"inPlaceRestarts": 0}, env.InPlacePolicy(0, crd.DEFAULT_INPLACE_BACKOFF_SECONDS)),
+    ],
+)
+def test_the_in_place_restart_budget_reaches_every_rank_from_the_run_policy(
+    run_policy: dict[str, Any], expected: env.InPlacePolicy
+) -> None:
+    job = make_job({"type": "cpu", "count": 2}, runPolicy=run_policy)
+    for rank in range(2):
+        values = {
+            k: v for k, v in env_of(render.render_pod(job, rank)).items() if isinstance(v, str)
+        }
+        assert env.read_inplace_policy(values) == expected

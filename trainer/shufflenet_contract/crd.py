@@ -37,6 +37,10 @@ PHASES = ["Pending", "Creating", "Running", "Restarting", "Succeeded", "Failed",
 # [0, 2147483647] with 0 = never, but their AIV mode caps it at 1091).
 HCCL_EXEC_TIMEOUT_RANGE = (1, 17340)
 
+# Tier 1's budget when spec.runPolicy names none (env.InPlacePolicy): a few restarts in place
+# with a short first pause, so that a crash costs seconds before the whole job restarts.
+DEFAULT_INPLACE_RESTARTS = 3
+DEFAULT_INPLACE_BACKOFF_SECONDS = 1.0
 # The extended resource a rank asks for, per device type (cpu ranks ask for none).
 DEFAULT_RESOURCE = {"npu": "huawei.com/Ascend910", "gpu": "nvidia.com/gpu"}
 
@@ -235,6 +239,21 @@ SPEC: dict[str, Any] = _obj(
         "runPolicy": _obj(
             {
                 "backoffLimit": _int(0, default=3, description="whole-job restarts"),
+                "inPlaceRestarts": _int(
+                    0,
+                    default=DEFAULT_INPLACE_RESTARTS,
+                    description="restarts in place (tier 1): the ranks' training processes "
+                    "started again in their pods from the last checkpoint when one dies or "
+                    "loses a peer; past them, or on a permanent exit code, the whole job "
+                    "restarts (backoffLimit). 0: off",
+                ),
+                "inPlaceBackoffSeconds": _num(
+                    minimum=0,
+                    maximum=3600,
+                    default=DEFAULT_INPLACE_BACKOFF_SECONDS,
+                    description="pause before the first restart in place, doubled for each "
+                    "one after it",
+                ),
                 "cleanPodPolicy": _str(
                     enum=["Running", "All", "None"],
                     default="Running",

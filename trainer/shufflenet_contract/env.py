@@ -18,7 +18,12 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .crd import DEVICE_TYPES, HCCL_EXEC_TIMEOUT_RANGE
+from .crd import (
+    DEFAULT_INPLACE_BACKOFF_SECONDS,
+    DEFAULT_INPLACE_RESTARTS,
+    DEVICE_TYPES,
+    HCCL_EXEC_TIMEOUT_RANGE,
+)
 
 RANK = "RANK"
 WORLD_SIZE = "WORLD_SIZE"
@@ -58,13 +63,12 @@ SHUFFLE_KERNEL = "SHUFFLENET_SHUFFLE_KERNEL"
 
 # Tier 1 recovery in place (docs/reliability.md#tier-1-in-place): how many times a rank pod's
 # supervisor may start the training processes again under a new generation, and the backoff
-# before the first such restart (doubled for each one after it). Set by the operator from
-# spec.runPolicy once it has the fields; until then the defaults hold. 0 restarts: no
-# supervisor, the training process is the pod's process (the whole job restarts, as before).
+# before the first such restart (doubled for each one after it). Written from the job's
+# spec.runPolicy.inPlaceRestarts and .inPlaceBackoffSeconds (`inplace_env`); unset, the
+# defaults hold. 0 restarts: no supervisor, the training process is the pod's process (the
+# whole job restarts, as before).
 INPLACE_RESTARTS = "SHUFFLENET_INPLACE_RESTARTS"
 INPLACE_BACKOFF = "SHUFFLENET_INPLACE_BACKOFF_SECONDS"
-DEFAULT_INPLACE_RESTARTS = 3
-DEFAULT_INPLACE_BACKOFF_SECONDS = 1.0
 # Written by the supervisor for the training process it starts: the generation it belongs
 # to (its process group meets under its own store prefix), and, after a recovery, what that
 # recovery was (JSON: generation, cause, failed_at, rendezvous_at; wall-clock seconds).
@@ -315,6 +319,14 @@ def read_inplace_policy(environ: Mapping[str, str]) -> InPlacePolicy:
         if not 0 <= backoff <= 3600:
             raise EnvError(f"{INPLACE_BACKOFF}={text} must be in [0, 3600] seconds")
     return InPlacePolicy(DEFAULT_INPLACE_RESTARTS if restarts is None else restarts, backoff)
+
+
+def inplace_env(policy: InPlacePolicy) -> dict[str, str]:
+    """The variables `read_inplace_policy` reads back as `policy`."""
+    return {
+        INPLACE_RESTARTS: str(policy.restarts),
+        INPLACE_BACKOFF: f"{policy.backoff_seconds:g}",
+    }
 
 
 def read_generation(environ: Mapping[str, str]) -> int | None:

@@ -220,6 +220,7 @@ def pod_env(
     run-local` runs every rank as a process of its own: 1). `metrics_port` defaults to
     spec.metrics.port (a local run of several ranks on one host passes distinct ports).
     `attempt` is the whole-job attempt the pod is created for (the job's status.restarts).
+    The in-place restart budget (tier 1) comes from spec.runPolicy.
     """
     spec = job["spec"]
     per = devices_per_pod(job) if per_pod is None else per_pod
@@ -240,7 +241,21 @@ def pod_env(
         hccl_exec_timeout=spec["training"].get("hcclExecTimeoutSeconds"),
         attempt=attempt,
     )
-    return env.rank_env(rank, device_type=device_type(job))
+    return {
+        **env.rank_env(rank, device_type=device_type(job)),
+        **env.inplace_env(inplace_policy(job)),
+    }
+
+
+def inplace_policy(job: Mapping[str, Any]) -> env.InPlacePolicy:
+    """spec.runPolicy's budget of restarts in place (tier 1) and their first backoff."""
+    run_policy = job["spec"].get("runPolicy") or {}
+    return env.InPlacePolicy(
+        restarts=run_policy.get("inPlaceRestarts", env.DEFAULT_INPLACE_RESTARTS),
+        backoff_seconds=run_policy.get(
+            "inPlaceBackoffSeconds", env.DEFAULT_INPLACE_BACKOFF_SECONDS
+        ),
+    )
 
 
 # spec.training key -> shufflenet-train flag, for the optional scalar settings.
