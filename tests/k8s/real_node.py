@@ -92,6 +92,15 @@ class RealNode:
         """SIGKILL a container's processes through containerd, as the OOM killer would."""
         self.ctr("tasks", "kill", "--all", "--signal", "SIGKILL", container_id.split("://")[-1])
 
+    def container_pid(self, container_id: str) -> int:
+        """The host pid of a container's first process (its task in containerd)."""
+        cid = container_id.split("://")[-1]
+        for line in self.ctr("tasks", "ls").stdout.splitlines()[1:]:
+            fields = line.split()
+            if fields and fields[0] == cid:
+                return int(fields[1])
+        raise LookupError(f"container {cid} has no task in containerd")
+
     def helm(self, *args: str) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [helm(), *args, "--kubeconfig", str(self.cp.kubeconfig)],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -278,6 +279,47 @@ def test_a_killed_rank_restarts_the_whole_job_from_its_checkpoint(
     assert torch.load(newest, map_location="cpu", weights_only=True)["epoch"] == 4
     # The new pods went on from the checkpoint instead of starting over.
     assert "=> --resume auto: found" in pod_logs(jobs, "kill-rank-0")
+
+
+def test_a_killed_training_process_restarts_in_place_without_touching_a_pod(
+    real_node: RealNode, jobs: Jobs, claims: None, checkpoints: Path
+) -> None:
+    """Tier 1: the process that trains dies inside its container (its pod's first process,
+    the supervisor, lives on); every rank starts its training process again from the
+    checkpoint, in the same pods, and the operator restarts nothing."""
+    run = run_folder(jobs, checkpoints, "inplace")
+    jobs.create(digits_job(real_node, "inplace", **{"training.epochs": 4}))
+    jobs.wait_phase("inplace", "Running", timeout=300)
+    wait_for(
+        lambda: list(run.glob("training_2p_job_*/checkpoint.pth.tar")),
+        timeout=300,
+        what="the first checkpoint",
+    )
+    pods = {p.metadata.name: p.metadata.uid for p in jobs.pods("inplace")}
+    rank1 = jobs.pods("inplace")[1]
+    supervisor = real_node.container_pid(rank1.status.container_statuses[0].container_id)
+    (training,) = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    os.kill(int(training), signal.SIGKILL)
+    killed = time.monotonic()
+    records = wait_for(
+        lambda: list(run.glob("training_2p_job_*/recovery.jsonl")),
+        timeout=180,
+        interval=0.2,
+        what="the recovery's first step",
+    )
+    with_first_step = time.monotonic() - killed
+    status = jobs.wait_phase("inplace", "Succeeded", timeout=600)
+    assert status["restarts"] == 0, status
+    assert {p.metadata.name: p.metadata.uid for p in jobs.pods("inplace")} == pods
+    for pod in jobs.pods("inplace"):
+        assert pod.status.container_statuses[0].restart_count == 0
+    (record,) = [json.loads(line) for line in records[0].read_text().splitlines()]
+    assert record["generation"] == 1 and record["cause"] == "rank 1: exit 137 (SIGKILL)"
+    assert "generation 1 met" in pod_logs(jobs, "inplace-rank-0")
+    print(
+        f"\nreal node: rank 1's training process SIGKILLed -> first step of generation 1 "
+        f"after {with_first_step:.1f}s (record: {record})"
+    )
 
 
 class _LastStates:
