@@ -18,7 +18,7 @@ import kopf
 
 from shufflenet_contract import crd
 
-from . import leader, metrics, policy, render
+from . import leader, metrics, policy, quarantine, render
 from .controller import Controller
 from .kube import Kube, load_api_client
 
@@ -50,6 +50,10 @@ class Options:
     leader_elect_retry_period: float = leader.Timing.retry_period
     scheduler_wait_seconds: float = policy.Settings.scheduler_wait_seconds
     trainer_images: dict[str, str] = field(default_factory=dict)
+    quarantine_seconds: float = quarantine.Rules.base
+    quarantine_max_seconds: float = quarantine.Rules.cap
+    quarantine_forgive_seconds: float = quarantine.Rules.forgive
+    terminating_timeout_seconds: float = policy.Settings.terminating_timeout_seconds
 
 
 def options_of(memo: kopf.Memo) -> Options:
@@ -88,6 +92,12 @@ def startup(
             rank_resources=options.rank_resources,
             scheduler_wait_seconds=options.scheduler_wait_seconds,
             trainer_images=options.trainer_images,
+            quarantine=quarantine.Rules(
+                options.quarantine_seconds,
+                options.quarantine_max_seconds,
+                options.quarantine_forgive_seconds,
+            ),
+            terminating_timeout_seconds=options.terminating_timeout_seconds,
         ),
         resync_seconds=options.resync_seconds,
         progress_seconds=options.progress_seconds,

@@ -166,7 +166,31 @@ class Kube:
             foreign_pods=foreign,
             has_podgroup="PodGroup" in ours,
             foreign_children=taken,
+            nodes=self._nodes(owned),
         )
+
+    def _nodes(self, pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The Nodes of the pods that failed or are being deleted (quarantine's evidence).
+        One the operator may not read (no RBAC to get nodes: 403) or that is gone is left
+        out: quarantine then goes by what the pods say alone."""
+        names = {
+            str(p["spec"]["nodeName"])
+            for p in pods
+            if (p.get("spec") or {}).get("nodeName")
+            and (st.is_deleting(p) or st.pod_phase(p) == "Failed")
+        }
+        found: dict[str, dict[str, Any]] = {}
+        for name in sorted(names):
+            try:
+                node = self._get(self.core.read_node, name)
+            except ApiException as exc:
+                if exc.status != 403:
+                    raise
+                log.warning("node %s: not readable (%s): quarantine without it", name, exc.reason)
+                return found
+            if node is not None:
+                found[name] = node
+        return found
 
     def _children(self, job: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
         """The job's Service, rank-table ConfigMap (npu) and PodGroup (gang) as read by
@@ -219,6 +243,7 @@ class Kube:
         # the status already says why (a restart's reason, Failed), and their stale restart
         # label has them deleted, not mistaken for a new failure, next time.
         self._delete_pods(namespace, plan.delete_pods)
+        self._delete_pods(namespace, plan.force_delete_pods, grace_period_seconds=0)
         for event in plan.events:
             self.post_event(job, event, now)
         if plan.delete_job:
@@ -274,14 +299,23 @@ class Kube:
             _content_type=_MERGE,
         )
 
-    def _delete_pods(self, namespace: str, pods: list[tuple[str, str]]) -> None:
-        """Each (name, uid): only that very pod (a namesake created since is kept)."""
+    def _delete_pods(
+        self,
+        namespace: str,
+        pods: list[tuple[str, str]],
+        grace_period_seconds: int | None = None,
+    ) -> None:
+        """Each (name, uid): only that very pod (a namesake created since is kept).
+        `grace_period_seconds` 0: removed at once, without waiting for its kubelet."""
         for pod_name, uid in pods:
             try:
                 self.core.delete_namespaced_pod(
                     pod_name,
                     namespace,
-                    body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+                    body=client.V1DeleteOptions(
+                        grace_period_seconds=grace_period_seconds,
+                        preconditions=client.V1Preconditions(uid=uid),
+                    ),
                 )
             except ApiException as exc:
                 if exc.status not in (404, 409):

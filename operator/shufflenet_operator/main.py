@@ -155,6 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds after which a rank pod no scheduler has looked at makes its job say "
         "SchedulerNotResponding (default: %(default)g)",
     )
+    _quarantine_flags(p, d)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -178,6 +179,28 @@ def _check_leader_election(p: argparse.ArgumentParser, args: argparse.Namespace)
     args.leader_elect_namespace = args.leader_elect_namespace or leader.default_namespace()
     if not args.leader_elect_namespace:
         p.error("--leader-elect-resource-namespace: name the Lease's namespace (outside a pod)")
+
+
+def _quarantine_flags(p: argparse.ArgumentParser, d: handlers.Options) -> None:
+    # docs/operator.md, Quarantine.
+    for flag, dest, what in (
+        ("quarantine", "quarantine_seconds", "a node blamed for a rank's failure is kept "
+         "off by the job's next attempts, doubling each time it is blamed again; 0: off"),
+        ("quarantine-max", "quarantine_max_seconds", "the doubling stops here"),
+        ("quarantine-forgive", "quarantine_forgive_seconds", "after its quarantine ends, a "
+         "node not blamed again for this long starts over"),
+        ("terminating-timeout", "terminating_timeout_seconds", "past its deletion grace "
+         "period, a rank pod stuck Terminating on a NotReady node is force-deleted; "
+         "negative: never"),
+    ):  # fmt: skip
+        p.add_argument(
+            f"--{flag}",
+            dest=dest,
+            type=float,
+            default=getattr(d, dest),
+            metavar="SECONDS",
+            help=f"seconds {what} (default: %(default)g)",
+        )
 
 
 def _leader_election_flags(p: argparse.ArgumentParser, d: handlers.Options) -> None:

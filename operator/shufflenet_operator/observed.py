@@ -30,6 +30,8 @@ class Observed:
     remove and whose names the new pods need. `foreign_children` are the (kind, name) of the
     objects that have the name of one of the job's children but are not the job's (no owner
     reference to its uid): the operator leaves them alone and the job waits for the name.
+    `nodes` are the Nodes (by name) of the pods that failed or are being deleted, as far as
+    they could be read: what `quarantine` blames and what keeps a pod stuck Terminating.
     """
 
     job: dict[str, Any]
@@ -39,6 +41,7 @@ class Observed:
     foreign_pods: int = 0
     has_podgroup: bool = False
     foreign_children: tuple[tuple[str, str], ...] = ()
+    nodes: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
     def foreign(self, kind: str) -> bool:
         """Whether the job's child of this kind (Service, ConfigMap, PodGroup) has its name

@@ -23,6 +23,7 @@ What the rank-table ConfigMap says is decided in `ranktable_policy`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -31,7 +32,7 @@ from typing import Any
 from shufflenet_contract import exitcodes
 from shufflenet_contract import job as jobs
 
-from . import job_policy, ranktable_policy, render, trainer_images
+from . import job_policy, quarantine, ranktable_policy, render, trainer_images
 from . import status as st
 from .observed import Observed
 
@@ -64,6 +65,11 @@ class Settings:
     scheduler_wait_seconds: float = 60.0
     # By device type, the image of a job that names none (spec.image; trainer_images).
     trainer_images: Mapping[str, str] = field(default_factory=dict)
+    # Which nodes a restart keeps the next attempt off, for how long (quarantine.Rules).
+    quarantine: quarantine.Rules = field(default_factory=quarantine.Rules)
+    # A rank pod being deleted on a NotReady node is force-deleted (grace period 0) this
+    # many seconds past its deletionTimestamp; < 0: never.
+    terminating_timeout_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.job_policy not in job_policy.LEVELS:
@@ -86,6 +92,7 @@ class Plan:
     status: dict[str, Any]
     create: list[dict[str, Any]] = field(default_factory=list)
     delete_pods: list[tuple[str, str]] = field(default_factory=list)  # (name, uid)
+    force_delete_pods: list[tuple[str, str]] = field(default_factory=list)  # grace period 0
     configmap_data: dict[str, str] | None = None
     events: list[st.Event] = field(default_factory=list)
     requeue_after: float | None = None
@@ -181,12 +188,13 @@ class Seen:
         return self.job["spec"]["runPolicy"]
 
 
+def _name_uid(pod: Mapping[str, Any]) -> tuple[str, str]:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("name")), str(meta.get("uid"))
+
+
 def _delete(draft: Draft, pods: Sequence[Mapping[str, Any]]) -> None:
-    for pod in pods:
-        if st.is_deleting(pod):
-            continue
-        meta = pod.get("metadata") or {}
-        draft.plan.delete_pods.append((str(meta.get("name")), str(meta.get("uid"))))
+    draft.plan.delete_pods += [_name_uid(p) for p in pods if not st.is_deleting(p)]
 
 
 def _cleanup(draft: Draft, pods: Sequence[Mapping[str, Any]], policy: str) -> None:
@@ -335,6 +343,21 @@ def partition_pods(draft: Draft, seen: Seen) -> None:
     _delete(draft, seen.stale)
 
 
+def force_delete_stuck(draft: Draft, seen: Seen) -> None:
+    """Rank pods stuck Terminating on a NotReady node: no kubelet confirms their deletion,
+    and they would keep the next attempt's pods (same names) from being created forever
+    (kubeflow/training-operator#2072). Past --terminating-timeout they go with grace 0."""
+    due, left = quarantine.stuck_terminating(
+        seen.observed.pods,
+        seen.observed.nodes,
+        now=draft.now,
+        timeout=seen.settings.terminating_timeout_seconds,
+    )
+    draft.plan.force_delete_pods += [_name_uid(p) for p in due]
+    if left is not None:
+        draft.plan.requeue(left)
+
+
 def finished(draft: Draft, seen: Seen) -> Plan | None:
     """A job that has ended stays ended: only clean-up and its TTL are left."""
     if draft.ended:
@@ -436,6 +459,7 @@ def failures_and_backoff(draft: Draft, seen: Seen) -> Plan | None:
     # between, the pods' restart label is already stale and they are deleted next time.
     restarts += 1
     status["restarts"] = restarts
+    _blame(draft, seen, failures)
     delay = backoff_delay(restarts, seen.settings)
     draft.cond(
         st.RESTARTING,
@@ -453,6 +477,29 @@ def failures_and_backoff(draft: Draft, seen: Seen) -> Plan | None:
     draft.plan.restarted = True
     draft.plan.requeue(delay)
     return draft.done()
+
+
+def _blame(draft: Draft, seen: Seen, failures: Sequence[st.Failure]) -> None:
+    """status.quarantine and status.failedNodes after this attempt's failures."""
+    failed = []
+    for f in failures:
+        pod = seen.current.get(f.rank) or {}
+        node = (pod.get("spec") or {}).get("nodeName")
+        node_obj = seen.observed.nodes.get(node) if node else None
+        failed.append(quarantine.Failed(node, f.exit_code, f.reason, node_obj))
+    blamed, history = quarantine.blame(
+        failed,
+        draft.status.get("quarantine") or [],
+        draft.status.get("failedNodes") or [],
+        resource=jobs.resource_name(seen.job),
+        now=draft.now,
+        rules=seen.settings.quarantine,
+    )
+    for key, value in (("quarantine", blamed), ("failedNodes", history)):
+        if value:
+            draft.status[key] = value
+        else:
+            draft.status.pop(key, None)
 
 
 def succeeded(draft: Draft, seen: Seen) -> Plan | None:
@@ -537,17 +584,17 @@ def create_pods(draft: Draft, seen: Seen) -> Plan | None:
         status["phase"] = RESTARTING if restarts else CREATING
         draft.plan.requeue(1.0)
         return draft.done()
+    keep_off = quarantine.active(status.get("quarantine"), draft.now)
     for index in range(seen.pod_total):
         if index not in seen.current:
-            draft.plan.create.append(
-                render.render_pod(
-                    seen.job,
-                    index,
-                    restarts,
-                    device_group=seen.settings.npu_device_group,
-                    resources=seen.settings.rank_resources,
-                )
+            pod = render.render_pod(
+                seen.job,
+                index,
+                restarts,
+                device_group=seen.settings.npu_device_group,
+                resources=seen.settings.rank_resources,
             )
+            draft.plan.create.append(quarantine.avoid_nodes(pod, keep_off))
     again = f" (restart {restarts})" if restarts else ""
     draft.cond(st.CREATED, True, "PodsCreated", f"{seen.pod_total} rank pods created{again}")
     if restarts:
@@ -597,6 +644,18 @@ def start_timeout(draft: Draft, seen: Seen) -> Plan | None:
     return _finished(draft, seen.current, seen.run_policy)
 
 
+def _quarantined(why: st.Waiting, draft: Draft) -> st.Waiting:
+    """The scheduler's trouble, saying which nodes the rank pods keep off (quarantine):
+    a job that cannot fit on the others waits, and says so, until they are forgiven."""
+    blamed = quarantine.describe(draft.status.get("quarantine"), draft.now)
+    if not blamed:
+        return why
+    return dataclasses.replace(
+        why,
+        message=f"{why.message}; this attempt's rank pods keep off quarantined nodes: {blamed}",
+    )
+
+
 def steady(draft: Draft, seen: Seen) -> Plan:
     """All pods exist and none failed: report scheduling (or why the scheduler has not
     placed them), the rank table, running (or why the kubelet has not started them)."""
@@ -614,6 +673,7 @@ def steady(draft: Draft, seen: Seen) -> Plan:
         if scheduler is None:
             draft.cond(st.SCHEDULED, False, "WaitingForScheduler", message)
         else:
+            scheduler = _quarantined(scheduler, draft)
             detail = scheduler.status()["message"]
             draft.cond(st.SCHEDULED, False, scheduler.reason, f"{message}; {detail}")
         left = st.scheduler_wait_left(seen.current.values(), draft.now, wait_s)
@@ -642,7 +702,11 @@ def steady(draft: Draft, seen: Seen) -> Plan:
 # One reconcile, step by step (Kubeflow's ReconcileJobs, Volcano's job states). PREPARE steps
 # only add to the draft (pods sorted, stale ones deleted, missing children created) and run
 # first, in order; then each DECIDE step either decides the plan or passes the job on.
-PREPARE: tuple[Callable[[Draft, Seen], None], ...] = (partition_pods, ensure_children)
+PREPARE: tuple[Callable[[Draft, Seen], None], ...] = (
+    partition_pods,
+    force_delete_stuck,
+    ensure_children,
+)
 DECIDE: tuple[Callable[[Draft, Seen], Plan | None], ...] = (
     finished,
     suspended,

@@ -337,7 +337,10 @@ def test_rbac_is_explicit_no_wildcards() -> None:
                     assert "*" not in rule[key], (role["metadata"]["name"], rule)
                 assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
             granted = rule_set(role["rules"])
-            assert not {g for g in granted if g[1] in {"secrets", "nodes", "clusterroles"}}
+            assert not {g for g in granted if g[1] in {"secrets", "clusterroles"}}
+            # Nodes: only read one by name (quarantine: a failed rank's node's Ready
+            # condition and allocatable devices), never listed, watched or written.
+            assert {g for g in granted if g[1] == "nodes"} <= {("", "nodes", "get")}
 
 
 def leader_election_role(kinds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -406,6 +409,7 @@ def test_rbac_some_namespaces_roles_there_and_only_kopf_reads_cluster_wide() -> 
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
         ("", "namespaces", "list"),
         ("", "namespaces", "watch"),
+        ("", "nodes", "get"),  # cluster-scoped: quarantine reads a failed rank's node
     }
     lease_role = leader_election_role(kinds)
     kinds["Role"].remove(lease_role)

@@ -55,6 +55,7 @@ NPU_RESOURCE = "huawei.com/Ascend910"
 GPU_RESOURCE = "nvidia.com/gpu"
 ASCEND_910_ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuration"
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 AGENT_LABEL = "sim.shufflenet.io/node-agent"
 
 HOST_NET = "127.0.1."
@@ -88,6 +89,7 @@ class SimNode:
     gpus: int
     free_npus: set[int] = field(default_factory=set)
     free_gpus: set[int] = field(default_factory=set)
+    unhealthy: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -302,6 +304,49 @@ class NodeAgent:
             name, {"status": {"conditions": self._node_conditions(ready)}}, _content_type=_SMP
         )
         self._set_not_ready_taint(name, present=not ready)
+
+    def lose_node(self, name: str) -> None:
+        """The node's kubelet is gone: it stops posting, and what the node lifecycle
+        controller then posts (pkg/controller/nodelifecycle: past --node-monitor-grace-period
+        its conditions go Unknown, reason NodeStatusUnknown, and the node is tainted
+        node.kubernetes.io/unreachable) is posted here at once. Its pods are left as they
+        are: deleting one leaves it Terminating, as no kubelet confirms it."""
+        with self._lock:
+            self.nodes.pop(name, None)
+        conditions = self._node_conditions(ready=True)
+        for c in conditions:
+            c.update(
+                status="Unknown",
+                reason="NodeStatusUnknown",
+                message="Kubelet stopped posting node status.",
+            )
+        self.core.patch_node_status(
+            name, {"status": {"conditions": conditions}}, _content_type=_SMP
+        )
+        node = self.core.read_node(name)
+        node.spec.taints = [
+            *(node.spec.taints or []),
+            *(
+                client.V1Taint(key=UNREACHABLE_TAINT, effect=effect)
+                for effect in ("NoSchedule", "NoExecute")
+            ),
+        ]
+        self.core.replace_node(name, node)
+
+    def set_unhealthy_chips(self, name: str, chips: Iterable[int]) -> None:
+        """The device plugin reports these chips Unhealthy (ListAndWatch), and the kubelet
+        lowers the node's allocatable to the healthy ones (its device manager counts only
+        healthy devices as allocatable); capacity stays. No new pod gets them."""
+        with self._lock:
+            node = self.nodes[name]
+            node.unhealthy |= set(chips)
+            node.free_npus -= node.unhealthy
+            healthy = node.npus - len(node.unhealthy)
+        self.core.patch_node_status(
+            name,
+            {"status": {"allocatable": {self.npu.resource: str(healthy)}}},
+            _content_type=_SMP,
+        )
 
     def delete_node(self, name: str) -> None:
         with self._lock:
@@ -743,7 +788,7 @@ class NodeAgent:
 
         def free() -> None:
             with self._lock:
-                rec.node.free_npus |= set(rec.npu_ids)
+                rec.node.free_npus |= set(rec.npu_ids) - rec.node.unhealthy
                 rec.node.free_gpus |= set(rec.gpu_ids)
                 self._used_pod_ips.discard(rec.pod_ip)
 

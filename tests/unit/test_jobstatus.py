@@ -60,3 +60,14 @@ def test_a_waiting_job_says_why_on_its_own_line() -> None:
     lines = describe(job).splitlines()
     assert lines[1] == f"waiting:  {reason}: {message}"
     assert not any(line.startswith("waiting:") for line in describe(JOB).splitlines())
+
+
+def test_quarantined_nodes_show_with_reason_chip_and_until() -> None:
+    quarantine = [
+        {"node": "n1", "reason": "DeviceUnhealthy", "until": "2026-01-01T00:05:00Z", "chip": "1 x"},
+        {"node": "n2", "reason": "NodeNotReady", "until": "2026-01-01T00:10:00Z"},
+    ]
+    lines = describe({**JOB, "status": {"phase": "Running", "quarantine": quarantine}})
+    assert "quarantined: n1 (DeviceUnhealthy, 1 x) until 2026-01-01T00:05:00Z" in lines
+    assert "quarantined: n2 (NodeNotReady) until 2026-01-01T00:10:00Z" in lines
+    assert "quarantined" not in describe(JOB)

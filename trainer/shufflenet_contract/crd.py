@@ -386,6 +386,34 @@ STATUS: dict[str, Any] = _obj(
             description="why rank pods of a pending job have not started (none: nothing "
             "known stops them); kubectl get's Waiting column",
         ),
+        "quarantine": {
+            "type": "array",
+            "maxItems": 16,
+            "items": _obj(
+                {
+                    "node": _str(description="the node's name"),
+                    "reason": _str(description="NodeNotReady, DeviceUnhealthy or RepeatedFailure"),
+                    "until": _str(format="date-time", description="kept off until then"),
+                    "chip": _str(description="the Unhealthy devices, where known"),
+                    "strikes": _int(1, description="times blamed, not yet forgiven"),
+                },
+                required=["node", "reason", "until"],
+            ),
+            "description": "nodes a whole-job restart blamed for a rank's failure: the next "
+            "attempts' rank pods keep off each until `until` (docs/operator.md, Quarantine)",
+        },
+        "failedNodes": {
+            "type": "array",
+            "maxItems": 16,
+            "items": _obj(
+                {
+                    "node": _str(description="the node's name"),
+                    "time": _str(format="date-time", description="when the rank failed"),
+                }
+            ),
+            "description": "nodes ranks failed on (not by their own exit 1, 2, 3): a second "
+            "failure on one quarantines it",
+        },
         "progress": _obj(
             {
                 "epoch": _num(

@@ -135,6 +135,10 @@ to follow them. (API discovery, which it also reads, is open to every authentica
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
+# Quarantine reads the Ready condition and device allocatable of a failed rank's node.
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [get]
 {{- if .Values.operator.watchNamespaces }}
 - apiGroups: [""]
   resources: [namespaces]

@@ -70,6 +70,13 @@ def describe(job: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()) -
     table = status.get("rankTable")
     if table:
         lines.append(f"rank table: {table.get('status')} (version {table.get('version')})")
+    for entry in status.get("quarantine") or []:
+        # Nodes the job's next attempts keep off (docs/operator.md, Quarantine).
+        chip = f", {entry['chip']}" if entry.get("chip") else ""
+        lines.append(
+            f"quarantined: {entry.get('node')} ({entry.get('reason')}{chip}) "
+            f"until {entry.get('until')}"
+        )
     for key, word in (("startTime", "started"), ("completionTime", "finished")):
         if status.get(key):
             lines.append(f"{word}: {status[key]}")
