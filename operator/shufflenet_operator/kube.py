@@ -12,7 +12,7 @@ import logging
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from kubernetes import client, config
@@ -96,6 +96,12 @@ def _api_message(exc: ApiException) -> str:
         return str(exc.reason)
 
 
+def _overdue(pod: dict[str, Any], now: datetime) -> bool:
+    """Being deleted, and past its grace period (deletionTimestamp)."""
+    deleting = st.parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
+    return deleting is not None and deleting <= now
+
+
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
@@ -166,18 +172,27 @@ class Kube:
             foreign_pods=foreign,
             has_podgroup="PodGroup" in ours,
             foreign_children=taken,
-            nodes=self._nodes(owned),
+            nodes=self._nodes(owned, int((job.get("status") or {}).get("restarts") or 0)),
         )
 
-    def _nodes(self, pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """The Nodes of the pods that failed or are being deleted (quarantine's evidence).
-        One the operator may not read (no RBAC to get nodes: 403) or that is gone is left
-        out: quarantine then goes by what the pods say alone."""
+    def _nodes(self, pods: list[dict[str, Any]], attempt: int) -> dict[str, dict[str, Any]]:
+        """The Nodes of this attempt's pods that failed or are being deleted (quarantine's
+        evidence), and of any pod still there past its deletion grace (a kubelet confirms
+        within it, unless its node is lost): not of every pod a restart deletes. One the
+        operator may not read (no RBAC to get nodes: 403) or that is gone is left out:
+        quarantine then goes by what the pods say alone."""
+        now = datetime.now(timezone.utc)
         names = {
             str(p["spec"]["nodeName"])
             for p in pods
             if (p.get("spec") or {}).get("nodeName")
-            and (st.is_deleting(p) or st.pod_phase(p) == "Failed")
+            and (
+                (
+                    st.pod_restart(p) == attempt
+                    and (st.pod_phase(p) == "Failed" or st.is_deleting(p))
+                )
+                or _overdue(p, now)
+            )
         }
         found: dict[str, dict[str, Any]] = {}
         for name in sorted(names):

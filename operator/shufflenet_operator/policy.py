@@ -10,13 +10,14 @@ status: `restarts` (the current attempt; pods carry it as a label), the `Created
 `plan()` first checks the job: its spec (`validate_job`) and what its rank pods would ask
 for, against the operator's job policy (`job_policy`); a job failing either fails
 InvalidSpec. Then it reads what `kube` observed (an `Observed`) through steps: the PREPARE
-steps sort the pods into this attempt's and stale ones (`partition_pods`) and, for a job
-still alive, create its missing Service, PodGroup and rank-table ConfigMap
-(`ensure_children`); then the DECIDE steps, in order, until one decides: `finished`
-(clean-up and TTL), `suspended`, `deadline`, `failures_and_backoff` (fail, or restart every
-pod), `succeeded`, `children_not_owned` (an object holding a child's name is not the job's:
-wait), `create_pods` (after the backoff), `start_timeout` and `steady` (which also says why
-rank pods wait, from what the kubelet and the scheduler posted on them: `status.job_waiting`).
+steps sort the pods into this attempt's and stale ones (`partition_pods`), force-delete pods
+stuck Terminating on a NotReady node (`force_delete_stuck`) and, for a job still alive,
+create its missing Service, PodGroup and rank-table ConfigMap (`ensure_children`); then the
+DECIDE steps, in order, until one decides: `finished` (clean-up and TTL), `suspended`,
+`deadline`, `failures_and_backoff` (fail, or restart every pod), `succeeded`,
+`children_not_owned` (an object holding a child's name is not the job's: wait),
+`create_pods` (after the backoff), `start_timeout` and `steady` (which also says why rank
+pods wait, from what the kubelet and the scheduler posted on them: `status.job_waiting`).
 What the rank-table ConfigMap says is decided in `ranktable_policy`.
 """
 

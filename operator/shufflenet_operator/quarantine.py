@@ -3,8 +3,9 @@
 At a restart (`policy.failures_and_backoff`) each failed rank is looked at with its pod's
 node as observed (`Observed.nodes`): a node that is not Ready, a node whose allocatable count
 of the job's device resource is below its capacity (the kubelet lowers allocatable when a
-device plugin reports a device Unhealthy: pkg/kubelet/cm/devicemanager, GetCapacity, which
-counts only healthy devices as allocatable), or a node a rank already failed on in an
+device plugin reports a device Unhealthy: pkg/kubelet/cm/devicemanager/manager.go,
+GetCapacity, counts healthy and unhealthy devices in capacity, healthy ones only in
+allocatable), or a node a rank already failed on in an
 earlier attempt is blamed: the next attempt's rank pods keep off it (`render.avoid_nodes`)
 until `until`. An application failure (exit 1, 2, 3: permanent, and never retried anyway)
 and a rank that only lost a peer (exit 134) blame nothing.
@@ -209,7 +210,9 @@ def stuck_terminating(
     node that is not Ready waits for a kubelet that cannot confirm it (the API server keeps
     it until the kubelet does, or someone deletes it with grace period 0): past
     `timeout` seconds after its deletionTimestamp (which is the deletion time plus its grace
-    period) it is force-deleted so that its names and devices free up. timeout < 0: never."""
+    period) it is force-deleted so that its names and devices free up. timeout < 0: never.
+    `nodes` need only hold the nodes of pods past their grace (`kube` reads no others): one
+    still within it is looked at again when its grace ends."""
     due: list[Mapping[str, Any]] = []
     lefts: list[float] = []
     if timeout < 0:
@@ -218,9 +221,15 @@ def stuck_terminating(
         meta = pod.get("metadata") or {}
         node = (pod.get("spec") or {}).get("nodeName")
         deleting = st.parse_time(meta.get("deletionTimestamp"))
-        if deleting is None or not node or node_ready(nodes.get(node)) is not False:
+        if deleting is None or not node:
             continue
-        left = (deleting - now).total_seconds() + timeout
+        grace_left = (deleting - now).total_seconds()
+        if node not in nodes and grace_left > 0:
+            lefts.append(grace_left)  # its node is read once the grace has passed
+            continue
+        if node_ready(nodes.get(node)) is not False:
+            continue
+        left = grace_left + timeout
         if left <= 0:
             due.append(pod)
         else:

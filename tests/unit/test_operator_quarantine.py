@@ -162,6 +162,12 @@ def test_only_pods_terminating_on_a_notready_node_past_the_timeout_are_force_del
     due, left = q.stuck_terminating(pods, nodes, now=T0, timeout=60)
     assert [p["metadata"]["name"] for p in due] == ["a"]
     assert left == pytest.approx(40)
+    # A pod within its grace on a node not read yet: looked at again when the grace ends.
+    due, left = q.stuck_terminating(
+        [*pods, _pod("f", "unread", T0 + timedelta(seconds=10))], nodes, now=T0, timeout=60
+    )
+    assert [p["metadata"]["name"] for p in due] == ["a"]
+    assert left == pytest.approx(10)
     assert q.stuck_terminating(pods, nodes, now=T0, timeout=-1) == ([], None)
 
 
