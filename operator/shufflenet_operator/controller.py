@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from . import metrics, policy, progress
+from . import metrics, policy, progress, recoveries
 from . import status as st
 from .kube import Kube, Refused, Rejected
 from .scraper import Scraper
@@ -42,7 +42,7 @@ class Controller:
         progress_seconds: float = 30.0,
         workers: int = 2,
         clock: Callable[[], datetime] = utcnow,
-        scrape: Callable[[str], dict[str, float] | None] = progress.scrape,
+        scrape: Callable[[str], dict[str, Any] | None] = progress.scrape,
     ) -> None:
         self.kube = kube
         self.settings = settings
@@ -100,7 +100,7 @@ class Controller:
             if applied is None:  # refused: requeued with the error backoff
                 return
             self._errors.pop(key, None)
-            _record_metrics(key, applied, now)
+            _record_metrics(key, applied, now, observed.job.get("status") or {})
             self.queue.add_after(key, self._next_look(applied))
         except Exception:
             wait = self._retry_later(key)
@@ -152,7 +152,7 @@ class Controller:
 
     def _progress(
         self, key: tuple[str, str], job: dict[str, Any], pods: list[dict[str, Any]]
-    ) -> dict[str, float] | None:
+    ) -> dict[str, Any] | None:
         """What the scraper found at rank 0 since the last look, while the job runs.
 
         Only the job's status says it runs (the pods may run before the rank table is
@@ -164,10 +164,17 @@ class Controller:
         return self.scraper.take(key)
 
 
-def _record_metrics(key: tuple[str, str], plan: policy.Plan, now: datetime) -> None:
-    """The job's phase, a whole-job restart, the time its rank table took to complete."""
+def _record_metrics(
+    key: tuple[str, str], plan: policy.Plan, now: datetime, old_status: dict[str, Any]
+) -> None:
+    """The job's phase, a whole-job restart, the time its rank table took to complete, its
+    goodput and the recoveries whose first step is new."""
     namespace, name = key
     metrics.PHASES.set(namespace, name, plan.status.get("phase"))
+    if plan.status.get("goodput") is not None:
+        metrics.GOODPUT.labels(namespace, name).set(plan.status["goodput"])
+    for tier, seconds in recoveries.first_steps(old_status, plan.status):
+        metrics.RECOVERY_SECONDS.labels(namespace, name, str(tier)).observe(seconds)
     if plan.restarted:
         metrics.RESTARTS.labels(namespace, name).inc()
         restarts = plan.status["restarts"]

@@ -45,6 +45,23 @@ RANKTABLE_SECONDS = Histogram(
     buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
 )
 
+RECOVERY_SECONDS = Histogram(
+    "shufflenet_operator_recovery_seconds",
+    "from a failure to the first training step after it, by job and recovery tier (1: in "
+    "place, from rank 0's metrics; 3: the whole job restarted)",
+    ["namespace", "job", "tier"],
+    registry=REGISTRY,
+    buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+)
+TIERS = ("1", "2", "3")
+GOODPUT = Gauge(
+    "shufflenet_operator_job_goodput",
+    "share (0-1) of the wall time since the job started that its rank 0 spent in training "
+    "steps (status.goodput)",
+    ["namespace", "job"],
+    registry=REGISTRY,
+)
+
 
 class JobPhases:
     """The phase of every job seen, turned into the per-namespace gauge.
@@ -61,8 +78,11 @@ class JobPhases:
         with self._lock:
             key = (namespace, name)
             if key not in self._phases:
-                # The counter exists at 0 from the job's first sighting (rate() needs it).
+                # The counter exists at 0 from the job's first sighting (rate() needs it), and
+                # so do the recovery histograms: increase() of a job's first recovery.
                 RESTARTS.labels(namespace, name).inc(0)
+                for tier in TIERS:
+                    RECOVERY_SECONDS.labels(namespace, name, tier)
             self._phases[key] = phase or "Pending"
             self._export(namespace)
 
@@ -71,6 +91,11 @@ class JobPhases:
             if self._phases.pop((namespace, name), None) is not None:
                 with contextlib.suppress(KeyError):
                     RESTARTS.remove(namespace, name)
+                with contextlib.suppress(KeyError):
+                    GOODPUT.remove(namespace, name)
+                for tier in TIERS:
+                    with contextlib.suppress(KeyError):
+                        RECOVERY_SECONDS.remove(namespace, name, tier)
             self._export(namespace)
 
     def _export(self, namespace: str) -> None:

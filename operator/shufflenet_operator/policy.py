@@ -33,7 +33,7 @@ from typing import Any
 from shufflenet_contract import exitcodes
 from shufflenet_contract import job as jobs
 
-from . import job_policy, quarantine, ranktable_policy, render, trainer_images
+from . import job_policy, quarantine, ranktable_policy, recoveries, render, trainer_images
 from . import status as st
 from .observed import Observed
 
@@ -214,6 +214,8 @@ def _finished(
     _cleanup(draft, list(current.values()), run_policy["cleanPodPolicy"])
     ttl = run_policy.get("ttlSecondsAfterFinished")
     finished = st.parse_time(draft.status.get("completionTime"))
+    if finished is not None:  # over the whole run: the same at every later look
+        recoveries.update_goodput(draft.status, finished)
     if ttl is not None and finished is not None:
         left = (finished + timedelta(seconds=ttl) - draft.now).total_seconds()
         if left <= 0:
@@ -303,7 +305,10 @@ def plan(
         _cleanup(draft, observed.pods, _clean_pod_policy(obj))
         return draft.done()
     if progress:
-        status["progress"] = dict(progress)
+        shown = {k: v for k, v in progress.items() if k not in recoveries.SCRAPED}
+        if shown:
+            status["progress"] = shown
+        recoveries.scraped(status, progress, now)
     seen = Seen(job, observed, settings, observed.configmap)
     for prepare in PREPARE:
         prepare(draft, seen)
@@ -473,6 +478,9 @@ def failures_and_backoff(draft: Draft, seen: Seen) -> Plan | None:
     draft.clear(st.RUNNING, "Restarting", first.message)
     draft.clear(st.SCHEDULED, "Restarting", first.message)
     status["phase"] = RESTARTING
+    failed = recoveries.failure_time(seen.current.get(first.rank))
+    recoveries.job_restarted(status, f"{first.reason}: {first.message}", failed, draft.now)
+    recoveries.update_goodput(status, draft.now)
     _delete(draft, list(seen.current.values()))
     _rank_table_reset(draft, seen)
     draft.plan.restarted = True
@@ -686,6 +694,7 @@ def steady(draft: Draft, seen: Seen) -> Plan:
     if _started(draft, seen):
         draft.cond(st.RUNNING, True, "AllRanksRunning", f"{counts['running']} ranks running")
         status["phase"] = RUNNING
+        recoveries.ranks_running(status, draft.now)
     elif kubelet is not None:
         draft.cond(st.RUNNING, False, kubelet.reason, f"{running}; {kubelet.status()['message']}")
         status["phase"] = PENDING

@@ -31,6 +31,22 @@ FIELDS = {
     "shufflenet_train_images_per_second": ("imagesPerSecond", 1),
     "shufflenet_val_top1": ("top1", 2),
 }
+# Rank 0's samples -> what recoveries.scraped reads (goodput, recoveries), decimals kept.
+SAMPLES = {
+    "shufflenet_train_seconds_total": ("trainSeconds", 3),
+    "shufflenet_train_global_step": ("globalStep", 0),
+    "shufflenet_train_resumed_step": ("resumedStep", 0),
+    "shufflenet_train_first_step_timestamp_seconds": ("firstStepAt", 3),
+    # Which training process the counters are of (a restart starts another).
+    "shufflenet_train_start_timestamp_seconds": ("processStart", 3),
+}
+# A restart in place that started rank 0's training process: shufflenet_recovery_info's
+# labels, and shufflenet_recovery_seconds' _sum by phase (one observation per process).
+RECOVERY_PHASES = {
+    "rendezvous": "rendezvousSeconds",
+    "checkpoint_loaded": "checkpointLoadedSeconds",
+    "first_step": "firstStepSeconds",
+}
 # A whole scrape, connect to last byte. Rank 0's page is rendered by a thread of the
 # training process (prometheus_client's server), which may wait for the GIL behind a busy
 # loop: a few seconds, as Prometheus' own default scrape_timeout (10 s) allows for.
@@ -39,17 +55,38 @@ DEADLINE_S = 5.0
 MAX_BYTES = 256 * 1024
 
 
-def parse(text: str) -> dict[str, float]:
-    """The progress fields rank 0 reports in a Prometheus text exposition."""
-    progress: dict[str, float] = {}
+def parse(text: str) -> dict[str, Any]:
+    """The progress fields rank 0 reports in a Prometheus text exposition, and what its
+    training process says of its training time and the recovery that started it
+    (recoveries.SCRAPED)."""
+    progress: dict[str, Any] = {}
+    recovery: dict[str, Any] = {}
     for family in text_string_to_metric_families(text):
         field = FIELDS.get(family.name)
-        if field is None:
-            continue
         for sample in family.samples:
-            if sample.labels.get("rank") == "0" and sample.value == sample.value:  # not NaN
+            if sample.labels.get("rank") != "0" or sample.value != sample.value:  # NaN
+                continue
+            if field is not None:
                 progress[field[0]] = round(float(sample.value), field[1])
+            elif sample.name in SAMPLES:
+                key, decimals = SAMPLES[sample.name]
+                progress[key] = round(float(sample.value), decimals)
+            else:
+                _recovery_sample(recovery, sample.name, sample.labels, float(sample.value))
+    if "failedAt" in recovery and "generation" in recovery:
+        progress["recovery"] = recovery
     return progress
+
+
+def _recovery_sample(
+    recovery: dict[str, Any], name: str, labels: Mapping[str, str], value: float
+) -> None:
+    if name == "shufflenet_recovery_info" and labels.get("failed_at"):
+        recovery["generation"] = int(labels.get("generation") or 0)
+        recovery["cause"] = labels.get("cause") or "unknown"
+        recovery["failedAt"] = float(labels["failed_at"])
+    elif name == "shufflenet_recovery_seconds_sum" and labels.get("phase") in RECOVERY_PHASES:
+        recovery[RECOVERY_PHASES[labels["phase"]]] = round(value, 3)
 
 
 def endpoint(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> str | None:
@@ -66,7 +103,7 @@ def endpoint(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> str |
 
 def scrape(
     url: str, deadline: float = DEADLINE_S, max_bytes: int = MAX_BYTES
-) -> dict[str, float] | None:
+) -> dict[str, Any] | None:
     """Rank 0's progress at `url`; None when it does not answer in time, in size, or at all."""
     try:
         return parse(fetch(url, deadline, max_bytes).decode("utf-8", errors="replace")) or None

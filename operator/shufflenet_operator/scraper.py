@@ -18,13 +18,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from . import progress
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-Progress = dict[str, float]
+Progress = dict[str, Any]
 
 # Scrapes at once. A rank 0 that hangs holds one for DEADLINE_S, and then waits out its
 # backoff: even every job hanging leaves THREADS / DEADLINE_S scrapes a second.

@@ -294,7 +294,18 @@ def _(v: dict[str, float]) -> None:
         assert labels["amp"] == "off"
 
 
-OPERATOR_PANELS = {"Jobs by phase", "Job restarts", "Operator reconcile p95"}
+@check("Last restart in place, by phase")
+def _(v: dict[str, float]) -> None:
+    assert v == {}, v  # no training process restarted in place in this run
+
+
+OPERATOR_PANELS = {
+    "Jobs by phase",
+    "Job restarts",
+    "Operator reconcile p95",
+    "Goodput",
+    "Recovery time by tier",
+}
 
 
 def test_every_panel_query_is_checked() -> None:

@@ -262,3 +262,21 @@ class Jobs:
             for e in self.core.list_namespaced_event(self.namespace).items
             if e.involved_object.name == name and e.involved_object.kind == crd.KIND
         ]
+
+
+def serve_rank_0(jobs: Jobs, name: str, port: int, resumed: int, steps: int) -> Any:
+    """Rank 0's training process as the operator scrapes it: the trainer's own exporter on
+    rank 0's pod IP (the simulated pods run nothing), its checkpoint of step `resumed`
+    loaded, then `steps` steps of 0.5 s. Close it when the process is to end."""
+    from shufflenet_trainer.metrics.exporter import MetricsExporter
+    from shufflenet_trainer.train.config import parse_config
+    from shufflenet_trainer.train.loop import StepEvent
+
+    cfg = parse_config(["--dummy", "-a", "shufflenet_v2_x0_5", "-b", "8"], world_size=2, rank=0)
+    exporter = MetricsExporter(cfg, {"JOB_NAME": name})
+    exporter.start(port, addr=jobs.pods(name)[0].status.pod_ip)
+    plan = {"folder": None, "device": "cpu", "epochs": 3, "steps_per_epoch": 50}
+    exporter.on_start({**plan, "global_step": resumed})
+    for n in range(steps):
+        exporter.on_step(StepEvent(0, n, resumed + n + 1, 16, 0.5, 0.0, 0.1))
+    return exporter

@@ -2,10 +2,12 @@
 
 The operator runs as in test_operator.py (its own process against the test control plane,
 the SIMULATED node agent playing the nodes); one rank of a two-rank job exits 143, so the
-job restarts once and runs again. Debian's Prometheus scrapes the operator's metrics
-endpoint every second, labelled as the chart's operator PodMonitor would label it; then
-every operator panel's PromQL, with the template variables substituted as Grafana would, is
-evaluated at one instant and its values are checked for sense.
+job restarts once and runs again; rank 0's metrics are the trainer's exporter, served by the
+test on the pod's IP (its training seconds give goodput, its first step the recovery's
+time). Debian's Prometheus scrapes the operator's metrics endpoint every second, labelled
+as the chart's operator PodMonitor would label it; then every operator panel's PromQL, with
+the template variables substituted as Grafana would, is evaluated at one instant and its
+values are checked for sense.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from kubernetes import client
 from sim.node_agent import NodeAgent, wait_for
 
 from k8s.cluster import ControlPlane
-from k8s.operator_harness import Jobs, OperatorProcess, free_port, install_crd, job_manifest
+from k8s.operator_harness import (
+    Jobs,
+    OperatorProcess,
+    free_port,
+    install_crd,
+    job_manifest,
+    serve_rank_0,
+)
 from shufflenet_contract import crd
 
 JOB = "dash"
@@ -34,7 +43,13 @@ OPERATOR_POD = "shufflenet-operator-0"
 # Grafana's $__rate_interval for a 1 s scrape, with room for late scrapes on a busy machine
 # (as in tests/integration/test_metrics_prometheus.py).
 RATE_INTERVAL = "10s"
-OPERATOR_PANELS = {"Jobs by phase", "Job restarts", "Operator reconcile p95"}
+OPERATOR_PANELS = {
+    "Jobs by phase",
+    "Job restarts",
+    "Operator reconcile p95",
+    "Goodput",
+    "Recovery time by tier",
+}
 
 
 def operator_targets() -> list[tuple[str, str, str]]:
@@ -60,10 +75,21 @@ def _reconcile_p95(v: dict[str, float]) -> None:
     assert math.isfinite(p95) and 0 < p95 <= 10, v  # seconds, within the histogram's buckets
 
 
+def _goodput(v: dict[str, float]) -> None:
+    assert set(v) == {f"job={JOB}"} and 0 < v[f"job={JOB}"] <= 1, v
+
+
+def _recovery_time(v: dict[str, float]) -> None:
+    # The one whole-job restart, failure to first step: the backoff, new pods, a scrape.
+    assert set(v) == {f"job={JOB},tier=3"} and 0 < v[f"job={JOB},tier=3"] < 60, v
+
+
 CHECKS: dict[tuple[str, str], Callable[[dict[str, float]], None]] = {
     ("Jobs by phase", "A"): _jobs_by_phase,
     ("Job restarts", "A"): _job_restarts,
     ("Operator reconcile p95", "A"): _reconcile_p95,
+    ("Goodput", "A"): _goodput,
+    ("Recovery time by tier", "A"): _recovery_time,
 }
 
 
@@ -153,11 +179,22 @@ def test_operator_panels_on_the_real_operator(
 
         jobs = Jobs(k8s_api, namespace)
         node_agent.add_node(npus=8)
-        jobs.create(job_manifest(JOB, count=2))
+        port = free_port()
+        jobs.create(job_manifest(JOB, count=2, metrics={"port": port}))
         jobs.wait_phase(JOB, "Running")
+        # Rank 0 trains and is scraped (goodput), and steps again after the restart (the
+        # recovery's first step).
+        serve_rank_0(jobs, JOB, port, resumed=0, steps=4).close()
         node_agent.finish(jobs.pods(JOB)[1], exit_code=143)
         wait_for(lambda: jobs.status(JOB).get("restarts") == 1, what="restarts == 1")
         jobs.wait_phase(JOB, "Running")
+        rank_0 = serve_rank_0(jobs, JOB, port, resumed=0, steps=1)
+        wait_for(
+            lambda: "firstStepSeconds" in jobs.status(JOB)["recoveries"][-1],
+            timeout=30,
+            what="the first step after the restart",
+        )
+        rank_0.close()
 
         # Every panel checked at one evaluation instant, once Prometheus has scraped the
         # restarted, running job (a few scrapes after the restart).

@@ -208,6 +208,7 @@ def test_crd_is_structural_and_1_20_compatible() -> None:
         "Img/s",
         "Top1",
         "Restarts",
+        "Goodput",
         "Age",
         "Device",
         "Resource",

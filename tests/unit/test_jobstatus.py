@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from shufflenet_trainer.jobs.status import describe
@@ -71,3 +72,28 @@ def test_quarantined_nodes_show_with_reason_chip_and_until() -> None:
     assert "quarantined: n1 (DeviceUnhealthy, 1 x) until 2026-01-01T00:05:00Z" in lines
     assert "quarantined: n2 (NodeNotReady) until 2026-01-01T00:10:00Z" in lines
     assert "quarantined" not in describe(JOB)
+
+
+def test_goodput_and_the_last_recovery_have_a_line_each() -> None:
+    job = copy.deepcopy(JOB)
+    job["status"]["goodput"] = 0.8125
+    job["status"]["trainingSeconds"] = 2925.4
+    job["status"]["recoveries"] = [
+        {"tier": 1, "cause": "rank 1: exit 137 (SIGKILL)", "at": "2026-11-28T01:10:00Z"},
+        {
+            "tier": 3,
+            "cause": "RetryableExit: rank 2 pod sn-rank-2 exited 137",
+            "at": "2026-11-28T01:30:00Z",
+            "detectSeconds": 1.0,
+            "podsReadySeconds": 12.5,
+            "firstStepSeconds": 20.0,
+            "stepsLost": 40,
+        },
+    ]
+    lines = describe(job).splitlines()
+    assert "goodput:  81.2% (2925s training)" in lines
+    assert (
+        "recovery (last of 2): tier 3 at 2026-11-28T01:30:00Z (RetryableExit: rank 2 pod "
+        "sn-rank-2 exited 137): detected 1s, pods ready 12.5s, first step 20s; 40 steps lost"
+    ) in lines
+    assert not any(line.startswith(("goodput", "recovery")) for line in describe(JOB).splitlines())

@@ -49,8 +49,17 @@ def exporter(epoch: int) -> MetricsExporter:
     return exp
 
 
-PAGE = generate_latest(exporter(1).registry)
-PAGE_PROGRESS = {"epoch": 2.0, "imagesPerSecond": 250.0, "top1": 10.0}
+RANK_0 = exporter(1)
+PAGE = generate_latest(RANK_0.registry)
+SHOWN = {"epoch": 2.0, "imagesPerSecond": 250.0, "top1": 10.0}  # status.progress
+PAGE_PROGRESS = {
+    **SHOWN,
+    # What goodput and status.recoveries read (test_operator_recoveries.py): no step yet.
+    "trainSeconds": 0.0,
+    "globalStep": 0.0,
+    "resumedStep": 0.0,
+    "processStart": round(RANK_0.start_time.labels("sn", "0")._value.get(), 3),
+}
 
 
 def page(handler: BaseHTTPRequestHandler, server: Server) -> None:
@@ -318,7 +327,7 @@ def test_a_job_that_stops_running_is_no_longer_scraped() -> None:
     with serve(page) as server, running(kube, progress_seconds=0.05) as ctl:
         kube.add("sn", server.port)
         ctl.enqueue("ns", "sn")
-        wait_for(lambda: kube.status("sn").get("progress") == PAGE_PROGRESS)
+        wait_for(lambda: kube.status("sn").get("progress") == SHOWN)
         assert ctl.scraper.watched() == [KEY]
         exited = {"terminated": {"exitCode": 0}}
         with kube.lock:

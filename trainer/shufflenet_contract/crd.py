@@ -349,6 +349,37 @@ _CONDITION = _obj(
     required=["type", "status"],
 )
 
+
+def _phase_seconds(milestone: str) -> dict[str, Any]:
+    return _num(minimum=0, description=f"seconds from the failure to {milestone}")
+
+
+# One recovery of status.recoveries (operator/shufflenet_operator/recoveries.py).
+_RECOVERY = _obj(
+    {
+        "tier": _int(1, 3, description="1: restarted in place inside the pods; 3: whole job"),
+        "cause": _str(description="what failed"),
+        "at": _str(format="date-time", description="when it failed"),
+        "attempt": _int(
+            0,
+            description="the whole-job attempt (status.restarts) it started "
+            "(tier 3) or happened in (tier 1)",
+        ),
+        "generation": _int(0, description="tier 1: the restart in place of its attempt"),
+        "detectSeconds": _phase_seconds("the operator seeing it (tier 3)"),
+        "podsReadySeconds": _phase_seconds("every rank running again (tier 3)"),
+        "rendezvousSeconds": _phase_seconds("every rank meeting again (tier 1)"),
+        "checkpointLoadedSeconds": _phase_seconds("rank 0's checkpoint loaded"),
+        "firstStepSeconds": _phase_seconds("rank 0's first training step"),
+        "stepsLost": _int(
+            0,
+            description="steps done past the checkpoint resumed from, as last scraped "
+            "before the failure (a lower bound)",
+        ),
+    },
+    required=["tier", "cause", "at"],
+)
+
 STATUS: dict[str, Any] = _obj(
     {
         "phase": _str(enum=PHASES, description="the job's state"),
@@ -425,6 +456,30 @@ STATUS: dict[str, Any] = _obj(
             description="scraped from rank 0's metrics endpoint while the job runs; once it "
             "has succeeded, epoch is spec.training.epochs",
         ),
+        "recoveries": {
+            "type": "array",
+            "items": _RECOVERY,
+            "maxItems": 10,
+            "description": "the last 10 recoveries, oldest first: tier, cause, at, and the "
+            "seconds from the failure to each milestone known",
+        },
+        "goodput": _num(
+            minimum=0,
+            maximum=1,
+            description="share of the wall time since startTime that rank 0 spent in "
+            "training steps (a lower bound: steps after a process's last scrape are missed)",
+        ),
+        "trainingSeconds": _num(
+            minimum=0, description="seconds rank 0's training processes spent in steps"
+        ),
+        "trainingProcess": _obj(
+            {
+                "startedAt": _num(description="when it started, Unix time"),
+                "trainSeconds": _num(minimum=0, description="its seconds in training steps"),
+                "globalStep": _int(0, description="the run's steps it had done"),
+            },
+            description="the operator's bookkeeping: rank 0's training process last scraped",
+        ),
         "startTime": _str(
             format="date-time", description="when rank pods were first created (suspend resets it)"
         ),
@@ -452,6 +507,7 @@ PRINTER_COLUMNS = [
     {"name": "Img/s", "type": "number", "jsonPath": ".status.progress.imagesPerSecond"},
     {"name": "Top1", "type": "number", "jsonPath": ".status.progress.top1"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
+    {"name": "Goodput", "type": "number", "jsonPath": ".status.goodput"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     # `-o wide`: which devices, and which extended resource (empty: the type's default; an
     # Ascend job may ask for huawei.com/Ascend910 or huawei.com/npu).

@@ -2,7 +2,8 @@
 
 What `kubectl get snjob` shows in columns, plus what it does not: why its ranks wait (the
 kubelet's or the scheduler's reason, with the pod and the message), the conditions with their
-reasons, the rank table, why the last restart happened, and the job's latest Events. The
+reasons, the rank table, why the last restart happened, its goodput and last recovery (tier,
+cause, seconds to each phase: status.recoveries), and the job's latest Events. The
 cluster is read with kubectl (its configuration, context and credentials, nothing of ours),
 so the trainer's package needs no Kubernetes client. `describe` is pure.
 """
@@ -40,6 +41,24 @@ def _progress(progress: Mapping[str, Any], epochs: Any) -> str:
     return ", ".join(parts) or "none yet"
 
 
+# status.recoveries' seconds, in the order a recovery reaches them.
+_PHASES = (
+    ("detectSeconds", "detected"),
+    ("podsReadySeconds", "pods ready"),
+    ("rendezvousSeconds", "rendezvous"),
+    ("checkpointLoadedSeconds", "checkpoint loaded"),
+    ("firstStepSeconds", "first step"),
+)
+
+
+def _recovery(entry: Mapping[str, Any]) -> str:
+    """`tier 3 at <time> (<cause>): detected 1s, pods ready 9s, first step 14s; 20 steps lost`."""
+    phases = ", ".join(f"{word} {float(entry[k]):g}s" for k, word in _PHASES if k in entry)
+    lost = f"; {entry['stepsLost']} steps lost" if "stepsLost" in entry else ""
+    head = f"tier {entry.get('tier', '?')} at {entry.get('at', '?')} ({entry.get('cause', '?')})"
+    return f"{head}: {phases or 'no phase known yet'}{lost}"
+
+
 def describe(job: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()) -> str:
     """The status of a ShuffleNetTrainingJob (as the API returns it) and its Events."""
     meta = job.get("metadata") or {}
@@ -67,6 +86,13 @@ def describe(job: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()) -
         )
     epochs = (spec.get("training") or {}).get("epochs")
     lines.append(f"progress: {_progress(status.get('progress') or {}, epochs)}")
+    if status.get("goodput") is not None:
+        seconds = float(status.get("trainingSeconds") or 0)
+        lines.append(f"goodput:  {100 * float(status['goodput']):.1f}% ({seconds:.0f}s training)")
+    recoveries = status.get("recoveries") or []
+    if recoveries:
+        count = f"last of {len(recoveries)}" if len(recoveries) > 1 else "1"
+        lines.append(f"recovery ({count}): {_recovery(recoveries[-1])}")
     table = status.get("rankTable")
     if table:
         lines.append(f"rank table: {table.get('status')} (version {table.get('version')})")

@@ -1,13 +1,18 @@
 """Prometheus exporter of one training rank: throughput, step timing, loss, accuracy, memory.
 
 The training loop knows nothing about Prometheus: `MetricsExporter` subscribes its methods to
-its `Hooks` (train/loop.py: on_start, on_step, on_log, on_epoch, on_eval). Per step it only bumps a
-counter, observes two histograms and sets two gauges (a few microseconds; `make bench` measures
-it against a training step). Values that need a device sync (loss, FPS@all) are taken from the
-print-step records, where the loop synchronises anyway; device memory is read when scraped.
+its `Hooks` (train/loop.py: on_start, on_step, on_log, on_epoch, on_eval). Per step it only
+bumps two counters, observes two histograms and sets three gauges (a few microseconds; `make
+bench` measures it against a training step). Values that need a device sync (loss, FPS@all)
+are taken from the print-step records, where the loop synchronises anyway; device memory is
+read when scraped.
 
 Names are the project's shared metric names (ARCHITECTURE.md); labels are `job` and `rank`
-only: about 60 series per rank (mostly histogram buckets), whatever the run's length or data.
+only (and `tier`, `phase` on the recovery histogram): about 65 series per rank (mostly
+histogram buckets), 40 more in a training process started by a restart in place, whatever
+the run's length or data. A training process also says where it started (its resumed step,
+start and first-step times) and how long it spent in steps, which the operator turns into
+status.recoveries and goodput (operator/shufflenet_operator/recoveries.py).
 Pod and namespace come from the scrape configuration (the PodMonitor), which must keep the
 metrics' own `job` label (`honorLabels: true`), or Prometheus renames it to `exported_job`.
 
@@ -17,10 +22,12 @@ share a host (`--nproc`) each get their own port; one rank per pod keeps the bas
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import start_http_server
 from prometheus_client.process_collector import ProcessCollector
+
+from shufflenet_contract.env import RECOVERY
 
 from ..errors import ConfigError
 from ..train import distributed
@@ -54,6 +63,11 @@ WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 # A checkpoint is ~10-100 MB (model, optimizer, history): well under a second on local disk,
 # minutes on a congested network volume.
 CHECKPOINT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# A restart in place takes seconds (its backoff, a rendezvous, a checkpoint read); a
+# whole-job restart (new pods, image already pulled) tens of seconds to minutes.
+RECOVERY_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+# The milestones of a recovery, in order, as `shufflenet_recovery_seconds`' phase label.
+RECOVERY_PHASES = ("rendezvous", "checkpoint_loaded", "first_step")
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -247,6 +261,55 @@ class MetricsExporter:
             buckets=CHECKPOINT_BUCKETS,
             registry=r,
         )
+        self.train_seconds = Counter(
+            "shufflenet_train_seconds",
+            "Wall time this training process spent in training steps (data wait included): "
+            "the job's goodput is its increase over the wall time.",
+            LABELS,
+            registry=r,
+        )
+        self.global_step = Gauge(
+            "shufflenet_train_global_step",
+            "Training steps done in the whole run (those before the checkpoint resumed from "
+            "included).",
+            LABELS,
+            registry=r,
+        )
+        self.resumed_step = Gauge(
+            "shufflenet_train_resumed_step",
+            "The run's step this training process started from: the checkpoint's (0 for a "
+            "fresh run); steps lost by a recovery are the steps done before it, past this.",
+            LABELS,
+            registry=r,
+        )
+        self.start_time = Gauge(
+            "shufflenet_train_start_timestamp_seconds",
+            "Unix time this training process had its plan made and its checkpoint loaded.",
+            LABELS,
+            registry=r,
+        )
+        self.first_step_time = Gauge(
+            "shufflenet_train_first_step_timestamp_seconds",
+            "Unix time of this training process's first step.",
+            LABELS,
+            registry=r,
+        )
+        self.recovery_seconds = Histogram(
+            "shufflenet_recovery_seconds",
+            "Seconds from a failure to each milestone of the recovery that started this "
+            "training process: phase rendezvous, checkpoint_loaded, first_step; tier 1 (in "
+            "place). One observation per phase per process: _sum is that recovery's time.",
+            (*LABELS, "tier", "phase"),
+            buckets=RECOVERY_BUCKETS,
+            registry=r,
+        )
+        self.recovery = Info(
+            "shufflenet_recovery",
+            "The recovery in place that started this training process: generation, cause, "
+            "failed_at (Unix time of the failure).",
+            LABELS,
+            registry=r,
+        )
         self.info = Info(
             "shufflenet_train",
             "Static facts of the run: arch, amp, distributed backend, world size, device type.",
@@ -258,6 +321,8 @@ class MetricsExporter:
         self.server: Any = None
         self._thread: Any = None
         self._steps_per_epoch = 1
+        self._first_step = True
+        self._loaded_at: float | None = None
 
     # -- serving --------------------------------------------------------------------------
 
@@ -307,6 +372,16 @@ class MetricsExporter:
         self._lr = self.learning_rate.labels(*labels)
         self._epoch = self.epoch.labels(*labels)
         self._ckpt = self.checkpoint_seconds.labels(*labels)
+        self._train_seconds = self.train_seconds.labels(*labels)
+        self._global_step = self.global_step.labels(*labels)
+        self._train_seconds.inc(0)
+        # The plan comes once the checkpoint is loaded: a recovery's checkpoint_loaded.
+        self._loaded_at = time.time()
+        self.start_time.labels(*labels).set(self._loaded_at)
+        steps = self._steps_per_epoch * int(plan.get("start_epoch") or 0)
+        resumed = int(plan.get("global_step", steps))
+        self.resumed_step.labels(*labels).set(resumed)
+        self._global_step.set(resumed)
         self._fps.set(0)
         self._epoch.set(float(plan.get("start_epoch") or 0))
         self.target_epochs.labels(*labels).set(float(plan.get("epochs") or cfg.epochs))
@@ -328,10 +403,38 @@ class MetricsExporter:
     def on_step(self, ev: StepEvent) -> None:
         # Hot path: no device access, no allocation beyond the float arithmetic.
         self._images.inc(ev.images // self.cfg.world_size)
+        self._train_seconds.inc(ev.step_seconds)
+        self._global_step.set(ev.global_step)
+        if self._first_step:
+            self._on_first_step(ev)
         self._step.observe(ev.step_seconds)
         self._wait.observe(ev.data_wait_seconds)
         self._lr.set(ev.lr)
         self._epoch.set(ev.epoch + (ev.step + 1) / self._steps_per_epoch)
+
+    def _on_first_step(self, ev: StepEvent) -> None:
+        """When this process first stepped and, after a restart in place, how long its
+        recovery took (SHUFFLENET_RECOVERY, set by the supervisor: train/supervisor.py)."""
+        self._first_step = False
+        now = time.time()
+        self.first_step_time.labels(*self._labels).set(now)
+        text = self.env.get(RECOVERY)
+        if not text:
+            return
+        from ..train.supervisor import recovery_record
+
+        recovery = json.loads(text)
+        record = recovery_record(recovery, self._loaded_at or now, now)
+        for phase in RECOVERY_PHASES:
+            seconds = max(float(record[f"{phase}_seconds"]), 0.0)
+            self.recovery_seconds.labels(*self._labels, "1", phase).observe(seconds)
+        self.recovery.labels(*self._labels).info(
+            {
+                "generation": str(record["generation"]),
+                "cause": str(record["cause"]),
+                "failed_at": f"{float(recovery['failed_at']):.3f}",
+            }
+        )
 
     def on_log(self, record: Mapping[str, Any]) -> None:
         # Print steps: the loop has synchronised the device, the figures are real. Loss and

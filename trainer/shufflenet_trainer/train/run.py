@@ -381,6 +381,7 @@ def _announce(
             "epochs": cfg.epochs,
             "start_epoch": state.epoch,
             "steps_per_epoch": parts.steps,
+            "global_step": state.global_step,  # the checkpoint's, when resumed
         },
     )
 
