@@ -206,6 +206,7 @@ def test_helm_install_creates_the_monitors_where_the_prometheus_operator_crds_ar
         run_helm(
             control_plane,
             "install", release, str(CHART), "--namespace", namespace, "--create-namespace",
+            *REGISTRY_VALUES,
         )  # fmt: skip
         try:
             sent = {
