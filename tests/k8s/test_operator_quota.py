@@ -89,7 +89,7 @@ def test_a_requests_quota_without_a_limit_range_admits_the_rank_pods(
         assert shm.empty_dir.medium == "Memory" and shm.empty_dir.size_limit == "1Gi"
     # They count against the quota.
     wait_for(
-        lambda: same_quantities(used(core, ns), {"requests.cpu": "1", "requests.memory": "2Gi"}),
+        lambda: same_quantities(used(core, ns), {"requests.cpu": "500m", "requests.memory": "2Gi"}),
         what="the quota's usage",
     )
 
