@@ -102,16 +102,33 @@ class RealNode:
         raise LookupError(f"container {cid} has no task in containerd")
 
     def helm(self, *args: str) -> subprocess.CompletedProcess[str]:
+        # Longer than any --timeout the callers give helm, so that helm says what it waited on.
         proc = subprocess.run(
             [helm(), *args, "--kubeconfig", str(self.cp.kubeconfig)],
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=420,
             env=self.cp.env(),
         )
         if proc.returncode != 0:
-            raise RuntimeError(f"helm {' '.join(args)}: {proc.stdout}{proc.stderr}")
+            said = f"{proc.stdout}{proc.stderr}"
+            raise RuntimeError(
+                f"helm {' '.join(args)}: {said}\n{self.describe(OPERATOR_NAMESPACE)}"
+            )
         return proc
+
+    def describe(self, namespace: str) -> str:
+        """What a failed wait leaves to read: the pods, their events, the containers' logs."""
+        out = []
+        for args in (
+            ("get", "pods", "-o", "wide"),
+            ("describe", "pods"),
+            ("get", "events", "--sort-by=.lastTimestamp"),
+            ("logs", "--all-containers", "--prefix", "--tail=40", "-l", "app.kubernetes.io/name"),
+        ):
+            proc = self.cp.kubectl(*args, "-n", namespace, check=False)
+            out.append(f"$ kubectl {' '.join(args)}\n{proc.stdout}{proc.stderr}")
+        return "\n".join(out)
 
 
 def helm_install_operator(node: RealNode, *values: str) -> None:
