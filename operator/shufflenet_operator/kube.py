@@ -289,12 +289,15 @@ class Kube:
             },
             {"op": "add", "path": "/data", "value": data},
         ]
-        self.core.patch_namespaced_config_map(
-            render.configmap_name(job),
-            job["metadata"]["namespace"],
-            patch,
-            _content_type=_JSON_PATCH,
-        )
+        try:
+            self.core.patch_namespaced_config_map(
+                render.configmap_name(job),
+                job["metadata"]["namespace"],
+                patch,
+                _content_type=_JSON_PATCH,
+            )
+        except ApiException as exc:
+            _gone_meanwhile(exc)
 
     def _write_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         """The job's status subresource, when it changed."""
@@ -304,15 +307,18 @@ class Kube:
         # A merge patch keeps what it does not mention: dropped fields are set to null.
         patch = {**{k: None for k in old if k not in status}, **status}
         namespace, name = _key(job)
-        self.custom.patch_namespaced_custom_object_status(
-            crd.GROUP,
-            crd.VERSION,
-            namespace,
-            crd.PLURAL,
-            name,
-            {"status": patch},
-            _content_type=_MERGE,
-        )
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                crd.GROUP,
+                crd.VERSION,
+                namespace,
+                crd.PLURAL,
+                name,
+                {"status": patch},
+                _content_type=_MERGE,
+            )
+        except ApiException as exc:
+            _gone_meanwhile(exc)
 
     def _delete_pods(
         self,
@@ -415,6 +421,15 @@ class Kube:
         except ApiException as exc:
             # An Event is a courtesy: losing one must not fail the reconcile.
             log.warning("event %s on %s/%s not posted: %s", event.reason, *_key(job), exc.reason)
+
+
+def _gone_meanwhile(exc: ApiException) -> None:
+    """A write that found its object deleted since the reconcile read it (404: a job
+    deleted, with its ConfigMap, mid-reconcile) has nothing left to do: the next look
+    forgets the job, or makes the ConfigMap again. Any other error is raised."""
+    if exc.status != 404:
+        raise exc
+    log.info("not written: deleted meanwhile (%s)", exc.reason)
 
 
 def _key(job: dict[str, Any]) -> tuple[str, str]:

@@ -54,7 +54,14 @@ class Objects:
     def patch_namespaced_config_map(
         self, name: str, namespace: str, body: Any, _content_type: str | None = None
     ) -> None:
+        if self.job is None:  # deleted, its ConfigMap with it
+            raise ApiException(status=404)
         self.patches.append((name, body, _content_type))
+
+    def patch_namespaced_custom_object_status(self, *args: Any, **_: Any) -> None:
+        if self.job is None:
+            raise ApiException(status=404)
+        self.patches.append((args[-2], args[-1], None))
 
 
 def kube_with(children: dict[tuple[str, str], Any]) -> tuple[Kube, Objects]:
@@ -119,3 +126,23 @@ def test_the_rank_table_is_written_only_into_a_configmap_the_job_owns() -> None:
     # Our own ConfigMap carries exactly that owner reference first.
     rendered = render.render_configmap(fake.job)
     assert rendered["metadata"]["ownerReferences"][0]["uid"] == UID
+
+
+def test_a_job_deleted_mid_reconcile_is_no_error_but_other_failures_are() -> None:
+    kube, fake = kube_with({})
+    job = fake.job
+    fake.job = None  # deleted after the reconcile read it
+    # Nothing to write, nothing raised: the next look finds the job gone and forgets it.
+    kube._write_status(job, {"phase": "Running"})
+    kube._write_rank_table(job, {"hccl.json": "{}"})
+    assert fake.patches == []
+    fake.job = job
+    kube._write_status(job, {"phase": "Running"})
+    assert fake.patches == [("sn", {"status": {"phase": "Running"}}, None)]
+
+    def forbidden(*args: Any, **kwargs: Any) -> None:
+        raise ApiException(status=403)
+
+    fake.patch_namespaced_custom_object_status = forbidden  # type: ignore[method-assign]
+    with pytest.raises(ApiException):
+        kube._write_status(job, {"phase": "Failed"})
