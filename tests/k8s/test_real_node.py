@@ -219,6 +219,9 @@ def test_npu_job_hands_hccl_a_regular_copy_of_the_completed_table(
         },
     ]
     job["spec"]["podTemplate"] = {"spec": {"containers": [{"name": "trainer", "env": env}]}}
+    # No Ascend image on this node: the job names the CPU trainer image from the registry, as
+    # a job may name any image (the operator's default for npu jobs is the Ascend one).
+    job["spec"]["image"] = pinned(real_node.images, "TRAINER")
     jobs.create(job)
     status = jobs.wait_phase("npu", "Succeeded", timeout=600)
     assert status["rankTable"]["status"] == "completed"
